@@ -1,0 +1,198 @@
+//! `mosix`: one binary for the node daemon and every user command.
+mod local;
+mod ns;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mosix",
+    version,
+    about = "A single-system image for Linux clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run this node's daemon (logs: RUST_LOG, default info).
+    Daemon {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Manage cluster certificates.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Start a local cluster of N nodes on this machine (root) and wait until all have joined.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Directory for certificates, configs, logs and pid files.
+        #[arg(long)]
+        state: PathBuf,
+        /// UDP port every node listens on (node i on 127.0.0.i).
+        #[arg(long, default_value_t = 7700)]
+        port: u16,
+        /// Seconds to wait for all nodes to join.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Stop a local cluster and everything in it.
+    Down {
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Run a command inside a node of a local cluster; exits with its exit code.
+    Enter {
+        #[arg(long)]
+        state: PathBuf,
+        node: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Show the cluster as this node's daemon sees it.
+    Status {
+        /// The daemon's control socket.
+        #[arg(long, default_value = "/run/mosix/control.sock")]
+        control: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Wait until at least this many members (this node included) are alive.
+        #[arg(long)]
+        wait_alive: Option<usize>,
+        /// Seconds --wait-alive may wait.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        nodes: usize,
+    },
+    #[command(hide = true)]
+    NodeShim {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        node: String,
+    },
+    #[command(hide = true)]
+    NodeInit {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Create a cluster CA and one certificate per node.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Comma-separated node names.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
+    /// Issue a certificate for a new node with an existing CA.
+    AddNode {
+        #[arg(long)]
+        dir: PathBuf,
+        name: String,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: anyhow::Result<i32> = match cli.cmd {
+        Cmd::Daemon { config } => {
+            init_tracing("info");
+            (|| {
+                let cfg = mosix_daemon::Config::load(&config)?;
+                runtime().block_on(mosix_daemon::run(cfg))?;
+                Ok(0)
+            })()
+        }
+        Cmd::Cluster(ClusterCmd::Init { dir, nodes }) => mosix_net::pki::init_cluster(&dir, &nodes)
+            .map(|_| {
+                println!(
+                    "cluster CA and {} node certificates in {}",
+                    nodes.len(),
+                    dir.display()
+                );
+                0
+            })
+            .map_err(Into::into),
+        Cmd::Cluster(ClusterCmd::AddNode { dir, name }) => mosix_net::pki::issue_node(&dir, &name)
+            .map(|_| {
+                let (c, k) = mosix_net::pki::node_paths(&dir, &name);
+                println!("issued {} and {}", c.display(), k.display());
+                0
+            })
+            .map_err(Into::into),
+        Cmd::Up {
+            nodes,
+            state,
+            port,
+            timeout,
+        } => {
+            init_tracing("warn");
+            local::up(&state, nodes, port, timeout).map(|_| 0)
+        }
+        Cmd::Down { state } => {
+            init_tracing("warn");
+            local::down(&state).map(|_| 0)
+        }
+        Cmd::Enter { state, node, cmd } => local::enter(&state, &node, &cmd),
+        Cmd::Status {
+            control,
+            json,
+            wait_alive,
+            timeout,
+        } => runtime().block_on(status::run(&control, json, wait_alive, timeout)),
+        Cmd::Supervise { state, nodes } => {
+            init_tracing("info");
+            local::supervise(&state, nodes).map(|_| 0)
+        }
+        Cmd::NodeShim { state, node } => {
+            init_tracing("info");
+            local::node_shim(&state, &node)
+        }
+        Cmd::NodeInit { state, node } => {
+            init_tracing("info");
+            local::node_init(&state, &node)
+        }
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("mosix: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The node configuration file (TOML). See docs/CONFIGURATION.md.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Node name: a DNS label, unique in the cluster.
+    pub name: String,
+    /// UDP address the node's QUIC endpoint listens on; peers reach it here.
+    pub listen: SocketAddr,
+    /// Any known members to join through. One live one is enough.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
+    pub tls: TlsConfig,
+    /// Where the /mosix namespace is mounted.
+    #[serde(default = "default_mountpoint")]
+    pub mountpoint: PathBuf,
+    /// Unix socket the local CLI (`mosix status`) talks to.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+    /// Trees this node offers to the cluster under /mosix/nodes/<name>.
+    #[serde(default = "default_exports_list", rename = "export")]
+    pub exports: Vec<Export>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate, signed by the CA (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Export {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub root_squash: bool,
+}
+
+pub fn default_mountpoint() -> PathBuf {
+    PathBuf::from("/mosix")
+}
+
+pub fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/mosix/control.sock")
+}
+
+pub fn default_exports_list() -> Vec<Export> {
+    vec![Export {
+        path: PathBuf::from("/"),
+        read_only: false,
+        root_squash: false,
+    }]
+}
+
+impl Config {
+    pub fn default_exports() -> Vec<Export> {
+        default_exports_list()
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        // Relative paths are relative to the config file, so a config
+        // directory can be moved as a whole.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.tls.ca, &mut cfg.tls.cert, &mut cfg.tls.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate().map_err(|msg| ConfigError::Invalid {
+            path: path.to_owned(),
+            msg,
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        mosix_proto::validate_node_name(&self.name)?;
+        if self.peers.contains(&self.listen) {
+            return Err("peers must not list this node's own listen address".into());
+        }
+        for e in &self.exports {
+            if !e.path.is_absolute() {
+                return Err(format!("export path {} is not absolute", e.path.display()));
+            }
+        }
+        if !self.mountpoint.is_absolute() {
+            return Err("mountpoint must be an absolute path".into());
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_relative_paths_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n1.toml");
+        std::fs::write(
+            &p,
+            r#"
+name = "n1"
+listen = "127.0.0.1:7700"
+peers = ["127.0.0.2:7700"]
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/n1.pem"
+key = "/abs/n1.key"
+"#,
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.mountpoint, PathBuf::from("/mosix"));
+        assert_eq!(c.exports.len(), 1);
+        assert_eq!(c.tls.ca, dir.path().join("certs/ca.pem"));
+        assert_eq!(c.tls.key, PathBuf::from("/abs/n1.key"));
+        // What we write, we read back.
+        std::fs::write(&p, c.to_toml()).unwrap();
+        assert_eq!(Config::load(&p).unwrap(), c);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.toml");
+        let base = "listen = \"127.0.0.1:7700\"\n[tls]\nca=\"a\"\ncert=\"b\"\nkey=\"c\"\n";
+        std::fs::write(&p, format!("name = \"N 1\"\n{base}")).unwrap();
+        assert!(Config::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid node name"));
+        std::fs::write(&p, format!("name = \"n1\"\nbogus = 1\n{base}")).unwrap();
+        assert!(Config::load(&p).unwrap_err().to_string().contains("bogus"));
+        assert!(Config::load(&dir.path().join("missing.toml")).is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! The mosix node daemon.
+pub mod config;
+pub mod control;
+pub mod load;
+pub mod membership;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mosix_net::{Peers, Tls, TlsFiles};
+use mosix_proto::{Datagram, RemoteError, Request, Response};
+
+pub use config::Config;
+use membership::Membership;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Net(#[from] mosix_net::NetError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {source}")]
+    Control {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Serves authenticated peers.
+struct Node {
+    name: String,
+    membership: Membership,
+}
+
+impl mosix_net::Handler for Node {
+    async fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Ping { nonce } => Response::Pong {
+                nonce,
+                node: self.name.clone(),
+            },
+            Request::Members => {
+                let m = self.membership.clone();
+                match tokio::task::spawn_blocking(move || m.snapshot()).await {
+                    Ok(members) => Response::Members(members),
+                    Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
+                }
+            }
+            // The transport answers Discard itself; reaching here is a bug
+            // in the peer's framing, not ours to crash on.
+            Request::Discard { .. } => Response::Error(RemoteError::BadRequest(
+                "discard must carry its payload on the stream".into(),
+            )),
+        }
+    }
+
+    fn datagram(&self, data: Bytes) {
+        match Datagram::decode(&data) {
+            Ok(Datagram::Swim(p)) => self.membership.receive_swim(Bytes::from(p)),
+            Ok(Datagram::Load { node, record }) => self.membership.receive_load(&node, record),
+            Err(e) => tracing::warn!(error = %e, len = data.len(), "malformed datagram dropped"),
+        }
+    }
+}
+
+/// Runs a node until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let tls = Tls::load(&TlsFiles {
+        ca: cfg.tls.ca.clone(),
+        cert: cfg.tls.cert.clone(),
+        key: cfg.tls.key.clone(),
+    })?;
+    let endpoint = quinn::Endpoint::server(tls.server.clone(), cfg.listen).map_err(|source| {
+        DaemonError::Listen {
+            addr: cfg.listen,
+            source,
+        }
+    })?;
+    let control = control::bind(&cfg.control_socket).map_err(|source| DaemonError::Control {
+        path: cfg.control_socket.clone(),
+        source,
+    })?;
+    let peers = Peers::new(endpoint.clone(), tls.client.clone());
+    let probe = Arc::new(
+        tokio::task::spawn_blocking(load::LoadProbe::new)
+            .await
+            .expect("speed probe"),
+    );
+    let membership = Membership::start(
+        cfg.name.clone(),
+        cfg.listen,
+        cfg.peers.clone(),
+        peers.clone(),
+        probe,
+    );
+    let node = Arc::new(Node {
+        name: cfg.name.clone(),
+        membership: membership.clone(),
+    });
+    tokio::spawn(mosix_net::serve(endpoint.clone(), node));
+    tokio::spawn(control::serve(control, cfg.name.clone(), membership));
+    tracing::info!(node = %cfg.name, listen = %cfg.listen, peers = ?cfg.peers, "node up");
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("shutting down");
+    endpoint.close(0u32.into(), b"shutdown");
+    let _ = std::fs::remove_file(&cfg.control_socket);
+    Ok(())
+}

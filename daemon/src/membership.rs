@@ -1,0 +1,387 @@
+//! Cluster membership and failure detection with SWIM (the `foca` crate), plus
+//! the spreading of load records.
+//!
+//! foca is sans-IO: one task owns it and feeds it received packets and due
+//! timers; what it wants sent goes out as QUIC datagrams over the
+//! authenticated peer connections, so membership traffic is as protected as
+//! every other request.
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use foca::{Foca, OwnedNotification, PostcardCodec, Timer};
+use mosix_net::Peers;
+use mosix_proto::{Datagram, LoadRecord, MemberInfo, MemberState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::load::LoadProbe;
+
+/// How often each node probes one other member.
+pub const PROBE_PERIOD: Duration = Duration::from_secs(1);
+/// How long a direct probe waits before asking others to probe indirectly.
+pub const PROBE_RTT: Duration = Duration::from_millis(300);
+/// How long a member stays suspect before it is declared dead.
+pub const SUSPECT_TO_DEAD: Duration = Duration::from_secs(3);
+/// How often a node sends its load record to every live member.
+pub const LOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a node that knows no live member re-announces itself to its
+/// configured peers (at start, and after losing everyone).
+pub const JOIN_RETRY: Duration = Duration::from_secs(1);
+
+/// Upper bound on the time from a node's death until every live member of an
+/// `n`-node cluster reports it dead. Each live member probes every other member
+/// once per round of `n - 1` probe periods; the first failed probe (plus one
+/// period for the indirect probes) marks the node suspect, and it is dead
+/// [`SUSPECT_TO_DEAD`] later. One more period covers the gossip that spreads
+/// the verdict.
+pub fn dead_bound(n: usize) -> Duration {
+    PROBE_PERIOD * (n.max(2) as u32 + 1) + SUSPECT_TO_DEAD
+}
+
+/// SWIM identity of a node. `bump` changes on every daemon start, so a
+/// restarted node is a new identity that wins over its dead predecessor.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct NodeId {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub bump: u64,
+}
+
+impl foca::Identity for NodeId {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(NodeId {
+            bump: self.bump.wrapping_add(1),
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.bump > adversary.bump
+    }
+}
+
+struct Entry {
+    addr: SocketAddr,
+    state: MemberState,
+    load: Option<(LoadRecord, Instant)>,
+}
+
+/// What this node knows about the cluster. Dead members stay listed (as dead)
+/// until they come back, so `mosix status` can show what was lost.
+pub struct Table {
+    self_name: String,
+    self_addr: SocketAddr,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Table {
+    fn new(self_name: String, self_addr: SocketAddr) -> Self {
+        Table {
+            self_name,
+            self_addr,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    fn sync<'a>(&mut self, members: impl Iterator<Item = &'a foca::Member<NodeId>>) {
+        let mut seen = std::collections::HashSet::new();
+        for m in members {
+            let id = m.id();
+            if id.name == self.self_name {
+                continue;
+            }
+            let state = match m.state() {
+                foca::State::Alive => MemberState::Alive,
+                foca::State::Suspect => MemberState::Suspect,
+                foca::State::Down => MemberState::Dead,
+            };
+            // Several identities of one name exist briefly after a restart;
+            // the live one wins.
+            if state != MemberState::Alive && seen.contains(&id.name) {
+                continue;
+            }
+            if state == MemberState::Alive {
+                seen.insert(id.name.clone());
+            }
+            let e = self.entries.entry(id.name.clone()).or_insert(Entry {
+                addr: id.addr,
+                state,
+                load: None,
+            });
+            if e.state != state {
+                tracing::info!(member = %id.name, from = %e.state, to = %state, "membership change");
+            }
+            e.addr = id.addr;
+            e.state = state;
+        }
+        // foca forgets down members eventually; we keep reporting them dead.
+        for (name, e) in self.entries.iter_mut() {
+            if !seen.contains(name) && e.state == MemberState::Alive {
+                e.state = MemberState::Dead;
+            }
+        }
+    }
+
+    fn set_load(&mut self, node: &str, rec: LoadRecord) {
+        if let Some(e) = self.entries.get_mut(node) {
+            e.load = Some((rec, Instant::now()));
+        }
+    }
+
+    pub fn alive_peers(&self) -> Vec<SocketAddr> {
+        self.entries
+            .values()
+            .filter(|e| e.state != MemberState::Dead)
+            .map(|e| e.addr)
+            .collect()
+    }
+
+    pub fn snapshot(&self, own: &LoadRecord) -> Vec<MemberInfo> {
+        let mut out = vec![MemberInfo {
+            name: self.self_name.clone(),
+            addr: self.self_addr,
+            state: MemberState::Alive,
+            load: Some(own.clone()),
+            load_age_ms: Some(0),
+            is_self: true,
+        }];
+        for (name, e) in &self.entries {
+            out.push(MemberInfo {
+                name: name.clone(),
+                addr: e.addr,
+                state: e.state,
+                load: e.load.as_ref().map(|(l, _)| l.clone()),
+                load_age_ms: e.load.as_ref().map(|(_, t)| t.elapsed().as_millis() as u64),
+                is_self: false,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+enum Input {
+    Data(Bytes),
+    Timer(Timer<NodeId>),
+    Announce,
+}
+
+/// Handle to the running membership service.
+#[derive(Clone)]
+pub struct Membership {
+    tx: mpsc::Sender<Input>,
+    table: Arc<Mutex<Table>>,
+    probe: Arc<LoadProbe>,
+}
+
+fn foca_config() -> foca::Config {
+    let mut c = foca::Config::new_lan(NonZeroU32::new(32).expect("nonzero"));
+    c.probe_period = PROBE_PERIOD;
+    c.probe_rtt = PROBE_RTT;
+    c.suspect_to_down_after = SUSPECT_TO_DEAD;
+    // Must fit one QUIC datagram (about 1200 bytes on loopback) with our tag.
+    c.max_packet_size = NonZeroUsize::new(1000).expect("nonzero");
+    c.periodic_announce = Some(foca::PeriodicParams {
+        frequency: Duration::from_secs(10),
+        num_members: NonZeroUsize::new(1).expect("nonzero"),
+    });
+    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: Duration::from_secs(10),
+        num_members: NonZeroUsize::new(2).expect("nonzero"),
+    });
+    c
+}
+
+impl Membership {
+    pub fn start(
+        name: String,
+        listen: SocketAddr,
+        seeds: Vec<SocketAddr>,
+        peers: Arc<Peers>,
+        probe: Arc<LoadProbe>,
+    ) -> Self {
+        let bump = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let me = NodeId {
+            name: name.clone(),
+            addr: listen,
+            bump,
+        };
+        let table = Arc::new(Mutex::new(Table::new(name.clone(), listen)));
+        let (tx, rx) = mpsc::channel(1024);
+        let (sched_tx, sched_rx) = mpsc::unbounded_channel();
+        tokio::spawn(scheduler(sched_rx, tx.clone()));
+        tokio::spawn(foca_loop(
+            me,
+            rx,
+            sched_tx,
+            peers.clone(),
+            table.clone(),
+            seeds.clone(),
+        ));
+        let m = Membership { tx, table, probe };
+        tokio::spawn(m.clone().join_loop(!seeds.is_empty()));
+        tokio::spawn(m.clone().load_loop(name, peers));
+        m
+    }
+
+    /// Feeds a received SWIM packet. Drops it if the loop is backed up:
+    /// SWIM tolerates loss, and a flood must not grow memory.
+    pub fn receive_swim(&self, data: Bytes) {
+        let _ = self.tx.try_send(Input::Data(data));
+    }
+
+    pub fn receive_load(&self, node: &str, rec: LoadRecord) {
+        self.table.lock().expect("table lock").set_load(node, rec);
+    }
+
+    pub fn snapshot(&self) -> Vec<MemberInfo> {
+        let own = self.probe.sample();
+        self.table.lock().expect("table lock").snapshot(&own)
+    }
+
+    async fn join_loop(self, have_seeds: bool) {
+        if !have_seeds {
+            return;
+        }
+        let mut tick = tokio::time::interval(JOIN_RETRY);
+        loop {
+            tick.tick().await;
+            let lonely = self
+                .table
+                .lock()
+                .expect("table lock")
+                .alive_peers()
+                .is_empty();
+            if lonely && self.tx.send(Input::Announce).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn load_loop(self, name: String, peers: Arc<Peers>) {
+        let mut tick = tokio::time::interval(LOAD_INTERVAL);
+        loop {
+            tick.tick().await;
+            let probe = self.probe.clone();
+            let Ok(record) = tokio::task::spawn_blocking(move || probe.sample()).await else {
+                continue;
+            };
+            let targets = self.table.lock().expect("table lock").alive_peers();
+            let bytes = Bytes::from(
+                Datagram::Load {
+                    node: name.clone(),
+                    record,
+                }
+                .encode(),
+            );
+            for addr in targets {
+                peers.send_datagram(addr, bytes.clone());
+            }
+        }
+    }
+}
+
+async fn foca_loop(
+    me: NodeId,
+    mut rx: mpsc::Receiver<Input>,
+    sched: mpsc::UnboundedSender<(Instant, Timer<NodeId>)>,
+    peers: Arc<Peers>,
+    table: Arc<Mutex<Table>>,
+    seeds: Vec<SocketAddr>,
+) {
+    let rng: rand::rngs::StdRng = rand::make_rng();
+    let mut foca = Foca::new(me, foca_config(), rng, PostcardCodec);
+    let mut rt = foca::AccumulatingRuntime::new();
+    while let Some(input) = rx.recv().await {
+        let result = match input {
+            Input::Data(d) => foca.handle_data(&d, &mut rt),
+            Input::Timer(t) => foca.handle_timer(t, &mut rt),
+            Input::Announce => {
+                let mut r = Ok(());
+                for &addr in &seeds {
+                    // Only the address matters for an announce; the real
+                    // identity comes back in the reply.
+                    let placeholder = NodeId {
+                        name: String::new(),
+                        addr,
+                        bump: 0,
+                    };
+                    r = r.and(foca.announce(placeholder, &mut rt));
+                }
+                r
+            }
+        };
+        if let Err(e) = result {
+            // Malformed or stale packets land here; SWIM just moves on.
+            tracing::debug!(error = %e, "swim input ignored");
+        }
+        while let Some((dst, data)) = rt.to_send() {
+            let framed = Datagram::Swim(data.to_vec()).encode();
+            peers.send_datagram(dst.addr, Bytes::from(framed));
+        }
+        let now = Instant::now();
+        while let Some((delay, timer)) = rt.to_schedule() {
+            let _ = sched.send((now + delay, timer));
+        }
+        while let Some(n) = rt.to_notify() {
+            match n {
+                OwnedNotification::Rejoin(id) => {
+                    tracing::warn!(?id, "we were declared dead; rejoined with a new identity")
+                }
+                OwnedNotification::Idle => tracing::warn!("no live member left"),
+                other => tracing::debug!(?other, "swim notification"),
+            }
+        }
+        // Suspicion has no notification, so the table follows foca's state
+        // after every input rather than only on up/down events.
+        table
+            .lock()
+            .expect("table lock")
+            .sync(foca.iter_membership_state());
+    }
+}
+
+/// Delivers foca's timers in deadline order (foca requires the order; see
+/// foca issue #26), from one task instead of one sleeping task per timer.
+async fn scheduler(
+    mut rx: mpsc::UnboundedReceiver<(Instant, Timer<NodeId>)>,
+    tx: mpsc::Sender<Input>,
+) {
+    let mut queue: BinaryHeap<Reverse<(Instant, Timer<NodeId>)>> = BinaryHeap::new();
+    loop {
+        let now = Instant::now();
+        while queue.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            let Reverse((_, t)) = queue.pop().expect("peeked");
+            if tx.send(Input::Timer(t)).await.is_err() {
+                return;
+            }
+        }
+        let next = queue.peek().map(|Reverse((at, _))| *at);
+        let item = match next {
+            Some(at) => tokio::select! {
+                _ = tokio::time::sleep_until(at) => continue,
+                item = rx.recv() => item,
+            },
+            None => rx.recv().await,
+        };
+        match item {
+            Some((at, t)) => queue.push(Reverse((at, t))),
+            None => return,
+        }
+    }
+}

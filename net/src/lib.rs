@@ -1,0 +1,112 @@
+//! The cluster transport.
+//!
+//! All node-to-node traffic is QUIC with mutual TLS 1.3: a peer must present a
+//! certificate signed by the cluster CA before it can open a stream. On an
+//! authenticated connection:
+//! - each request is one bidirectional stream carrying one request frame and
+//!   one response frame ([`mosix_proto::read_frame`]);
+//! - membership (SWIM) packets and load records travel as QUIC datagrams.
+//!
+//! Every remote operation is bounded in time: see [`CONNECT_TIMEOUT`] and
+//! [`REQUEST_TIMEOUT`].
+
+pub mod peers;
+pub mod pki;
+pub mod server;
+pub mod tls;
+
+use std::time::Duration;
+
+pub use peers::Peers;
+pub use server::{serve, Handler};
+pub use tls::{Tls, TlsFiles};
+
+/// Longest wait for a QUIC + TLS handshake with a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for a whole request: sending it and reading the response.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no traffic (keep-alives included) for this long is dead.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keep-alive interval; well below [`IDLE_TIMEOUT`].
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// Most connections a node accepts at once; more are refused before TLS.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Errors of the transport layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
+    #[error("{what} timed out after {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    #[error("connection lost: {0}")]
+    ConnectionLost(#[from] quinn::ConnectionError),
+    #[error("stream write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+    #[error("protocol: {0}")]
+    Frame(#[from] mosix_proto::FrameError),
+    #[error("peer sent no response")]
+    NoResponse,
+    #[error("peer reported: {0}")]
+    Remote(#[from] mosix_proto::RemoteError),
+    #[error("tls setup: {0}")]
+    Tls(String),
+    #[error("certificates: {0}")]
+    Pki(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = NetError> = std::result::Result<T, E>;
+
+/// Transport settings shared by both ends of every connection.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("idle timeout fits a QUIC varint"),
+    ));
+    // Room for the bulk data path: a 1 GiB stream should not stall on flow control.
+    t.stream_receive_window((16u32 << 20).into());
+    t.receive_window((64u32 << 20).into());
+    t.send_window(64 << 20);
+    t.datagram_receive_buffer_size(Some(1 << 20));
+    t
+}
+
+/// Sends one request on a fresh stream of `conn` and waits for its response,
+/// all within [`REQUEST_TIMEOUT`].
+pub async fn request(
+    conn: &quinn::Connection,
+    req: &mosix_proto::Request,
+) -> Result<mosix_proto::Response> {
+    with_timeout("request", REQUEST_TIMEOUT, async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        mosix_proto::write_frame(&mut send, req, mosix_proto::MAX_FRAME).await?;
+        send.finish()?;
+        match mosix_proto::read_frame(&mut recv, mosix_proto::MAX_FRAME).await? {
+            Some(mosix_proto::Response::Error(e)) => Err(NetError::Remote(e)),
+            Some(resp) => Ok(resp),
+            None => Err(NetError::NoResponse),
+        }
+    })
+    .await
+}
+
+pub(crate) async fn with_timeout<T>(
+    what: &'static str,
+    after: Duration,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(after, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(NetError::Timeout { what, after }),
+    }
+}

@@ -1,0 +1,154 @@
+//! The accepting side: triage, handshake, then one task per request stream.
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mosix_proto::{read_frame, write_frame, RemoteError, Request, Response, MAX_FRAME};
+use tracing::Instrument;
+
+use crate::{CONNECT_TIMEOUT, MAX_CONNECTIONS, REQUEST_TIMEOUT};
+
+/// QUIC application error code used when we abort a stream for a protocol
+/// violation.
+pub const ERR_PROTOCOL: u32 = 1;
+
+/// What a node does with requests and datagrams from authenticated peers.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request) -> impl Future<Output = Response> + Send;
+    fn datagram(&self, data: Bytes);
+}
+
+/// Accepts connections until the endpoint closes.
+pub async fn serve<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>) {
+    while let Some(incoming) = endpoint.accept().await {
+        // Triage before any TLS work: an overloaded node refuses cheaply.
+        if endpoint.open_connections() >= MAX_CONNECTIONS {
+            tracing::warn!(remote = %incoming.remote_address(), "refusing connection: too many open");
+            incoming.refuse();
+            continue;
+        }
+        let remote = incoming.remote_address();
+        let handler = handler.clone();
+        tokio::spawn(
+            async move {
+                let conn =
+                    match tokio::time::timeout(CONNECT_TIMEOUT, async { incoming.accept()?.await })
+                        .await
+                    {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(e)) => {
+                            // Includes peers without a CA-signed certificate.
+                            tracing::info!(error = %e, "handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!("handshake timed out");
+                            return;
+                        }
+                    };
+                serve_connection(conn, handler).await;
+            }
+            .instrument(tracing::info_span!("peer", %remote)),
+        );
+    }
+}
+
+async fn serve_connection<H: Handler>(conn: quinn::Connection, handler: Arc<H>) {
+    let dgram_conn = conn.clone();
+    let dgram_handler = handler.clone();
+    tokio::spawn(
+        async move {
+            while let Ok(d) = dgram_conn.read_datagram().await {
+                dgram_handler.datagram(d);
+            }
+        }
+        .in_current_span(),
+    );
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let handler = handler.clone();
+                tokio::spawn(handle_stream(handler, send, recv).in_current_span());
+            }
+            Err(e) => {
+                tracing::debug!(reason = %e, "connection ended");
+                return;
+            }
+        }
+    }
+}
+
+async fn handle_stream<H: Handler>(
+    handler: Arc<H>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let req = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_frame::<_, Request>(&mut recv, MAX_FRAME),
+    )
+    .await
+    {
+        Ok(Ok(Some(req))) => req,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "bad request frame; closing stream");
+            reject(&mut send, &mut recv, e.to_string()).await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("request frame not received in time; closing stream");
+            reject(&mut send, &mut recv, "request timed out".into()).await;
+            return;
+        }
+    };
+    let resp = match req {
+        Request::Discard { len } => match discard(&mut recv, len).await {
+            Ok(bytes) => Response::Discarded { bytes },
+            Err(e) => {
+                tracing::warn!(error = %e, "discard stream failed");
+                let _ = send.reset(ERR_PROTOCOL.into());
+                return;
+            }
+        },
+        req => handler.handle(req).await,
+    };
+    if let Err(e) = write_frame(&mut send, &resp, MAX_FRAME).await {
+        tracing::warn!(error = %e, "cannot send response");
+        let _ = send.reset(ERR_PROTOCOL.into());
+        return;
+    }
+    let _ = send.finish();
+    // Let the peer read the response before the stream state is dropped.
+    let _ = send.stopped().await;
+}
+
+/// Answers a protocol violation with an error and stops reading, so the peer
+/// learns why its stream died and cannot keep pushing bytes into it.
+async fn reject(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, why: String) {
+    let _ = recv.stop(ERR_PROTOCOL.into());
+    let resp = Response::Error(RemoteError::BadRequest(why));
+    if write_frame(send, &resp, MAX_FRAME).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, send.stopped()).await;
+    } else {
+        let _ = send.reset(ERR_PROTOCOL.into());
+    }
+}
+
+async fn discard(recv: &mut quinn::RecvStream, len: u64) -> Result<u64, String> {
+    let mut got = 0u64;
+    while got < len {
+        // Bounded per chunk, not for the whole transfer: a slow but live
+        // stream may take as long as it needs.
+        let chunk = tokio::time::timeout(REQUEST_TIMEOUT, recv.read_chunk(1 << 20, true))
+            .await
+            .map_err(|_| "stalled".to_string())?
+            .map_err(|e| e.to_string())?;
+        match chunk {
+            Some(c) => got += c.bytes.len() as u64,
+            None => return Err(format!("stream ended after {got} of {len} bytes")),
+        }
+    }
+    Ok(got)
+}

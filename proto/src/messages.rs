@@ -1,0 +1,160 @@
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// A node's load, spread to every other node about once a second.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct LoadRecord {
+    /// CPUs this node offers.
+    pub cpus: u32,
+    /// One-minute load average, as in /proc/loadavg.
+    pub load1: f64,
+    /// MemAvailable, bytes.
+    pub freemem: u64,
+    /// MemTotal, bytes.
+    pub totalmem: u64,
+    /// Processes in the node's PID namespace.
+    pub procs: u32,
+    /// Relative CPU speed: integer-loop iterations per microsecond of one core,
+    /// measured at daemon start. Only comparable between nodes of one cluster.
+    pub speed: u32,
+    /// Seconds since the node's daemon started.
+    pub uptime: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Dead,
+}
+
+impl std::fmt::Display for MemberState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Dead => "dead",
+        })
+    }
+}
+
+/// One line of "what does the cluster look like", as seen by one node.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MemberInfo {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub state: MemberState,
+    /// Latest load record heard from the member (for itself: measured now).
+    pub load: Option<LoadRecord>,
+    /// Milliseconds since that record was received.
+    pub load_age_ms: Option<u64>,
+    /// True for the node that answered.
+    pub is_self: bool,
+}
+
+/// Node-to-node requests, one per QUIC bidirectional stream.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Request {
+    Ping {
+        nonce: u64,
+    },
+    /// The members table of the serving node.
+    Members,
+    /// Followed on the same stream by exactly `len` raw bytes, which the server
+    /// counts and drops; used to measure the raw transport.
+    Discard {
+        len: u64,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Response {
+    Pong { nonce: u64, node: String },
+    Members(Vec<MemberInfo>),
+    Discarded { bytes: u64 },
+    Error(RemoteError),
+}
+
+/// An error the serving node reports back instead of a result.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RemoteError {
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
+}
+
+/// Unreliable, unordered QUIC datagrams between members: SWIM packets and load
+/// records. Both tolerate loss, so they never wait on retransmission.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Datagram {
+    /// An opaque SWIM packet (foca's own encoding).
+    Swim(Vec<u8>),
+    Load {
+        node: String,
+        record: LoadRecord,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct LoadDatagram {
+    node: String,
+    record: LoadRecord,
+}
+
+const TAG_SWIM: u8 = 1;
+const TAG_LOAD: u8 = 2;
+
+impl Datagram {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Datagram::Swim(data) => {
+                let mut v = Vec::with_capacity(1 + data.len());
+                v.push(TAG_SWIM);
+                v.extend_from_slice(data);
+                v
+            }
+            Datagram::Load { node, record } => {
+                let mut v = vec![TAG_LOAD];
+                let body = LoadDatagram {
+                    node: node.clone(),
+                    record: record.clone(),
+                };
+                // Encoding plain structs into a Vec cannot fail.
+                v.extend(crate::encode(&body).expect("load record encodes"));
+                v
+            }
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::FrameError> {
+        match bytes.split_first() {
+            Some((&TAG_SWIM, rest)) => Ok(Datagram::Swim(rest.to_vec())),
+            Some((&TAG_LOAD, rest)) => {
+                let d: LoadDatagram = crate::decode(rest)?;
+                Ok(Datagram::Load {
+                    node: d.node,
+                    record: d.record,
+                })
+            }
+            _ => Err(crate::FrameError::Decode(rmp_serde::decode::Error::Syntax(
+                "unknown datagram tag".into(),
+            ))),
+        }
+    }
+}
+
+/// Requests from the CLI to the daemon of its own node, over the control socket.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum ControlRequest {
+    Status,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum ControlResponse {
+    Status {
+        node: String,
+        members: Vec<MemberInfo>,
+    },
+    Error(String),
+}
