@@ -75,7 +75,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cert: cfg.tls.cert.clone(),
         key: cfg.tls.key.clone(),
     })?;
-    let endpoint = quinn::Endpoint::server(tls.server.clone(), cfg.listen).map_err(|source| {
+    let endpoint = mosix_net::bind_endpoint(cfg.listen, tls.server.clone()).map_err(|source| {
         DaemonError::Listen {
             addr: cfg.listen,
             source,

@@ -1,6 +1,5 @@
 //! The cluster transport against hostile clients: strangers get no answer,
 //! and garbage never stops a node from serving the next good request.
-use std::sync::Arc;
 use std::time::Duration;
 
 use mosix_integration::Cluster;
@@ -13,13 +12,7 @@ const STEP: Duration = Duration::from_secs(15);
 
 fn client_endpoint(c: &Cluster, bind: &str) -> quinn::Endpoint {
     let sock = c.udp_socket_in_cluster(bind);
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        sock,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .expect("client endpoint")
+    mosix_net::endpoint_on(sock, None).expect("client endpoint")
 }
 
 /// Connects with `cfg` and sends a real request. Returns the response, or

@@ -15,6 +15,7 @@ pub mod pki;
 pub mod server;
 pub mod tls;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use peers::Peers;
@@ -108,5 +109,45 @@ pub(crate) async fn with_timeout<T>(
     match tokio::time::timeout(after, fut).await {
         Ok(r) => r,
         Err(_) => Err(NetError::Timeout { what, after }),
+    }
+}
+
+/// A QUIC endpoint on an already bound socket (tests bind theirs inside a
+/// network namespace). `server` is `None` for a client-only endpoint.
+pub fn endpoint_on(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    size_socket_buffers(&socket);
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// Binds a node's endpoint: it both accepts peers and dials them, from one
+/// address, so peers see our listen address as our source.
+pub fn bind_endpoint(
+    addr: std::net::SocketAddr,
+    server: quinn::ServerConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    endpoint_on(std::net::UdpSocket::bind(addr)?, Some(server))
+}
+
+/// Socket buffer size for node endpoints.
+pub const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Bulk transfers burst faster than a default-sized UDP buffer drains, and
+/// every drop costs a loss-recovery round. Root may exceed the sysctl limits (the *FORCE
+/// options); anyone else gets what the limits allow.
+fn size_socket_buffers(socket: &std::net::UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER);
     }
 }
