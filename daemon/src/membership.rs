@@ -17,7 +17,7 @@ use foca::{Foca, OwnedNotification, PostcardCodec, Timer};
 use mosix_net::Peers;
 use mosix_proto::{Datagram, LoadRecord, MemberInfo, MemberState};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::load::LoadProbe;
@@ -184,6 +184,9 @@ pub struct Membership {
     tx: mpsc::Sender<Input>,
     table: Arc<Mutex<Table>>,
     probe: Arc<LoadProbe>,
+    /// Wakes the load sender early, so a member that just came up hears our
+    /// load at once instead of up to a period later.
+    load_now: Arc<Notify>,
 }
 
 fn foca_config() -> foca::Config {
@@ -224,6 +227,7 @@ impl Membership {
         let table = Arc::new(Mutex::new(Table::new(name.clone(), listen)));
         let (tx, rx) = mpsc::channel(1024);
         let (sched_tx, sched_rx) = mpsc::unbounded_channel();
+        let load_now = Arc::new(Notify::new());
         tokio::spawn(scheduler(sched_rx, tx.clone()));
         tokio::spawn(foca_loop(
             me,
@@ -232,8 +236,14 @@ impl Membership {
             peers.clone(),
             table.clone(),
             seeds.clone(),
+            load_now.clone(),
         ));
-        let m = Membership { tx, table, probe };
+        let m = Membership {
+            tx,
+            table,
+            probe,
+            load_now,
+        };
         tokio::spawn(m.clone().join_loop(!seeds.is_empty()));
         tokio::spawn(m.clone().load_loop(name, peers));
         m
@@ -276,7 +286,10 @@ impl Membership {
     async fn load_loop(self, name: String, peers: Arc<Peers>) {
         let mut tick = tokio::time::interval(LOAD_INTERVAL);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {},
+                _ = self.load_now.notified() => {},
+            }
             let probe = self.probe.clone();
             let Ok(record) = tokio::task::spawn_blocking(move || probe.sample()).await else {
                 continue;
@@ -303,6 +316,7 @@ async fn foca_loop(
     peers: Arc<Peers>,
     table: Arc<Mutex<Table>>,
     seeds: Vec<SocketAddr>,
+    load_now: Arc<Notify>,
 ) {
     let rng: rand::rngs::StdRng = rand::make_rng();
     let mut foca = Foca::new(me, foca_config(), rng, PostcardCodec);
@@ -340,6 +354,7 @@ async fn foca_loop(
         }
         while let Some(n) = rt.to_notify() {
             match n {
+                OwnedNotification::MemberUp(_) => load_now.notify_one(),
                 OwnedNotification::Rejoin(id) => {
                     tracing::warn!(?id, "we were declared dead; rejoined with a new identity")
                 }
