@@ -170,7 +170,8 @@ pub fn up(state: &Path, n: usize, port: u16, timeout: u64) -> anyhow::Result<()>
             },
             mountpoint: config::default_mountpoint(),
             control_socket: config::default_control_socket(),
-            exports: Config::default_exports(),
+            export: config::Export::default(),
+            mount: true,
         };
         cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
         fs::write(l.config(name), cfg.to_toml())?;

@@ -37,9 +37,12 @@ pub struct Config {
     /// Unix socket the local CLI (`mosix status`) talks to.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
-    /// Trees this node offers to the cluster under /mosix/nodes/<name>.
-    #[serde(default = "default_exports_list", rename = "export")]
-    pub exports: Vec<Export>,
+    /// The tree this node offers to the cluster as /mosix/nodes/<name>.
+    #[serde(default)]
+    pub export: Export,
+    /// Whether to mount /mosix at all (a pure file server can skip it).
+    #[serde(default = "yes")]
+    pub mount: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -56,6 +59,7 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Export {
+    #[serde(default = "root_path")]
     pub path: PathBuf,
     #[serde(default)]
     pub read_only: bool,
@@ -71,19 +75,25 @@ pub fn default_control_socket() -> PathBuf {
     PathBuf::from("/run/mosix/control.sock")
 }
 
-pub fn default_exports_list() -> Vec<Export> {
-    vec![Export {
-        path: PathBuf::from("/"),
-        read_only: false,
-        root_squash: false,
-    }]
+fn root_path() -> PathBuf {
+    PathBuf::from("/")
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Export {
+    fn default() -> Self {
+        Export {
+            path: root_path(),
+            read_only: false,
+            root_squash: false,
+        }
+    }
 }
 
 impl Config {
-    pub fn default_exports() -> Vec<Export> {
-        default_exports_list()
-    }
-
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -113,10 +123,11 @@ impl Config {
         if self.peers.contains(&self.listen) {
             return Err("peers must not list this node's own listen address".into());
         }
-        for e in &self.exports {
-            if !e.path.is_absolute() {
-                return Err(format!("export path {} is not absolute", e.path.display()));
-            }
+        if !self.export.path.is_absolute() {
+            return Err(format!(
+                "export path {} is not absolute",
+                self.export.path.display()
+            ));
         }
         if !self.mountpoint.is_absolute() {
             return Err("mountpoint must be an absolute path".into());
@@ -152,7 +163,8 @@ key = "/abs/n1.key"
         .unwrap();
         let c = Config::load(&p).unwrap();
         assert_eq!(c.mountpoint, PathBuf::from("/mosix"));
-        assert_eq!(c.exports.len(), 1);
+        assert_eq!(c.export, Export::default());
+        assert!(c.mount);
         assert_eq!(c.tls.ca, dir.path().join("certs/ca.pem"));
         assert_eq!(c.tls.key, PathBuf::from("/abs/n1.key"));
         // What we write, we read back.

@@ -3,6 +3,7 @@ pub mod config;
 pub mod control;
 pub mod load;
 pub mod membership;
+pub mod mount;
 
 use std::sync::Arc;
 
@@ -24,6 +25,16 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("export {path}: {source}")]
+    Export {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mounting {path}: {source}")]
+    Mount {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("control socket {path}: {source}")]
     Control {
         path: std::path::PathBuf,
@@ -35,6 +46,7 @@ pub enum DaemonError {
 struct Node {
     name: String,
     membership: Membership,
+    export: Arc<mosix_fs::export::Export>,
 }
 
 impl mosix_net::Handler for Node {
@@ -56,6 +68,14 @@ impl mosix_net::Handler for Node {
             Request::Discard { .. } => Response::Error(RemoteError::BadRequest(
                 "discard must carry its payload on the stream".into(),
             )),
+            Request::Fs { creds, op } => {
+                let export = self.export.clone();
+                let epoch = export.epoch();
+                match tokio::task::spawn_blocking(move || export.handle(&creds, op)).await {
+                    Ok(result) => Response::Fs { epoch, result },
+                    Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
+                }
+            }
         }
     }
 
@@ -98,12 +118,46 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         peers.clone(),
         probe,
     );
+    // The mountpoint must exist before the export can hide it.
+    if cfg.mount {
+        mount::clean_stale_mount(&cfg.mountpoint).map_err(|source| DaemonError::Mount {
+            path: cfg.mountpoint.clone(),
+            source,
+        })?;
+    }
+    let export = Arc::new(
+        mount::open_export(&cfg).map_err(|source| DaemonError::Export {
+            path: cfg.export.path.clone(),
+            source,
+        })?,
+    );
     let node = Arc::new(Node {
         name: cfg.name.clone(),
         membership: membership.clone(),
+        export: export.clone(),
     });
     tokio::spawn(mosix_net::serve(endpoint.clone(), node));
-    tokio::spawn(control::serve(control, cfg.name.clone(), membership));
+    tokio::spawn(control::serve(
+        control,
+        cfg.name.clone(),
+        membership.clone(),
+    ));
+    let session = if cfg.mount {
+        let fs = Arc::new(mosix_fs::MosixFs::new(
+            cfg.name.clone(),
+            export,
+            Arc::new(mount::ClusterLink {
+                membership,
+                peers: peers.clone(),
+            }),
+        ));
+        Some(mount::mount(&cfg, fs).map_err(|source| DaemonError::Mount {
+            path: cfg.mountpoint.clone(),
+            source,
+        })?)
+    } else {
+        None
+    };
     tracing::info!(node = %cfg.name, listen = %cfg.listen, peers = ?cfg.peers, "node up");
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -114,6 +168,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         _ = int.recv() => {},
     }
     tracing::info!("shutting down");
+    if let Some(s) = session {
+        // Unmount from a blocking thread: the FUSE threads may still need the
+        // runtime to finish replies in flight.
+        let _ = tokio::task::spawn_blocking(move || s.umount_and_join()).await;
+    }
     endpoint.close(0u32.into(), b"shutdown");
     let _ = std::fs::remove_file(&cfg.control_socket);
     Ok(())

@@ -259,6 +259,25 @@ impl Membership {
         self.table.lock().expect("table lock").set_load(node, rec);
     }
 
+    /// Where `node` listens and what state it is in, if it is known.
+    pub fn member(&self, node: &str) -> Option<(SocketAddr, MemberState)> {
+        let t = self.table.lock().expect("table lock");
+        t.entries.get(node).map(|e| (e.addr, e.state))
+    }
+
+    /// Names of the members that are not dead, this node included.
+    pub fn alive_names(&self) -> Vec<String> {
+        let t = self.table.lock().expect("table lock");
+        let mut v: Vec<String> = t
+            .entries
+            .iter()
+            .filter(|(_, e)| e.state != MemberState::Dead)
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.push(t.self_name.clone());
+        v
+    }
+
     pub fn snapshot(&self) -> Vec<MemberInfo> {
         let own = self.probe.sample();
         self.table.lock().expect("table lock").snapshot(&own)

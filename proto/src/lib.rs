@@ -12,6 +12,7 @@
 //! cannot make us allocate or wait for more than [`MAX_FRAME`] bytes.
 
 mod frame;
+pub mod fs;
 mod messages;
 
 pub use frame::{decode, encode, read_frame, write_frame, FrameError};

@@ -65,13 +65,29 @@ pub enum Request {
     Discard {
         len: u64,
     },
+    /// A file operation on the serving node's exports (see [`crate::fs`]).
+    Fs {
+        creds: crate::fs::Creds,
+        op: crate::fs::FsRequest,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Response {
-    Pong { nonce: u64, node: String },
+    Pong {
+        nonce: u64,
+        node: String,
+    },
     Members(Vec<MemberInfo>),
-    Discarded { bytes: u64 },
+    Discarded {
+        bytes: u64,
+    },
+    /// `epoch` identifies the serving daemon's run: ids it handed out in an
+    /// earlier run mean nothing now, and the client must not mix them up.
+    Fs {
+        epoch: u64,
+        result: crate::fs::FsResult,
+    },
     Error(RemoteError),
 }
 

@@ -1,0 +1,91 @@
+//! Serving this node's export to the cluster, and mounting /mosix.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mosix_fs::export::{Export, ExportConfig};
+use mosix_fs::{FsError, MosixFs};
+use mosix_net::{NetError, Peers};
+use mosix_proto::fs::{Creds, FsRequest};
+use mosix_proto::{MemberState, Request, Response};
+
+use crate::config::Config;
+use crate::membership::Membership;
+
+/// Paths never served to other nodes, whatever the export says: the node's
+/// kernel interfaces, and /mosix itself (serving it would loop).
+pub fn hidden_paths(cfg: &Config) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = ["/proc", "/sys", "/dev"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    v.push(cfg.mountpoint.clone());
+    v
+}
+
+pub fn open_export(cfg: &Config) -> std::io::Result<Export> {
+    Export::open(ExportConfig {
+        root: cfg.export.path.clone(),
+        read_only: cfg.export.read_only,
+        root_squash: cfg.export.root_squash,
+        hide: hidden_paths(cfg),
+    })
+}
+
+/// How the namespace reaches other nodes: through membership (who is alive,
+/// where) and the peer connections.
+pub struct ClusterLink {
+    pub membership: Membership,
+    pub peers: Arc<Peers>,
+}
+
+impl mosix_fs::Cluster for ClusterLink {
+    fn alive_nodes(&self) -> Vec<String> {
+        self.membership.alive_names()
+    }
+
+    fn call(&self, node: &str, creds: Creds, op: FsRequest) -> mosix_fs::namespace::RemoteCall {
+        let member = self.membership.member(node);
+        let peers = self.peers.clone();
+        let node = node.to_string();
+        Box::pin(async move {
+            let addr = match member {
+                None => return Err(FsError::NoSuchNode(node)),
+                // Known dead: fail at once instead of waiting on a handshake.
+                Some((_, MemberState::Dead)) => return Err(FsError::NodeDown(node)),
+                Some((addr, _)) => addr,
+            };
+            match peers.request(addr, &Request::Fs { creds, op }).await {
+                Ok(Response::Fs { epoch, result }) => Ok((epoch, result)),
+                Ok(other) => Err(FsError::Transport(format!("unexpected response {other:?}"))),
+                Err(NetError::Connect { .. }) => Err(FsError::NodeDown(node)),
+                Err(e) => Err(FsError::Transport(e.to_string())),
+            }
+        })
+    }
+
+    fn home_node(&self, _pid: u32) -> Option<String> {
+        // Until processes migrate, every process is at home here.
+        None
+    }
+}
+
+/// Unmounts a /mosix left by a daemon that died (its mount answers ENOTCONN),
+/// so a restarted daemon can mount again.
+pub fn clean_stale_mount(mountpoint: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "removing stale mount");
+            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                .map_err(std::io::Error::from)?;
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(mountpoint),
+        Err(e) => Err(e),
+        Ok(_) => Ok(()),
+    }
+}
+
+pub fn mount(cfg: &Config, fs: Arc<MosixFs>) -> std::io::Result<fuser::BackgroundSession> {
+    clean_stale_mount(&cfg.mountpoint)?;
+    mosix_fs::fuse::mount(fs, tokio::runtime::Handle::current(), &cfg.mountpoint)
+}

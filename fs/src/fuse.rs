@@ -1,0 +1,765 @@
+//! The FUSE adapter: translates kernel requests into [`MosixFs`] calls and
+//! their results into replies. It holds no filesystem logic. Every handler
+//! spawns its work on the tokio runtime and replies from there, so a slow
+//! node never blocks the FUSE threads and many requests are in flight at once.
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use mosix_proto::fs::{FileKind, FsReply, FsRequest, SetAttr, SetTime, Timespec};
+
+use crate::error::FsError;
+use crate::namespace::{Caller, MosixFs, NodeAttr};
+
+/// Attributes and entries are not cached by the kernel: without coherent
+/// invalidation (a later issue), any caching could serve stale metadata.
+const TTL: Duration = Duration::ZERO;
+/// File handles with this bit are local kernel-passthrough opens.
+const PASSTHROUGH_FH: u64 = 1 << 63;
+/// Largest read and write the kernel sends in one request.
+pub const MAX_IO: u32 = 1 << 20;
+
+pub struct FuseAdapter {
+    fs: Arc<MosixFs>,
+    rt: tokio::runtime::Handle,
+    passthrough: AtomicBool,
+    backing: Arc<Mutex<HashMap<u64, (BackingId, std::fs::File)>>>,
+    next_fh: AtomicU64,
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn file_attr(a: &NodeAttr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        flags: 0,
+        blksize: a.blksize,
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => {
+            let (secs, nsecs) = match st.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+                Err(e) => {
+                    let d = e.duration();
+                    if d.subsec_nanos() == 0 {
+                        (-(d.as_secs() as i64), 0)
+                    } else {
+                        (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+                    }
+                }
+            };
+            SetTime::At(Timespec { secs, nsecs })
+        }
+    })
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<MosixFs>, rt: tokio::runtime::Handle) -> Self {
+        FuseAdapter {
+            fs,
+            rt,
+            passthrough: AtomicBool::new(false),
+            backing: Arc::default(),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(fut);
+    }
+
+    fn reply_entry(r: Result<NodeAttr, FsError>, reply: ReplyEntry) {
+        match r {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn reply_empty(r: Result<(), FsError>, reply: ReplyEmpty) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+fn unexpected(r: FsReply) -> Errno {
+    tracing::warn!(reply = ?r, "unexpected reply");
+    Errno::EIO
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        let _ = config.set_max_background(64);
+        // Passthrough needs kernel support (6.9+) and CAP_SYS_ADMIN; without
+        // it, local files go through the daemon like remote ones.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        } else {
+            tracing::warn!(
+                "kernel FUSE passthrough unavailable; local files are served by the daemon"
+            );
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
+        self.spawn(async move { Self::reply_entry(fs.lookup(c, parent.0, &name).await, reply) });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let fs = self.fs.clone();
+        let _g = self.rt.enter();
+        fs.forget(vec![(ino.0, nlookup)]);
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        self.spawn(async move {
+            match fs.getattr(c, ino.0).await {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+            // A passthrough handle is not known to the export; the change
+            // is then made by inode, with the same permission checks.
+            fh: fh.map(|f| f.0).filter(|f| f & PASSTHROUGH_FH == 0),
+        };
+        let (fs, c) = (self.fs.clone(), caller(req));
+        self.spawn(async move {
+            match fs.setattr(c, ino.0, set).await {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        self.spawn(async move {
+            match fs.readlink(c, ino.0).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
+        self.spawn(async move {
+            let r = fs
+                .make(c, parent.0, |p| FsRequest::Mknod {
+                    parent: p,
+                    name,
+                    mode,
+                    rdev: rdev as u64,
+                    umask,
+                })
+                .await;
+            Self::reply_entry(r, reply)
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
+        self.spawn(async move {
+            let r = fs
+                .make(c, parent.0, |p| FsRequest::Mkdir {
+                    parent: p,
+                    name,
+                    mode,
+                    umask,
+                })
+                .await;
+            Self::reply_entry(r, reply)
+        });
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
+        self.spawn(async move {
+            let r = fs
+                .change(c, parent.0, |p| FsRequest::Unlink { parent: p, name })
+                .await;
+            Self::reply_empty(r, reply)
+        });
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
+        self.spawn(async move {
+            let r = fs
+                .change(c, parent.0, |p| FsRequest::Rmdir { parent: p, name })
+                .await;
+            Self::reply_empty(r, reply)
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        let name = link_name.as_bytes().to_vec();
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(async move {
+            let r = fs
+                .make(c, parent.0, |p| FsRequest::Symlink {
+                    parent: p,
+                    name,
+                    target,
+                })
+                .await;
+            Self::reply_entry(r, reply)
+        });
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        self.spawn(async move {
+            let r = fs
+                .rename(c, parent.0, &name, newparent.0, &newname, flags.bits())
+                .await;
+            Self::reply_empty(r, reply)
+        });
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (fs, c, name) = (self.fs.clone(), caller(req), newname.as_bytes().to_vec());
+        self.spawn(
+            async move { Self::reply_entry(fs.link(c, ino.0, newparent.0, &name).await, reply) },
+        );
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        let passthrough = self.passthrough.load(Ordering::Relaxed);
+        let backing = self.backing.clone();
+        let fh = PASSTHROUGH_FH | self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.spawn(async move {
+            if passthrough {
+                if let Ok(loc) = fs.locate(ino.0) {
+                    if fs.is_local(&loc) {
+                        // Local data I/O bypasses the daemon entirely: the
+                        // kernel reads and writes the real file.
+                        let export = fs.local_export().clone();
+                        let creds = fs.creds(c);
+                        let opened = tokio::task::spawn_blocking(move || {
+                            export.open_file(&creds, loc.id, flags.0)
+                        })
+                        .await;
+                        match opened {
+                            Ok(Ok(file)) => match reply.open_backing(&file) {
+                                Ok(id) => {
+                                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                                    backing.lock().expect("backing table").insert(fh, (id, file));
+                                    return;
+                                }
+                                Err(e) => tracing::debug!(error = %e, "passthrough refused; serving through the daemon"),
+                            },
+                            Ok(Err(e)) => return reply.error(Errno::from_i32(e)),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "open task failed");
+                                return reply.error(Errno::EIO);
+                            }
+                        }
+                    }
+                }
+            }
+            match fs.open(c, ino.0, flags.0).await {
+                Ok(rfh) => reply.opened(FileHandle(rfh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match fs.create(c, parent.0, &name, mode, umask, flags).await {
+                Ok((a, rfh)) => reply.created(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(rfh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        self.spawn(async move {
+            match fs
+                .on_handle(
+                    c,
+                    ino.0,
+                    FsRequest::Read {
+                        fh: fh.0,
+                        offset,
+                        size,
+                    },
+                )
+                .await
+            {
+                Ok(FsReply::Data(d)) => reply.data(&d),
+                Ok(other) => reply.error(unexpected(other)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let (fs, c, data) = (self.fs.clone(), caller(req), data.to_vec());
+        self.spawn(async move {
+            match fs
+                .on_handle(
+                    c,
+                    ino.0,
+                    FsRequest::Write {
+                        fh: fh.0,
+                        offset,
+                        data,
+                    },
+                )
+                .await
+            {
+                Ok(FsReply::Written(n)) => reply.written(n),
+                Ok(other) => reply.error(unexpected(other)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        if fh.0 & PASSTHROUGH_FH != 0 {
+            return reply.ok();
+        }
+        let (fs, c) = (self.fs.clone(), caller(req));
+        self.spawn(async move {
+            let r = fs.on_handle(c, ino.0, FsRequest::Flush { fh: fh.0 }).await;
+            Self::reply_empty(r.map(|_| ()), reply)
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if fh.0 & PASSTHROUGH_FH != 0 {
+            self.backing.lock().expect("backing table").remove(&fh.0);
+            return reply.ok();
+        }
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            fs.release_handle(ino.0, FsRequest::Release { fh: fh.0 })
+                .await;
+            reply.ok();
+        });
+    }
+
+    fn fsync(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        if fh.0 & PASSTHROUGH_FH != 0 {
+            let backing = self.backing.clone();
+            self.spawn(async move {
+                let file = backing
+                    .lock()
+                    .expect("backing table")
+                    .get(&fh.0)
+                    .and_then(|(_, f)| f.try_clone().ok());
+                let r = match file {
+                    Some(f) => tokio::task::spawn_blocking(move || {
+                        if datasync {
+                            f.sync_data()
+                        } else {
+                            f.sync_all()
+                        }
+                    })
+                    .await
+                    .map_err(|_| Errno::EIO)
+                    .and_then(|r| r.map_err(Errno::from)),
+                    None => Err(Errno::EBADF),
+                };
+                match r {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(e),
+                }
+            });
+            return;
+        }
+        let (fs, c) = (self.fs.clone(), caller(req));
+        self.spawn(async move {
+            let r = fs
+                .on_handle(c, ino.0, FsRequest::Fsync { fh: fh.0, datasync })
+                .await;
+            Self::reply_empty(r.map(|_| ()), reply)
+        });
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        self.spawn(async move {
+            match fs.opendir(c, ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        self.spawn(async move {
+            match fs.readdir(c, ino.0, fh.0, offset, 64 << 10).await {
+                Ok(entries) => {
+                    for e in entries {
+                        if reply.add(
+                            INodeNo(e.ino),
+                            e.next_offset,
+                            file_type(e.kind),
+                            OsStr::from_bytes(&e.name),
+                        ) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            fs.release_handle(ino.0, FsRequest::ReleaseDir { fh: fh.0 })
+                .await;
+            reply.ok();
+        });
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory operations are synchronous on the serving node already.
+        reply.ok();
+    }
+
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        self.spawn(async move {
+            match fs.statfs(c, ino.0).await {
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
+        self.spawn(async move {
+            let r = fs
+                .on_inode(c, ino.0, |i| FsRequest::SetXattr {
+                    ino: i,
+                    name,
+                    value,
+                    flags,
+                })
+                .await;
+            Self::reply_empty(r.map(|_| ()), reply)
+        });
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match fs
+                .on_inode(c, ino.0, |i| FsRequest::GetXattr { ino: i, name, size })
+                .await
+            {
+                Ok(FsReply::XattrSize(n)) => reply.size(n),
+                Ok(FsReply::Data(d)) => reply.data(&d),
+                Ok(other) => reply.error(unexpected(other)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        self.spawn(async move {
+            match fs
+                .on_inode(c, ino.0, |i| FsRequest::ListXattr { ino: i, size })
+                .await
+            {
+                Ok(FsReply::XattrSize(n)) => reply.size(n),
+                Ok(FsReply::Data(d)) => reply.data(&d),
+                Ok(other) => reply.error(unexpected(other)),
+                // The virtual directories have no attributes at all.
+                Err(FsError::Os(libc::ENODATA)) if size == 0 => reply.size(0),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
+        self.spawn(async move {
+            let r = fs
+                .on_inode(c, ino.0, |i| FsRequest::RemoveXattr { ino: i, name })
+                .await;
+            Self::reply_empty(r.map(|_| ()), reply)
+        });
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        self.spawn(async move { Self::reply_empty(fs.access(c, ino.0, mask.bits()).await, reply) });
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        self.spawn(async move {
+            let op = FsRequest::Fallocate {
+                fh: fh.0,
+                offset,
+                length,
+                mode,
+            };
+            Self::reply_empty(fs.on_handle(c, ino.0, op).await.map(|_| ()), reply)
+        });
+    }
+}
+
+/// Mounts the namespace at `mountpoint`. The mount lives until the returned
+/// session is dropped or the process dies (then the kernel answers ENOTCONN).
+pub fn mount(
+    fs: Arc<MosixFs>,
+    rt: tokio::runtime::Handle,
+    mountpoint: &Path,
+) -> std::io::Result<fuser::BackgroundSession> {
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName("mosix".into()),
+        MountOption::Subtype("mosix".into()),
+        MountOption::CUSTOM(format!("max_read={MAX_IO}")),
+    ];
+    // Every user of the node sees /mosix; the serving node checks each
+    // request against the caller's own identity.
+    cfg.acl = fuser::SessionACL::All;
+    cfg.n_threads = Some(2);
+    cfg.clone_fd = true;
+    fuser::spawn_mount(FuseAdapter::new(fs, rt), mountpoint, &cfg)
+}

@@ -1,0 +1,733 @@
+//! The `/mosix` namespace, without FUSE: what each operation means and where
+//! it goes. The FUSE adapter (`fuse.rs`) only translates to and from this.
+//!
+//! ```text
+//! /mosix/             virtual, read-only
+//!   nodes/<node>/     the export of each live node (served by that node)
+//!   here  -> nodes/<this node>
+//!   home  -> nodes/<home node of the calling process>
+//!   cluster/  proc/   reserved (empty for now)
+//! ```
+//!
+//! Inode numbers: virtual entries are small constants. A file served by a node
+//! is `node_index << 48 | id`, where `id` is the serving node's stable id for
+//! the file and `node_index` names one run of one node (a restarted node gets a
+//! new index, so ids from its previous run can never alias new files).
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mosix_proto::fs::{
+    Attr, Creds, DirEntry, FileKind, FsReply, FsRequest, RemoteFh, RemoteIno, SetAttr, StatFs,
+    Timespec, ROOT_INO,
+};
+
+use crate::error::{FsError, FsResult};
+use crate::export::Export;
+
+pub const INO_ROOT: u64 = 1;
+pub const INO_NODES: u64 = 2;
+pub const INO_HERE: u64 = 3;
+pub const INO_HOME: u64 = 4;
+pub const INO_CLUSTER: u64 = 5;
+pub const INO_PROC: u64 = 6;
+const NODE_SHIFT: u32 = 48;
+const ID_MASK: u64 = (1 << NODE_SHIFT) - 1;
+
+/// How long a process's supplementary groups are reused before /proc is read
+/// again. A `newgrp` takes effect on /mosix at most this late.
+pub const GROUPS_TTL: Duration = Duration::from_secs(1);
+
+/// A remote file operation in flight: the serving node's epoch and the
+/// operation's own result.
+pub type RemoteCall =
+    Pin<Box<dyn Future<Output = FsResult<(u64, mosix_proto::fs::FsResult)>> + Send>>;
+
+/// What the namespace needs from the rest of the daemon.
+pub trait Cluster: Send + Sync + 'static {
+    /// Names of the live members, this node included.
+    fn alive_nodes(&self) -> Vec<String>;
+    /// Runs a file operation on another node; returns that node's epoch and
+    /// the operation's result.
+    fn call(&self, node: &str, creds: Creds, op: FsRequest) -> RemoteCall;
+    /// The home node of a local process (where `/mosix/home` points for it).
+    fn home_node(&self, pid: u32) -> Option<String>;
+}
+
+/// Attributes as the caller sees them through /mosix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAttr {
+    pub ino: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub kind: FileKind,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    pub ino: u64,
+    pub next_offset: u64,
+    pub kind: FileKind,
+    pub name: Vec<u8>,
+}
+
+/// Who is asking, as the kernel reported it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+#[derive(Default)]
+struct NodeTable {
+    /// index -> (node name, epoch of the run this index stands for)
+    by_index: Vec<(String, Option<u64>)>,
+    /// node name -> its current index
+    current: HashMap<String, usize>,
+}
+
+impl NodeTable {
+    fn index_of(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.current.get(name) {
+            return i;
+        }
+        self.by_index.push((name.to_string(), None));
+        // Index 0 is the virtual part of the namespace.
+        let i = self.by_index.len();
+        self.current.insert(name.to_string(), i);
+        i
+    }
+}
+
+fn to_systime(t: Timespec) -> SystemTime {
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::new(t.secs as u64, t.nsecs)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
+            + Duration::from_nanos(t.nsecs as u64)
+    }
+}
+
+pub struct MosixFs {
+    self_name: String,
+    local: Arc<Export>,
+    cluster: Arc<dyn Cluster>,
+    nodes: Mutex<NodeTable>,
+    groups: Mutex<lru::LruCache<u32, (Instant, Vec<u32>)>>,
+    started: SystemTime,
+}
+
+/// Where a file lives: which node, and that node's id for it.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub node: String,
+    pub index: usize,
+    pub id: RemoteIno,
+}
+
+impl MosixFs {
+    pub fn new(self_name: String, local: Arc<Export>, cluster: Arc<dyn Cluster>) -> Self {
+        MosixFs {
+            self_name,
+            local,
+            cluster,
+            nodes: Mutex::default(),
+            groups: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(4096).expect("nonzero"),
+            )),
+            started: SystemTime::now(),
+        }
+    }
+
+    pub fn self_name(&self) -> &str {
+        &self.self_name
+    }
+
+    pub fn local_export(&self) -> &Arc<Export> {
+        &self.local
+    }
+
+    /// The caller's full credentials: the kernel gives uid, gid and pid; the
+    /// supplementary groups come from the caller's /proc entry.
+    pub fn creds(&self, c: Caller) -> Creds {
+        let groups = if c.pid == 0 {
+            Vec::new()
+        } else {
+            let mut cache = self.groups.lock().expect("groups cache");
+            match cache.get(&c.pid) {
+                Some((at, g)) if at.elapsed() < GROUPS_TTL => g.clone(),
+                _ => {
+                    let g = read_groups(c.pid);
+                    cache.put(c.pid, (Instant::now(), g.clone()));
+                    g
+                }
+            }
+        };
+        Creds {
+            uid: c.uid,
+            gid: c.gid,
+            groups,
+            pid: c.pid,
+        }
+    }
+
+    /// Decodes an inode number into the node and id it stands for.
+    pub fn locate(&self, ino: u64) -> FsResult<Location> {
+        let index = (ino >> NODE_SHIFT) as usize;
+        if index == 0 {
+            return Err(FsError::Invalid("virtual inode"));
+        }
+        let nodes = self.nodes.lock().expect("node table");
+        let (name, _) = nodes.by_index.get(index - 1).ok_or(FsError::Stale)?;
+        if nodes.current.get(name) != Some(&index) {
+            // A run of that node that has ended.
+            return Err(FsError::Stale);
+        }
+        Ok(Location {
+            node: name.clone(),
+            index,
+            id: ino & ID_MASK,
+        })
+    }
+
+    pub fn is_local(&self, loc: &Location) -> bool {
+        loc.node == self.self_name
+    }
+
+    fn ino_of(index: usize, id: RemoteIno) -> u64 {
+        ((index as u64) << NODE_SHIFT) | (id & ID_MASK)
+    }
+
+    fn node_attr(&self, index: usize, a: &Attr) -> NodeAttr {
+        NodeAttr {
+            ino: Self::ino_of(index, a.ino),
+            size: a.size,
+            blocks: a.blocks,
+            atime: to_systime(a.atime),
+            mtime: to_systime(a.mtime),
+            ctime: to_systime(a.ctime),
+            kind: a.kind,
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev as u32,
+            blksize: a.blksize,
+        }
+    }
+
+    fn virtual_attr(&self, ino: u64, kind: FileKind, perm: u16, size: u64) -> NodeAttr {
+        NodeAttr {
+            ino,
+            size,
+            blocks: 0,
+            atime: self.started,
+            mtime: self.started,
+            ctime: self.started,
+            kind,
+            perm,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+        }
+    }
+
+    fn home_target(&self, pid: u32) -> String {
+        let home = self
+            .cluster
+            .home_node(pid)
+            .unwrap_or_else(|| self.self_name.clone());
+        format!("nodes/{home}")
+    }
+
+    fn virtual_getattr(&self, ino: u64, pid: u32) -> FsResult<NodeAttr> {
+        match ino {
+            INO_ROOT | INO_NODES | INO_CLUSTER | INO_PROC => {
+                Ok(self.virtual_attr(ino, FileKind::Dir, 0o555, 0))
+            }
+            INO_HERE => Ok(self.virtual_attr(
+                ino,
+                FileKind::Symlink,
+                0o777,
+                format!("nodes/{}", self.self_name).len() as u64,
+            )),
+            INO_HOME => Ok(self.virtual_attr(
+                ino,
+                FileKind::Symlink,
+                0o777,
+                self.home_target(pid).len() as u64,
+            )),
+            _ => Err(FsError::Os(libc::ENOENT)),
+        }
+    }
+
+    /// Runs `op` on `node` as `creds`, on this node directly or over the
+    /// transport, and checks that the answer comes from the run of the node
+    /// that `index` stands for.
+    async fn call(
+        &self,
+        node: &str,
+        index: Option<usize>,
+        creds: Creds,
+        op: FsRequest,
+    ) -> FsResult<FsReply> {
+        let (epoch, result) = if node == self.self_name {
+            let export = self.local.clone();
+            let epoch = export.epoch();
+            let r = tokio::task::spawn_blocking(move || export.handle(&creds, op))
+                .await
+                .map_err(|e| FsError::Transport(e.to_string()))?;
+            (epoch, r)
+        } else {
+            self.cluster.call(node, creds, op).await?
+        };
+        {
+            let mut nodes = self.nodes.lock().expect("node table");
+            let cur = nodes.index_of(node);
+            let expected = index.unwrap_or(cur);
+            let slot = &mut nodes.by_index[cur - 1].1;
+            match slot {
+                None => *slot = Some(epoch),
+                Some(e) if *e == epoch => {}
+                Some(_) => {
+                    // The node restarted: everything it handed out before is
+                    // gone. Start a new index for its new run.
+                    nodes.by_index.push((node.to_string(), Some(epoch)));
+                    let n = nodes.by_index.len();
+                    nodes.current.insert(node.to_string(), n);
+                    return Err(FsError::Stale);
+                }
+            }
+            if expected != cur {
+                return Err(FsError::Stale);
+            }
+        }
+        result.map_err(FsError::Os)
+    }
+
+    async fn call_at(&self, caller: Caller, loc: &Location, op: FsRequest) -> FsResult<FsReply> {
+        let creds = self.creds(caller);
+        self.call(&loc.node, Some(loc.index), creds, op).await
+    }
+
+    fn entry(&self, loc: &Location, reply: FsReply) -> FsResult<NodeAttr> {
+        match reply {
+            FsReply::Entry(a) | FsReply::Attr(a) => Ok(self.node_attr(loc.index, &a)),
+            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn node_alive(&self, name: &str) -> bool {
+        name == self.self_name || self.cluster.alive_nodes().iter().any(|n| n == name)
+    }
+
+    pub async fn lookup(&self, caller: Caller, parent: u64, name: &[u8]) -> FsResult<NodeAttr> {
+        match parent {
+            INO_ROOT => {
+                let ino = match name {
+                    b"nodes" => INO_NODES,
+                    b"here" => INO_HERE,
+                    b"home" => INO_HOME,
+                    b"cluster" => INO_CLUSTER,
+                    b"proc" => INO_PROC,
+                    _ => return Err(FsError::Os(libc::ENOENT)),
+                };
+                self.virtual_getattr(ino, caller.pid)
+            }
+            INO_NODES => {
+                let node = std::str::from_utf8(name).map_err(|_| FsError::Os(libc::ENOENT))?;
+                if !self.node_alive(node) {
+                    return Err(FsError::Os(libc::ENOENT));
+                }
+                let creds = self.creds(caller);
+                let reply = self
+                    .call(node, None, creds, FsRequest::GetAttr { ino: ROOT_INO })
+                    .await?;
+                let index = self.nodes.lock().expect("node table").index_of(node);
+                let loc = Location {
+                    node: node.to_string(),
+                    index,
+                    id: ROOT_INO,
+                };
+                self.entry(&loc, reply)
+            }
+            INO_CLUSTER | INO_PROC | INO_HERE | INO_HOME => Err(FsError::Os(libc::ENOENT)),
+            _ => {
+                let loc = self.locate(parent)?;
+                let reply = self
+                    .call_at(
+                        caller,
+                        &loc,
+                        FsRequest::Lookup {
+                            parent: loc.id,
+                            name: name.to_vec(),
+                        },
+                    )
+                    .await?;
+                self.entry(&loc, reply)
+            }
+        }
+    }
+
+    /// The kernel dropped `n` references to `ino`. Forwarded to the serving
+    /// node in the background: nobody waits for a forget.
+    pub fn forget(self: &Arc<Self>, items: Vec<(u64, u64)>) {
+        let mut per_node: HashMap<(String, usize), Vec<(RemoteIno, u64)>> = HashMap::new();
+        for (ino, n) in items {
+            let Ok(loc) = self.locate(ino) else { continue };
+            // Node roots are pinned on the serving side.
+            if loc.id == ROOT_INO {
+                continue;
+            }
+            per_node
+                .entry((loc.node.clone(), loc.index))
+                .or_default()
+                .push((loc.id, n));
+        }
+        for ((node, index), items) in per_node {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let op = FsRequest::Forget { items };
+                if let Err(e) = me.call(&node, Some(index), Creds::default(), op).await {
+                    tracing::debug!(%node, error = %e, "forget not delivered");
+                }
+            });
+        }
+    }
+
+    pub async fn getattr(&self, caller: Caller, ino: u64) -> FsResult<NodeAttr> {
+        if ino >> NODE_SHIFT == 0 {
+            return self.virtual_getattr(ino, caller.pid);
+        }
+        let loc = self.locate(ino)?;
+        let reply = self
+            .call_at(caller, &loc, FsRequest::GetAttr { ino: loc.id })
+            .await?;
+        self.entry(&loc, reply)
+    }
+
+    pub async fn setattr(&self, caller: Caller, ino: u64, set: SetAttr) -> FsResult<NodeAttr> {
+        let loc = self.writable(ino)?;
+        let reply = self
+            .call_at(caller, &loc, FsRequest::SetAttr { ino: loc.id, set })
+            .await?;
+        self.entry(&loc, reply)
+    }
+
+    /// Location of a file that a mutation targets; the virtual parts refuse.
+    fn writable(&self, ino: u64) -> FsResult<Location> {
+        if ino >> NODE_SHIFT == 0 {
+            return Err(FsError::ReadOnly);
+        }
+        self.locate(ino)
+    }
+
+    pub async fn readlink(&self, caller: Caller, ino: u64) -> FsResult<Vec<u8>> {
+        match ino {
+            INO_HERE => return Ok(format!("nodes/{}", self.self_name).into_bytes()),
+            INO_HOME => return Ok(self.home_target(caller.pid).into_bytes()),
+            _ if ino >> NODE_SHIFT == 0 => return Err(FsError::Os(libc::EINVAL)),
+            _ => {}
+        }
+        let loc = self.locate(ino)?;
+        match self
+            .call_at(caller, &loc, FsRequest::ReadLink { ino: loc.id })
+            .await?
+        {
+            FsReply::Data(d) => Ok(d),
+            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Operations that create a name in `parent` and answer with its entry.
+    pub async fn make(
+        &self,
+        caller: Caller,
+        parent: u64,
+        build: impl FnOnce(RemoteIno) -> FsRequest,
+    ) -> FsResult<NodeAttr> {
+        let loc = self.writable(parent)?;
+        let reply = self.call_at(caller, &loc, build(loc.id)).await?;
+        self.entry(&loc, reply)
+    }
+
+    /// Operations on names in `parent` that answer with nothing.
+    pub async fn change(
+        &self,
+        caller: Caller,
+        parent: u64,
+        build: impl FnOnce(RemoteIno) -> FsRequest,
+    ) -> FsResult<()> {
+        let loc = self.writable(parent)?;
+        self.call_at(caller, &loc, build(loc.id)).await.map(|_| ())
+    }
+
+    pub async fn rename(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        let from = self.writable(parent)?;
+        let to = self.writable(new_parent)?;
+        if from.index != to.index {
+            // Across nodes there is no atomic rename; the caller (mv) copies.
+            return Err(FsError::Os(libc::EXDEV));
+        }
+        let op = FsRequest::Rename {
+            parent: from.id,
+            name: name.to_vec(),
+            new_parent: to.id,
+            new_name: new_name.to_vec(),
+            flags,
+        };
+        self.call_at(caller, &from, op).await.map(|_| ())
+    }
+
+    pub async fn link(
+        &self,
+        caller: Caller,
+        ino: u64,
+        new_parent: u64,
+        new_name: &[u8],
+    ) -> FsResult<NodeAttr> {
+        let src = self.writable(ino)?;
+        let dst = self.writable(new_parent)?;
+        if src.index != dst.index {
+            return Err(FsError::Os(libc::EXDEV));
+        }
+        let op = FsRequest::Link {
+            ino: src.id,
+            new_parent: dst.id,
+            new_name: new_name.to_vec(),
+        };
+        let reply = self.call_at(caller, &src, op).await?;
+        self.entry(&src, reply)
+    }
+
+    pub async fn open(&self, caller: Caller, ino: u64, flags: i32) -> FsResult<RemoteFh> {
+        if ino >> NODE_SHIFT == 0 {
+            return Err(FsError::Os(libc::EISDIR));
+        }
+        let loc = self.locate(ino)?;
+        match self
+            .call_at(caller, &loc, FsRequest::Open { ino: loc.id, flags })
+            .await?
+        {
+            FsReply::Opened { fh } => Ok(fh),
+            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> FsResult<(NodeAttr, RemoteFh)> {
+        let loc = self.writable(parent)?;
+        let op = FsRequest::Create {
+            parent: loc.id,
+            name: name.to_vec(),
+            mode,
+            umask,
+            flags,
+        };
+        match self.call_at(caller, &loc, op).await? {
+            FsReply::Created { attr, fh } => Ok((self.node_attr(loc.index, &attr), fh)),
+            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// A request on an open handle of file `ino`.
+    pub async fn on_handle(&self, caller: Caller, ino: u64, op: FsRequest) -> FsResult<FsReply> {
+        let loc = self.locate(ino)?;
+        self.call_at(caller, &loc, op).await
+    }
+
+    pub async fn opendir(&self, caller: Caller, ino: u64) -> FsResult<RemoteFh> {
+        if ino >> NODE_SHIFT == 0 {
+            return match ino {
+                INO_ROOT | INO_NODES | INO_CLUSTER | INO_PROC => Ok(0),
+                _ => Err(FsError::Os(libc::ENOTDIR)),
+            };
+        }
+        let loc = self.locate(ino)?;
+        match self
+            .call_at(caller, &loc, FsRequest::OpenDir { ino: loc.id })
+            .await?
+        {
+            FsReply::Opened { fh } => Ok(fh),
+            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn readdir(
+        &self,
+        caller: Caller,
+        ino: u64,
+        fh: RemoteFh,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Vec<ListEntry>> {
+        if ino >> NODE_SHIFT == 0 {
+            return Ok(self.virtual_readdir(ino, offset));
+        }
+        let loc = self.locate(ino)?;
+        match self
+            .call_at(caller, &loc, FsRequest::ReadDir { fh, offset, size })
+            .await?
+        {
+            FsReply::Entries(es) => Ok(es
+                .into_iter()
+                .map(|e: DirEntry| ListEntry {
+                    ino: Self::ino_of(loc.index, e.ino),
+                    next_offset: e.next_offset,
+                    kind: e.kind,
+                    name: e.name,
+                })
+                .collect()),
+            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn virtual_readdir(&self, ino: u64, offset: u64) -> Vec<ListEntry> {
+        let mut names: Vec<(u64, FileKind, Vec<u8>)> = vec![
+            (ino, FileKind::Dir, b".".to_vec()),
+            (INO_ROOT, FileKind::Dir, b"..".to_vec()),
+        ];
+        match ino {
+            INO_ROOT => {
+                names.push((INO_NODES, FileKind::Dir, b"nodes".to_vec()));
+                names.push((INO_HERE, FileKind::Symlink, b"here".to_vec()));
+                names.push((INO_HOME, FileKind::Symlink, b"home".to_vec()));
+                names.push((INO_CLUSTER, FileKind::Dir, b"cluster".to_vec()));
+                names.push((INO_PROC, FileKind::Dir, b"proc".to_vec()));
+            }
+            INO_NODES => {
+                let mut alive = self.cluster.alive_nodes();
+                if !alive.contains(&self.self_name) {
+                    alive.push(self.self_name.clone());
+                }
+                alive.sort();
+                let mut nodes = self.nodes.lock().expect("node table");
+                for n in alive {
+                    let i = nodes.index_of(&n);
+                    names.push((Self::ino_of(i, ROOT_INO), FileKind::Dir, n.into_bytes()));
+                }
+            }
+            _ => {}
+        }
+        names
+            .into_iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, (ino, kind, name))| ListEntry {
+                ino,
+                next_offset: i as u64 + 1,
+                kind,
+                name,
+            })
+            .collect()
+    }
+
+    pub async fn release_handle(&self, ino: u64, op: FsRequest) {
+        if ino >> NODE_SHIFT == 0 {
+            return;
+        }
+        let Ok(loc) = self.locate(ino) else { return };
+        // A release cannot fail from the kernel's point of view; a node that
+        // is gone has dropped the handle anyway.
+        let _ = self
+            .call(&loc.node, Some(loc.index), Creds::default(), op)
+            .await;
+    }
+
+    pub async fn statfs(&self, caller: Caller, ino: u64) -> FsResult<StatFs> {
+        if ino >> NODE_SHIFT == 0 {
+            return Ok(StatFs {
+                blocks: 0,
+                bfree: 0,
+                bavail: 0,
+                files: 0,
+                ffree: 0,
+                bsize: 4096,
+                namelen: 255,
+                frsize: 4096,
+            });
+        }
+        let loc = self.locate(ino)?;
+        match self
+            .call_at(caller, &loc, FsRequest::StatFs { ino: loc.id })
+            .await?
+        {
+            FsReply::StatFs(s) => Ok(s),
+            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn access(&self, caller: Caller, ino: u64, mask: i32) -> FsResult<()> {
+        if ino >> NODE_SHIFT == 0 {
+            return if mask & libc::W_OK != 0 {
+                Err(FsError::ReadOnly)
+            } else {
+                Ok(())
+            };
+        }
+        let loc = self.locate(ino)?;
+        self.call_at(caller, &loc, FsRequest::Access { ino: loc.id, mask })
+            .await
+            .map(|_| ())
+    }
+
+    /// An inode operation whose reply the adapter interprets (xattrs).
+    pub async fn on_inode(
+        &self,
+        caller: Caller,
+        ino: u64,
+        build: impl FnOnce(RemoteIno) -> FsRequest,
+    ) -> FsResult<FsReply> {
+        if ino >> NODE_SHIFT == 0 {
+            return Err(FsError::Os(libc::ENODATA));
+        }
+        let loc = self.locate(ino)?;
+        self.call_at(caller, &loc, build(loc.id)).await
+    }
+}
+
+/// Supplementary groups of `pid` from /proc; empty if it is gone.
+fn read_groups(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}

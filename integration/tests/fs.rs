@@ -1,0 +1,269 @@
+//! The /mosix namespace on a real 3-node cluster: every operation from one
+//! node onto another node's files, checked against the serving node's own view.
+use std::time::{Duration, Instant};
+
+use mosix_integration::{output_text, Cluster};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_fsprobe");
+
+fn nobody(script: &str) -> String {
+    format!("setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '{script}'")
+}
+
+#[test]
+fn namespace_layout() {
+    let c = Cluster::up(3);
+    let root = c.sh("n1", "ls /mosix");
+    assert_eq!(
+        root.split_whitespace().collect::<Vec<_>>(),
+        ["cluster", "here", "home", "nodes", "proc"]
+    );
+    let nodes = c.sh("n2", "ls /mosix/nodes");
+    assert_eq!(
+        nodes.split_whitespace().collect::<Vec<_>>(),
+        ["n1", "n2", "n3"]
+    );
+    assert_eq!(c.sh("n2", "readlink /mosix/here"), "nodes/n2\n");
+    // A process that never migrated has its home here.
+    assert_eq!(c.sh("n3", "readlink /mosix/home"), "nodes/n3\n");
+    // /mosix/here is this node's own tree: the node's private /tmp shows.
+    c.sh("n1", "echo mine > /tmp/here-probe");
+    assert_eq!(c.sh("n1", "cat /mosix/here/tmp/here-probe"), "mine\n");
+    // The same path means the same file on every node.
+    assert_eq!(c.sh("n3", "cat /mosix/nodes/n1/tmp/here-probe"), "mine\n");
+    // The serving node's kernel interfaces and /mosix itself are not exported.
+    for hidden in ["proc", "sys", "dev", "mosix"] {
+        let out = c.enter("n1", &["ls", &format!("/mosix/nodes/n2/{hidden}")]);
+        assert!(
+            !out.status.success(),
+            "/mosix/nodes/n2/{hidden} is served: {}",
+            output_text(&out)
+        );
+    }
+    let listing = c.sh("n1", "ls /mosix/nodes/n2/");
+    assert!(
+        listing.contains("etc") && !listing.contains("proc"),
+        "{listing}"
+    );
+    // The virtual part is read-only.
+    let out = c.enter("n1", &["mkdir", "/mosix/newdir"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only"),
+        "{}",
+        output_text(&out)
+    );
+}
+
+#[test]
+fn remote_operations_match_the_serving_node() {
+    let c = Cluster::up(3);
+    let r = "/mosix/nodes/n2/tmp/t";
+    c.sh("n1", &format!("mkdir {r} && ls -ld {r}"));
+    assert!(c.sh("n2", "test -d /tmp/t && echo yes").contains("yes"));
+    assert!(
+        c.enter("n1", &["test", "-e", "/tmp/t"]).status.code() == Some(1),
+        "n1's own /tmp got it"
+    );
+
+    // Data: 3 MiB written from n1 arrives intact on n2, and reads back.
+    c.sh(
+        "n1",
+        &format!("head -c 3145728 /dev/urandom > /tmp/blob && cp /tmp/blob {r}/blob"),
+    );
+    let here = c.sh("n1", "sha256sum < /tmp/blob");
+    assert_eq!(c.sh("n2", "sha256sum < /tmp/t/blob"), here);
+    assert_eq!(c.sh("n1", &format!("sha256sum < {r}/blob")), here);
+    assert_eq!(c.sh("n3", &format!("sha256sum < {r}/blob")), here);
+
+    // Append, partial overwrite, truncate.
+    c.sh("n1", &format!("printf hello > {r}/f && printf ' world' >> {r}/f && printf J | dd of={r}/f bs=1 seek=0 conv=notrunc 2>/dev/null"));
+    assert_eq!(c.sh("n2", "cat /tmp/t/f"), "Jello world");
+    c.sh("n1", &format!("truncate -s 5 {r}/f"));
+    assert_eq!(c.sh("n2", "cat /tmp/t/f"), "Jello");
+
+    // Attributes set from n1 are what n2 sees locally.
+    c.sh("n1", &format!("chmod 0640 {r}/f && chown 65534:65534 {r}/f && touch -m -d '2001-02-03 04:05:06 UTC' {r}/f"));
+    let fmt = "stat -c '%s %a %u %g %h %F %Y'";
+    assert_eq!(
+        c.sh("n1", &format!("{fmt} {r}/f")),
+        c.sh("n2", &format!("{fmt} /tmp/t/f"))
+    );
+    assert!(c
+        .sh("n2", &format!("{fmt} /tmp/t/f"))
+        .starts_with("5 640 65534 65534 1 regular file 981173106"));
+
+    // Names: symlink, hard link, rename, fifo, unlink, rmdir.
+    c.sh(
+        "n1",
+        &format!(
+            "ln -s f {r}/sym && ln {r}/f {r}/hard && mv {r}/blob {r}/blob2 && mkfifo {r}/fifo"
+        ),
+    );
+    assert_eq!(c.sh("n2", "readlink /tmp/t/sym"), "f\n");
+    assert_eq!(c.sh("n1", &format!("readlink {r}/sym")), "f\n");
+    assert_eq!(c.sh("n1", &format!("cat {r}/sym")), "Jello");
+    assert_eq!(c.sh("n2", "stat -c %h /tmp/t/f"), "2\n");
+    // Hard links are one file to stat: same st_dev/st_ino through /mosix.
+    let a = c.sh("n1", &format!("stat -c '%d %i' {r}/f"));
+    assert_eq!(a, c.sh("n1", &format!("stat -c '%d %i' {r}/hard")));
+    assert_ne!(a, c.sh("n1", &format!("stat -c '%d %i' {r}/blob2")));
+    assert_eq!(c.sh("n2", "stat -c %F /tmp/t/fifo"), "fifo\n");
+    assert_eq!(
+        c.sh("n2", "ls /tmp/t")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["blob2", "f", "fifo", "hard", "sym"]
+    );
+    assert_eq!(c.sh("n1", &format!("ls {r}")), c.sh("n2", "ls /tmp/t"));
+
+    // rename flags: NOREPLACE refuses an existing target, EXCHANGE swaps.
+    c.sh("n1", &format!("echo A > {r}/a && echo B > {r}/b"));
+    assert_eq!(
+        c.sh(
+            "n1",
+            &format!("{PROBE} rename2 {r}/a {r}/b noreplace || true")
+        ),
+        "error EEXIST\n"
+    );
+    assert_eq!(
+        c.sh("n1", &format!("{PROBE} rename2 {r}/a {r}/b exchange")),
+        "ok\n"
+    );
+    assert_eq!(c.sh("n2", "cat /tmp/t/a /tmp/t/b"), "B\nA\n");
+    // Across nodes there is no atomic rename.
+    assert_eq!(
+        c.sh(
+            "n1",
+            &format!("{PROBE} rename2 {r}/a /mosix/nodes/n3/tmp/a none || true")
+        ),
+        "error EXDEV\n"
+    );
+
+    // xattrs.
+    assert_eq!(
+        c.sh("n1", &format!("{PROBE} setxattr {r}/a user.color blue")),
+        "ok\n"
+    );
+    assert_eq!(
+        c.sh("n2", &format!("{PROBE} getxattr /tmp/t/a user.color")),
+        "blue\n"
+    );
+    assert!(c
+        .sh("n1", &format!("{PROBE} listxattr {r}/a"))
+        .contains("user.color"));
+    assert_eq!(
+        c.sh("n1", &format!("{PROBE} removexattr {r}/a user.color")),
+        "ok\n"
+    );
+    assert_eq!(
+        c.sh(
+            "n2",
+            &format!("{PROBE} getxattr /tmp/t/a user.color || true")
+        ),
+        "error ENODATA\n"
+    );
+
+    // fallocate and statfs.
+    c.sh("n1", &format!("fallocate -l 1048576 {r}/alloc"));
+    assert_eq!(c.sh("n2", "stat -c %s /tmp/t/alloc"), "1048576\n");
+    let df_remote = c.sh("n1", &format!("stat -f -c '%b %S' {r}"));
+    assert_eq!(df_remote, c.sh("n2", "stat -f -c '%b %S' /tmp/t"));
+
+    // Removal.
+    c.sh("n1", &format!("rm {r}/sym {r}/hard {r}/fifo && rm -r {r}"));
+    assert_eq!(
+        c.enter("n2", &["test", "-e", "/tmp/t"]).status.code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn permissions_follow_the_caller() {
+    let c = Cluster::up(2);
+    c.sh("n2", "echo secret > /tmp/secret && chmod 600 /tmp/secret && mkdir -m 755 /tmp/rootdir && mkdir -m 1777 /tmp/open");
+    // Root is root.
+    assert_eq!(c.sh("n1", "cat /mosix/nodes/n2/tmp/secret"), "secret\n");
+    // An unprivileged user can read neither the file nor write the root-owned dir...
+    let out = c.enter(
+        "n1",
+        &["sh", "-c", &nobody("cat /mosix/nodes/n2/tmp/secret")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        output_text(&out)
+    );
+    let out = c.enter(
+        "n1",
+        &["sh", "-c", &nobody("touch /mosix/nodes/n2/tmp/rootdir/x")],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        output_text(&out)
+    );
+    // ...and what it creates is owned by it on the serving node.
+    c.sh(
+        "n1",
+        &nobody("echo mine > /mosix/nodes/n2/tmp/open/by-nobody"),
+    );
+    assert_eq!(
+        c.sh("n2", "stat -c '%u %g' /tmp/open/by-nobody"),
+        "65534 65534\n"
+    );
+    // Sticky directory: nobody cannot remove root's file there.
+    c.sh("n2", "touch /tmp/open/roots");
+    let out = c.enter(
+        "n1",
+        &["sh", "-c", &nobody("rm -f /mosix/nodes/n2/tmp/open/roots")],
+    );
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert_eq!(
+        c.enter("n2", &["test", "-e", "/tmp/open/roots"])
+            .status
+            .code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn dead_nodes_fail_fast_and_a_dead_daemon_leaves_enotconn() {
+    let c = Cluster::up(3);
+    c.sh("n3", "echo x > /tmp/x");
+    assert_eq!(c.sh("n1", "cat /mosix/nodes/n3/tmp/x"), "x\n");
+    c.kill_daemon("n3");
+    // Access to the dead node fails, quickly, and never hangs.
+    let start = Instant::now();
+    let out = c.enter("n1", &["cat", "/mosix/nodes/n3/tmp/x"]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        start.elapsed()
+    );
+    // Once membership calls it dead, it disappears from the namespace.
+    let bound = mosix_daemon::membership::dead_bound(3) + Duration::from_secs(2);
+    let gone = Cluster::wait_for(bound, || !c.sh("n1", "ls /mosix/nodes").contains("n3"));
+    assert!(
+        gone.is_some(),
+        "n3 still listed: {}",
+        c.sh("n1", "ls /mosix/nodes")
+    );
+    let start = Instant::now();
+    let out = c.enter("n1", &["ls", "/mosix/nodes/n3/tmp"]);
+    assert!(!out.status.success());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "dead node access took {:?}",
+        start.elapsed()
+    );
+
+    // On n3 itself, the mount of the dead daemon answers ENOTCONN.
+    let out = c.enter("n3", &["ls", "/mosix"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Transport endpoint is not connected"),
+        "{}",
+        output_text(&out)
+    );
+}
