@@ -443,6 +443,23 @@ impl Export {
         self.open_inode(ino, flags).map(|(file, _)| file)
     }
 
+    /// The file that kernel passthrough reads and writes for every local
+    /// open of regular file `ino`. The kernel allows one backing file per
+    /// inode, shared by all its opens, so it is opened once, by the daemon,
+    /// read-write where possible; each open's own access was already checked
+    /// by [`Export::open_file`] as the caller, and the kernel enforces that
+    /// open's mode (O_APPEND, read-only...) on the FUSE file.
+    pub fn open_backing(&self, ino: RemoteIno) -> Result<File, i32> {
+        let inode = self.inode(ino)?;
+        if inode.kind != FileKind::File {
+            return Err(libc::EINVAL);
+        }
+        let fd = self
+            .reopen(&inode, libc::O_RDWR)
+            .or_else(|_| self.reopen(&inode, libc::O_RDONLY))?;
+        Ok(File::from(fd))
+    }
+
     fn effective(&self, c: &Creds) -> (u32, u32, Vec<u32>) {
         if !self.root_squash {
             return (c.uid, c.gid, c.groups.clone());

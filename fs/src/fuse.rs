@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -33,8 +33,56 @@ pub struct FuseAdapter {
     fs: Arc<MosixFs>,
     rt: tokio::runtime::Handle,
     passthrough: AtomicBool,
-    backing: Arc<Mutex<HashMap<u64, (BackingId, std::fs::File)>>>,
+    pt: Arc<Passthrough>,
     next_fh: AtomicU64,
+}
+
+/// A backing file registered with the kernel for passthrough.
+struct Backing {
+    ino: u64,
+    id: BackingId,
+    file: std::fs::File,
+}
+
+/// The kernel allows one backing file per inode, shared by all its
+/// passthrough opens: `by_ino` finds it while any open holds it.
+#[derive(Default)]
+struct Passthrough {
+    by_ino: Mutex<HashMap<u64, Weak<Backing>>>,
+    by_fh: Mutex<HashMap<u64, Arc<Backing>>>,
+}
+
+impl Passthrough {
+    fn backing(
+        &self,
+        ino: u64,
+        open: impl FnOnce() -> Result<std::fs::File, i32>,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> Result<Arc<Backing>, i32> {
+        let mut m = self.by_ino.lock().expect("backing table");
+        if let Some(b) = m.get(&ino).and_then(Weak::upgrade) {
+            return Ok(b);
+        }
+        let file = open()?;
+        let id = register(&file).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        let b = Arc::new(Backing { ino, id, file });
+        m.insert(ino, Arc::downgrade(&b));
+        Ok(b)
+    }
+
+    fn get(&self, fh: u64) -> Option<Arc<Backing>> {
+        self.by_fh.lock().expect("backing table").get(&fh).cloned()
+    }
+
+    fn release(&self, fh: u64) {
+        let Some(b) = self.by_fh.lock().expect("backing table").remove(&fh) else {
+            return;
+        };
+        let mut m = self.by_ino.lock().expect("backing table");
+        if Arc::strong_count(&b) == 1 {
+            m.remove(&b.ino);
+        }
+    }
 }
 
 fn caller(req: &Request) -> Caller {
@@ -107,7 +155,7 @@ impl FuseAdapter {
             fs,
             rt,
             passthrough: AtomicBool::new(false),
-            backing: Arc::default(),
+            pt: Arc::default(),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -197,11 +245,14 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let pt_file = fh.and_then(|f| self.pt.get(f.0));
         let set = SetAttr {
             mode,
             uid,
             gid,
-            size,
+            // ftruncate on a passthrough open: the kernel checked that the
+            // open allows writing; the backing file does it.
+            size: if pt_file.is_some() { None } else { size },
             atime: set_time(atime),
             mtime: set_time(mtime),
             // A passthrough handle is not known to the export; the change
@@ -210,6 +261,14 @@ impl Filesystem for FuseAdapter {
         };
         let (fs, c) = (self.fs.clone(), caller(req));
         self.spawn(async move {
+            if let (Some(b), Some(size)) = (pt_file, size) {
+                let r = tokio::task::spawn_blocking(move || b.file.set_len(size)).await;
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return reply.error(Errno::from(e)),
+                    Err(_) => return reply.error(Errno::EIO),
+                }
+            }
             match fs.setattr(c, ino.0, set).await {
                 Ok(a) => reply.attr(&TTL, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -354,42 +413,50 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        let passthrough = self.passthrough.load(Ordering::Relaxed);
-        let backing = self.backing.clone();
+        let local = self.passthrough.load(Ordering::Relaxed)
+            && fs.locate(ino.0).is_ok_and(|l| fs.is_local(&l));
+        if !local {
+            self.spawn(async move {
+                match fs.open(c, ino.0, flags.0).await {
+                    Ok(rfh) => reply.opened(FileHandle(rfh), FopenFlags::empty()),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            });
+            return;
+        }
+        // Local data I/O bypasses the daemon: the kernel reads and writes the
+        // real file. The caller's open is made first, as the caller, so the
+        // permission check, O_TRUNC and every errno are the real ones.
+        let (pt, rt) = (self.pt.clone(), self.rt.clone());
         let fh = PASSTHROUGH_FH | self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.spawn(async move {
-            if passthrough {
-                if let Ok(loc) = fs.locate(ino.0) {
-                    if fs.is_local(&loc) {
-                        // Local data I/O bypasses the daemon entirely: the
-                        // kernel reads and writes the real file.
-                        let export = fs.local_export().clone();
-                        let creds = fs.creds(c);
-                        let opened = tokio::task::spawn_blocking(move || {
-                            export.open_file(&creds, loc.id, flags.0)
-                        })
-                        .await;
-                        match opened {
-                            Ok(Ok(file)) => match reply.open_backing(&file) {
-                                Ok(id) => {
-                                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                                    backing.lock().expect("backing table").insert(fh, (id, file));
-                                    return;
-                                }
-                                Err(e) => tracing::debug!(error = %e, "passthrough refused; serving through the daemon"),
-                            },
-                            Ok(Err(e)) => return reply.error(Errno::from_i32(e)),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "open task failed");
-                                return reply.error(Errno::EIO);
-                            }
-                        }
+        self.rt.spawn_blocking(move || {
+            let Ok(loc) = fs.locate(ino.0) else {
+                return reply.error(Errno::ESTALE);
+            };
+            let export = fs.local_export().clone();
+            if let Err(e) = export.open_file(&fs.creds(c), loc.id, flags.0) {
+                return reply.error(Errno::from_i32(e));
+            }
+            let backing = pt.backing(
+                ino.0,
+                || export.open_backing(loc.id),
+                |f| reply.open_backing(f),
+            );
+            match backing {
+                Ok(b) => {
+                    pt.by_fh
+                        .lock()
+                        .expect("backing table")
+                        .insert(fh, b.clone());
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b.id);
+                }
+                Err(e) => {
+                    tracing::debug!(errno = e, "passthrough refused; serving through the daemon");
+                    match rt.block_on(fs.open(c, ino.0, flags.0)) {
+                        Ok(rfh) => reply.opened(FileHandle(rfh), FopenFlags::empty()),
+                        Err(e) => reply.error(errno(&e)),
                     }
                 }
-            }
-            match fs.open(c, ino.0, flags.0).await {
-                Ok(rfh) => reply.opened(FileHandle(rfh), FopenFlags::empty()),
-                Err(e) => reply.error(errno(&e)),
             }
         });
     }
@@ -405,17 +472,69 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
+        let local = self.passthrough.load(Ordering::Relaxed)
+            && fs.locate(parent.0).is_ok_and(|l| fs.is_local(&l));
+        let pt = self.pt.clone();
+        let fh = PASSTHROUGH_FH | self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.spawn(async move {
-            match fs.create(c, parent.0, &name, mode, umask, flags).await {
-                Ok((a, rfh)) => reply.created(
+            let (a, rfh) = match fs.create(c, parent.0, &name, mode, umask, flags).await {
+                Ok(r) => r,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            if !local {
+                let attr = file_attr(&a);
+                return reply.created(
                     &TTL,
-                    &file_attr(&a),
+                    &attr,
                     Generation(0),
                     FileHandle(rfh),
                     FopenFlags::empty(),
-                ),
-                Err(e) => reply.error(errno(&e)),
+                );
             }
+            // A local file: all opens of one inode must agree on passthrough,
+            // so the new file switches to its backing file at once.
+            let fs2 = fs.clone();
+            tokio::task::spawn_blocking(move || {
+                let attr = file_attr(&a);
+                let Ok(loc) = fs2.locate(a.ino) else {
+                    return reply.error(Errno::ESTALE);
+                };
+                let export = fs2.local_export().clone();
+                match pt.backing(
+                    a.ino,
+                    || export.open_backing(loc.id),
+                    |f| reply.open_backing(f),
+                ) {
+                    Ok(b) => {
+                        pt.by_fh
+                            .lock()
+                            .expect("backing table")
+                            .insert(fh, b.clone());
+                        let _ = export.handle(&Default::default(), FsRequest::Release { fh: rfh });
+                        reply.created_passthrough(
+                            &TTL,
+                            &attr,
+                            Generation(0),
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                            &b.id,
+                        );
+                    }
+                    Err(e) => {
+                        tracing::debug!(
+                            errno = e,
+                            "passthrough refused; serving through the daemon"
+                        );
+                        reply.created(
+                            &TTL,
+                            &attr,
+                            Generation(0),
+                            FileHandle(rfh),
+                            FopenFlags::empty(),
+                        );
+                    }
+                }
+            });
         });
     }
 
@@ -513,7 +632,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         if fh.0 & PASSTHROUGH_FH != 0 {
-            self.backing.lock().expect("backing table").remove(&fh.0);
+            self.pt.release(fh.0);
             return reply.ok();
         }
         let fs = self.fs.clone();
@@ -532,30 +651,16 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        if fh.0 & PASSTHROUGH_FH != 0 {
-            let backing = self.backing.clone();
-            self.spawn(async move {
-                let file = backing
-                    .lock()
-                    .expect("backing table")
-                    .get(&fh.0)
-                    .and_then(|(_, f)| f.try_clone().ok());
-                let r = match file {
-                    Some(f) => tokio::task::spawn_blocking(move || {
-                        if datasync {
-                            f.sync_data()
-                        } else {
-                            f.sync_all()
-                        }
-                    })
-                    .await
-                    .map_err(|_| Errno::EIO)
-                    .and_then(|r| r.map_err(Errno::from)),
-                    None => Err(Errno::EBADF),
+        if let Some(b) = self.pt.get(fh.0) {
+            self.rt.spawn_blocking(move || {
+                let r = if datasync {
+                    b.file.sync_data()
+                } else {
+                    b.file.sync_all()
                 };
                 match r {
                     Ok(()) => reply.ok(),
-                    Err(e) => reply.error(e),
+                    Err(e) => reply.error(Errno::from(e)),
                 }
             });
             return;
@@ -730,6 +835,22 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        if let Some(b) = self.pt.get(fh.0) {
+            self.rt.spawn_blocking(move || {
+                use std::os::fd::AsRawFd;
+                let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(length)) else {
+                    return reply.error(Errno::EINVAL);
+                };
+                // SAFETY: plain syscall on a file we own.
+                let r = unsafe { libc::fallocate(b.file.as_raw_fd(), mode, off, len) };
+                if r == 0 {
+                    reply.ok()
+                } else {
+                    reply.error(Errno::from(std::io::Error::last_os_error()))
+                }
+            });
+            return;
+        }
         let (fs, c) = (self.fs.clone(), caller(req));
         self.spawn(async move {
             let op = FsRequest::Fallocate {

@@ -4,6 +4,7 @@
 //!   fsprobe rename2 FROM TO noreplace|exchange
 //!   fsprobe setxattr PATH NAME VALUE | getxattr PATH NAME | listxattr PATH | removexattr PATH NAME
 //!   fsprobe stat PATH          -> "ino nlink mode uid gid size"
+//!   fsprobe open PATH rdonly|wronly|rdwr
 //! Prints "ok"/the value on success; "error ERRNO_NAME" and exit 1 on failure.
 use std::ffi::CString;
 
@@ -83,6 +84,20 @@ fn main() {
                 if libc::removexattr(p.as_ptr(), n.as_ptr()) != 0 {
                     fail()
                 }
+                println!("ok");
+            }
+            "open" => {
+                let flags = match arg(2) {
+                    "rdonly" => libc::O_RDONLY,
+                    "wronly" => libc::O_WRONLY,
+                    _ => libc::O_RDWR,
+                };
+                let p = c(arg(1));
+                let fd = libc::open(p.as_ptr(), flags);
+                if fd < 0 {
+                    fail()
+                }
+                libc::close(fd);
                 println!("ok");
             }
             "stat" => {
