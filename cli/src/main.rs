@@ -24,6 +24,9 @@ enum Cmd {
     Daemon {
         #[arg(long)]
         config: PathBuf,
+        /// Mount /mosix here instead of the config's mountpoint (mount.fuse.mosix uses it).
+        #[arg(long)]
+        mountpoint: Option<PathBuf>,
     },
     /// Manage cluster certificates.
     #[command(subcommand)]
@@ -130,10 +133,14 @@ fn runtime() -> tokio::runtime::Runtime {
 fn main() {
     let cli = Cli::parse();
     let result: anyhow::Result<i32> = match cli.cmd {
-        Cmd::Daemon { config } => {
+        Cmd::Daemon { config, mountpoint } => {
             init_tracing("info");
             (|| {
-                let cfg = mosix_daemon::Config::load(&config)?;
+                let mut cfg = mosix_daemon::Config::load(&config)?;
+                if let Some(m) = mountpoint {
+                    cfg.mountpoint = m;
+                    cfg.validate().map_err(anyhow::Error::msg)?;
+                }
                 runtime().block_on(mosix_daemon::run(cfg))?;
                 Ok(0)
             })()

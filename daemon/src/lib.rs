@@ -88,6 +88,20 @@ impl mosix_net::Handler for Node {
     }
 }
 
+/// Locks held by processes of a dead node would block everyone forever:
+/// they go as soon as membership declares the node dead.
+async fn release_dead_clients_locks(membership: Membership, export: Arc<mosix_fs::export::Export>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for (name, state) in membership.snapshot_states() {
+            if state == mosix_proto::MemberState::Dead {
+                export.drop_locks_of(&name);
+            }
+        }
+    }
+}
+
 /// Runs a node until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let tls = Tls::load(&TlsFiles {
@@ -142,6 +156,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg.name.clone(),
         membership.clone(),
     ));
+    tokio::spawn(release_dead_clients_locks(
+        membership.clone(),
+        export.clone(),
+    ));
     let session = if cfg.mount {
         let fs = Arc::new(mosix_fs::MosixFs::new(
             cfg.name.clone(),
@@ -163,9 +181,17 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let unmounted = async {
+        match &session {
+            Some(_) => mount::wait_unmounted(cfg.mountpoint.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+        // `umount /mosix` stops the daemon, as it would a sshfs.
+        _ = unmounted => tracing::info!("/mosix was unmounted"),
     }
     tracing::info!("shutting down");
     if let Some(s) = session {

@@ -265,6 +265,15 @@ impl Membership {
         t.entries.get(node).map(|e| (e.addr, e.state))
     }
 
+    /// Every known member (not this node) and its state; cheap, no load sample.
+    pub fn snapshot_states(&self) -> Vec<(String, MemberState)> {
+        let t = self.table.lock().expect("table lock");
+        t.entries
+            .iter()
+            .map(|(n, e)| (n.clone(), e.state))
+            .collect()
+    }
+
     /// Names of the members that are not dead, this node included.
     pub fn alive_names(&self) -> Vec<String> {
         let t = self.table.lock().expect("table lock");

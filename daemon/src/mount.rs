@@ -85,7 +85,54 @@ pub fn clean_stale_mount(mountpoint: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Read-ahead window of the /mosix mount. The kernel starts FUSE mounts at
+/// 128 KiB, which keeps at most one or two reads in flight to a remote node;
+/// a wide window lets the kernel pipeline many 1 MiB reads.
+pub const READ_AHEAD_KB: u32 = 16 << 10;
+
 pub fn mount(cfg: &Config, fs: Arc<MosixFs>) -> std::io::Result<fuser::BackgroundSession> {
     clean_stale_mount(&cfg.mountpoint)?;
-    mosix_fs::fuse::mount(fs, tokio::runtime::Handle::current(), &cfg.mountpoint)
+    let session = mosix_fs::fuse::mount(fs, tokio::runtime::Handle::current(), &cfg.mountpoint)?;
+    // stat() of our own mount is served by our own FUSE threads: never from
+    // a runtime worker, which those threads may need.
+    let mountpoint = cfg.mountpoint.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = set_read_ahead(&mountpoint, READ_AHEAD_KB) {
+            tracing::warn!(error = %e, "cannot widen read-ahead of /mosix; remote reads will be slower");
+        }
+    });
+    Ok(session)
+}
+
+/// Returns once `mountpoint` no longer holds our mount (someone ran umount).
+pub async fn wait_unmounted(mountpoint: PathBuf) {
+    use std::os::unix::fs::MetadataExt;
+    let dev_of = |p: PathBuf| async move {
+        tokio::task::spawn_blocking(move || std::fs::metadata(p).map(|m| m.dev()).ok())
+            .await
+            .ok()
+            .flatten()
+    };
+    let Some(ours) = dev_of(mountpoint.clone()).await else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if dev_of(mountpoint.clone()).await != Some(ours) {
+            return;
+        }
+    }
+}
+
+fn set_read_ahead(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // The kernel caps the window when it processes FUSE_INIT; a real request
+    // (opendir) returns only after that, so our setting comes last.
+    std::fs::read_dir(mountpoint)?;
+    let dev = std::fs::metadata(mountpoint)?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    std::fs::write(
+        format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"),
+        kb.to_string(),
+    )
 }

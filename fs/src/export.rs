@@ -45,8 +45,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use mosix_proto::fs::{
-    Attr, Creds, DirEntry, FileKind, FsReply, FsRequest, FsResult, RemoteFh, RemoteIno, SetAttr,
-    SetTime, StatFs, Timespec, ROOT_INO,
+    Attr, Creds, DirEntry, FileKind, FsReply, FsRequest, FsResult, LockRange, RemoteFh, RemoteIno,
+    SetAttr, SetTime, StatFs, Timespec, ROOT_INO,
 };
 
 use crate::creds::become_caller;
@@ -156,7 +156,14 @@ pub struct Export {
     /// (st_dev, st_ino) of hide paths that existed at open time, so a bind
     /// mount of one elsewhere is refused too.
     hidden_files: Vec<(u64, u64)>,
+    /// POSIX locks of remote lock owners: one open file description per
+    /// (client node, lock owner, file), locked with OFD locks, so owners
+    /// conflict with each other and with local processes' own locks.
+    locks: Mutex<HashMap<(String, u64, RemoteIno), File>>,
 }
+
+/// The kernel's "to the end of the file" for a lock's last byte.
+const OFFSET_MAX: u64 = i64::MAX as u64;
 
 fn last_errno() -> i32 {
     std::io::Error::last_os_error()
@@ -419,6 +426,7 @@ impl Export {
             next_fh: AtomicU64::new(1),
             hidden_names,
             hidden_files,
+            locks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -458,6 +466,92 @@ impl Export {
             .reopen(&inode, libc::O_RDWR)
             .or_else(|_| self.reopen(&inode, libc::O_RDONLY))?;
         Ok(File::from(fd))
+    }
+
+    /// The open file description that holds `lock`'s owner's locks on `ino`.
+    /// Opened by the daemon: the client's kernel already checked that the
+    /// caller's own descriptor allows the lock type.
+    fn lock_file<'a>(
+        &self,
+        locks: &'a mut HashMap<(String, u64, RemoteIno), File>,
+        ino: RemoteIno,
+        lk: &LockRange,
+    ) -> Res<&'a File> {
+        let key = (lk.client.clone(), lk.owner, ino);
+        if !locks.contains_key(&key) {
+            let inode = self.inode(ino)?;
+            if inode.kind != FileKind::File {
+                return Err(libc::EINVAL);
+            }
+            let fd = self
+                .reopen(&inode, libc::O_RDWR)
+                .or_else(|_| self.reopen(&inode, libc::O_RDONLY))?;
+            locks.insert(key.clone(), File::from(fd));
+        }
+        locks.get(&key).ok_or(libc::EIO)
+    }
+
+    fn flock_of(lk: &LockRange) -> Res<libc::flock> {
+        let start = offset(lk.start)?;
+        let len = if lk.end >= OFFSET_MAX {
+            0
+        } else {
+            offset(lk.end.checked_sub(lk.start).ok_or(libc::EINVAL)? + 1)?
+        };
+        // SAFETY: flock is plain data.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = lk.typ as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = start;
+        fl.l_len = len;
+        Ok(fl)
+    }
+
+    fn setlk(&self, ino: RemoteIno, lk: &LockRange) -> Res<()> {
+        if !matches!(lk.typ, libc::F_RDLCK | libc::F_WRLCK | libc::F_UNLCK) {
+            return Err(libc::EINVAL);
+        }
+        let mut fl = Self::flock_of(lk)?;
+        let mut locks = lock(&self.locks);
+        let key = (lk.client.clone(), lk.owner, ino);
+        if lk.typ == libc::F_UNLCK && !locks.contains_key(&key) {
+            return Ok(());
+        }
+        let f = self.lock_file(&mut locks, ino, lk)?;
+        // SAFETY: fcntl on a file we own with a valid flk.
+        cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) })?;
+        // Unlocking the whole file is what close() sends: the owner is done
+        // with this file, so its description goes.
+        if lk.typ == libc::F_UNLCK && lk.start == 0 && lk.end >= OFFSET_MAX {
+            locks.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn getlk(&self, ino: RemoteIno, lk: &LockRange) -> FsResult {
+        let mut fl = Self::flock_of(lk)?;
+        let mut locks = lock(&self.locks);
+        let f = self.lock_file(&mut locks, ino, lk)?;
+        // SAFETY: fcntl on a file we own with a valid flk.
+        cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) })?;
+        let start = fl.l_start.max(0) as u64;
+        let end = if fl.l_len == 0 {
+            OFFSET_MAX
+        } else {
+            start + fl.l_len as u64 - 1
+        };
+        Ok(FsReply::Lock {
+            start,
+            end,
+            typ: fl.l_type as i32,
+            // OFD locks have no owning process; -1 is what F_OFD_GETLK says.
+            pid: if fl.l_pid > 0 { fl.l_pid as u32 } else { 0 },
+        })
+    }
+
+    /// Drops every lock a client node holds (it died or restarted).
+    pub fn drop_locks_of(&self, client: &str) {
+        lock(&self.locks).retain(|(c, _, _), _| c != client);
     }
 
     fn effective(&self, c: &Creds) -> (u32, u32, Vec<u32>) {
@@ -706,6 +800,8 @@ impl Export {
                 })?;
                 Ok(FsReply::Ok)
             }
+            R::GetLk { ino, lock: lk } => self.getlk(ino, &lk),
+            R::SetLk { ino, lock: lk } => self.setlk(ino, &lk).map(|()| FsReply::Ok),
             R::Access { ino, mask } => {
                 let inode = self.inode(ino)?;
                 if self.read_only

@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use mosix_proto::fs::{FileKind, FsReply, FsRequest, SetAttr, SetTime, Timespec};
+use mosix_proto::fs::{FileKind, FsReply, FsRequest, LockRange, SetAttr, SetTime, Timespec};
 
 use crate::error::FsError;
 use crate::namespace::{Caller, MosixFs, NodeAttr};
@@ -26,6 +26,10 @@ use crate::namespace::{Caller, MosixFs, NodeAttr};
 const TTL: Duration = Duration::ZERO;
 /// File handles with this bit are local kernel-passthrough opens.
 const PASSTHROUGH_FH: u64 = 1 << 63;
+/// How often a blocked F_SETLKW asks again: starting fast for short
+/// critical sections, backing off for long ones.
+const LOCK_RETRY_MIN: Duration = Duration::from_millis(5);
+const LOCK_RETRY_MAX: Duration = Duration::from_millis(200);
 /// Largest read and write the kernel sends in one request.
 pub const MAX_IO: u32 = 1 << 20;
 
@@ -35,6 +39,9 @@ pub struct FuseAdapter {
     passthrough: AtomicBool,
     pt: Arc<Passthrough>,
     next_fh: AtomicU64,
+    /// (inode, lock owner) pairs that took a POSIX lock and have not closed
+    /// the file since: only those need an unlock at close.
+    locked: Arc<Mutex<std::collections::HashSet<(u64, u64)>>>,
 }
 
 /// A backing file registered with the kernel for passthrough.
@@ -157,6 +164,7 @@ impl FuseAdapter {
             passthrough: AtomicBool::new(false),
             pt: Arc::default(),
             next_fh: AtomicU64::new(1),
+            locked: Arc::default(),
         }
     }
 
@@ -192,6 +200,8 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
         let _ = config.set_max_background(64);
+        // POSIX locks go to the serving node, so they hold across nodes.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS);
         // Passthrough needs kernel support (6.9+) and CAP_SYS_ADMIN; without
         // it, local files go through the daemon like remote ones.
         if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -608,14 +618,38 @@ impl Filesystem for FuseAdapter {
         req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        if fh.0 & PASSTHROUGH_FH != 0 {
-            return reply.ok();
-        }
+        // close() drops the closing process's POSIX locks on this file. The
+        // kernel keeps no record of locks held on the serving node, so it
+        // leaves that to us, here.
+        let had_locks = self
+            .locked
+            .lock()
+            .expect("lock owners")
+            .remove(&(ino.0, lock_owner.0));
         let (fs, c) = (self.fs.clone(), caller(req));
         self.spawn(async move {
+            if had_locks {
+                let lock = LockRange {
+                    client: fs.self_name().to_string(),
+                    owner: lock_owner.0,
+                    start: 0,
+                    end: i64::MAX as u64,
+                    typ: libc::F_UNLCK,
+                    pid: c.pid,
+                };
+                if let Err(e) = fs
+                    .on_inode(c, ino.0, |i| FsRequest::SetLk { ino: i, lock })
+                    .await
+                {
+                    tracing::warn!(error = %e, "locks not released at close");
+                }
+            }
+            if fh.0 & PASSTHROUGH_FH != 0 {
+                return reply.ok();
+            }
             let r = fs.on_handle(c, ino.0, FsRequest::Flush { fh: fh.0 }).await;
             Self::reply_empty(r.map(|_| ()), reply)
         });
@@ -825,6 +859,98 @@ impl Filesystem for FuseAdapter {
         self.spawn(async move { Self::reply_empty(fs.access(c, ino.0, mask.bits()).await, reply) });
     }
 
+    fn getlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        let lock = LockRange {
+            client: fs.self_name().to_string(),
+            owner: lock_owner.0,
+            start,
+            end,
+            typ,
+            pid,
+        };
+        self.spawn(async move {
+            match fs
+                .on_inode(c, ino.0, |i| FsRequest::GetLk { ino: i, lock })
+                .await
+            {
+                Ok(FsReply::Lock {
+                    start,
+                    end,
+                    typ,
+                    pid,
+                }) => reply.locked(start, end, typ, pid),
+                Ok(other) => reply.error(unexpected(other)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let (fs, c) = (self.fs.clone(), caller(req));
+        let lock = LockRange {
+            client: fs.self_name().to_string(),
+            owner: lock_owner.0,
+            start,
+            end,
+            typ,
+            pid,
+        };
+        let locked = self.locked.clone();
+        self.spawn(async move {
+            // F_SETLKW: retry until granted, so no serving thread blocks on a
+            // lock; stop if the waiting process is gone.
+            let mut backoff = LOCK_RETRY_MIN;
+            loop {
+                let op = |i| FsRequest::SetLk {
+                    ino: i,
+                    lock: lock.clone(),
+                };
+                match fs.on_inode(c, ino.0, op).await {
+                    Err(FsError::Os(libc::EAGAIN)) if sleep => {
+                        if c.pid != 0 && !Path::new(&format!("/proc/{}", c.pid)).exists() {
+                            return reply.error(Errno::EINTR);
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(LOCK_RETRY_MAX);
+                    }
+                    r => {
+                        if r.is_ok() && typ != libc::F_UNLCK {
+                            locked
+                                .lock()
+                                .expect("lock owners")
+                                .insert((ino.0, lock_owner.0));
+                        }
+                        return Self::reply_empty(r.map(|_| ()), reply);
+                    }
+                }
+            }
+        });
+    }
+
     fn fallocate(
         &self,
         req: &Request,
@@ -874,7 +1000,9 @@ pub fn mount(
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
         MountOption::FSName("mosix".into()),
-        MountOption::Subtype("mosix".into()),
+        // Passed to the kernel itself (fuser would keep Subtype for
+        // fusermount), so the mount shows as fuse.mosix.
+        MountOption::CUSTOM("subtype=mosix".into()),
         MountOption::CUSTOM(format!("max_read={MAX_IO}")),
     ];
     // Every user of the node sees /mosix; the serving node checks each

@@ -267,3 +267,128 @@ fn dead_nodes_fail_fast_and_a_dead_daemon_leaves_enotconn() {
         output_text(&out)
     );
 }
+
+#[test]
+fn mount_helper_mounts_and_umount_stops_the_daemon() {
+    let c = Cluster::up(1);
+    let state = c.state().to_path_buf();
+    mosix_net::pki::issue_node(&c.certs(), "n9").unwrap();
+    let (cert, key) = mosix_net::pki::node_paths(&c.certs(), "n9");
+    let config = state.join("n9.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"n9\"\nlisten = \"127.0.0.9:7700\"\npeers = [\"127.0.0.1:7700\"]\n\
+             control_socket = \"/run/mosix/n9.sock\"\n\
+             [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            c.certs().join("ca.pem").display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    // The repository may be hidden inside the node; the state dir is not.
+    let helper = state.join("mount.fuse.mosix");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mount-helpers/mount.fuse.mosix"),
+        &helper,
+    )
+    .unwrap();
+    let bin = mosix_integration::mosix_bin();
+    // Exactly how mount(8) runs a helper for `mount -t fuse.mosix mosix /tmp/m9 -o ...`.
+    let mount = format!(
+        "MOSIX_BIN={} sh {} mosix /tmp/m9 -o rw,nosuid,config={},log={}",
+        bin.display(),
+        helper.display(),
+        config.display(),
+        state.join("n9.log").display()
+    );
+    c.sh("n1", &mount);
+    assert!(c
+        .sh("n1", "grep ' /tmp/m9 ' /proc/self/mounts")
+        .contains("fuse.mosix"));
+    assert_eq!(c.sh("n1", "readlink /tmp/m9/here"), "nodes/n9\n");
+    let joined = Cluster::wait_for(Duration::from_secs(10), || {
+        c.sh("n1", "ls /tmp/m9/nodes")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            == ["n1", "n9"]
+    });
+    assert!(joined.is_some(), "{}", c.sh("n1", "ls /tmp/m9/nodes"));
+    // Both mounts show the same files of n1.
+    c.sh("n1", "echo via-n9 > /tmp/m9/nodes/n1/tmp/helper-probe");
+    assert_eq!(c.sh("n1", "cat /mosix/here/tmp/helper-probe"), "via-n9\n");
+
+    // umount stops that daemon.
+    c.sh("n1", "umount /tmp/m9");
+    let count = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done | grep -c '[n]9[.]toml' || true";
+    let gone = Cluster::wait_for(Duration::from_secs(10), || c.sh("n1", count).trim() == "0");
+    assert!(gone.is_some(), "the n9 daemon survived umount");
+
+    // A bad config fails the mount with the reason.
+    std::fs::write(state.join("bad.toml"), "name = \"Not A Name\"\n").unwrap();
+    let out = c.enter(
+        "n1",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "MOSIX_BIN={} MOSIX_MOUNT_TIMEOUT=5 sh {} mosix /tmp/m8 -o config={}",
+                bin.display(),
+                helper.display(),
+                state.join("bad.toml").display()
+            ),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not mount"),
+        "{}",
+        output_text(&out)
+    );
+}
+
+#[test]
+fn posix_locks_hold_across_nodes() {
+    let c = Cluster::up(3);
+    c.sh("n2", "echo data > /tmp/lk");
+    let f = "/mosix/nodes/n2/tmp/lk";
+    // A process on n1 takes a write lock on n2's file and holds it for 3 s.
+    let holder = std::process::Command::new(mosix_integration::mosix_bin())
+        .args(["enter", "--state"])
+        .arg(c.state())
+        .args(["n1", "--", PROBE, "lock", f, "wr", "hold", "3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let locked = Cluster::wait_for(Duration::from_secs(5), || {
+        c.sh("n3", &format!("{PROBE} getlk {f}")) == "write-locked\n"
+    });
+    assert!(locked.is_some(), "n3 never saw n1's lock");
+    // Another node, and a local process on the serving node, are refused...
+    assert_eq!(
+        c.sh("n3", &format!("{PROBE} lock {f} rd try || true")),
+        "error EAGAIN\n"
+    );
+    assert_eq!(
+        c.sh("n2", &format!("{PROBE} lock /tmp/lk wr try || true")),
+        "error EAGAIN\n"
+    );
+    assert_eq!(
+        c.sh(
+            "n2",
+            &format!("{PROBE} lock /mosix/here/tmp/lk wr try || true")
+        ),
+        "error EAGAIN\n"
+    );
+    // ...and a blocking lock on n3 is granted once the holder exits.
+    let waited = c.sh("n3", &format!("timeout 30 {PROBE} lock {f} wr wait"));
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "locked\n");
+    let ms: u64 = waited.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(
+        ms >= 500,
+        "F_SETLKW returned while the lock was held: {waited}"
+    );
+    assert_eq!(c.sh("n3", &format!("{PROBE} getlk {f}")), "unlocked\n");
+}

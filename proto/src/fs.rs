@@ -97,6 +97,21 @@ pub struct DirEntry {
     pub next_offset: u64,
 }
 
+/// A POSIX byte-range lock as FUSE gives it: `end` is inclusive, and
+/// `i64::MAX` (the kernel's OFFSET_MAX) or more means "to the end of the file". Locks belong to (`client`, `owner`): the
+/// client node's name and the kernel's lock owner of the calling process.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LockRange {
+    pub client: String,
+    pub owner: u64,
+    pub start: u64,
+    pub end: u64,
+    /// F_RDLCK, F_WRLCK or F_UNLCK.
+    pub typ: i32,
+    /// The calling process on the client (reported back by GetLk).
+    pub pid: u32,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct StatFs {
     pub blocks: u64,
@@ -249,6 +264,19 @@ pub enum FsRequest {
         mode: i32,
     },
     /// access(2) check of `mask` (R_OK, W_OK, X_OK, F_OK) for the caller.
+    /// F_GETLK: the first lock that would conflict with `typ` over
+    /// [start, end] for lock owner `owner` of process group `client`.
+    GetLk {
+        ino: RemoteIno,
+        lock: LockRange,
+    },
+    /// F_SETLK: sets or clears (`F_UNLCK`) a lock without waiting; a
+    /// conflicting lock gives `EAGAIN`. Blocking locks (F_SETLKW) are retried
+    /// by the client, so no serving thread ever waits on a lock.
+    SetLk {
+        ino: RemoteIno,
+        lock: LockRange,
+    },
     Access {
         ino: RemoteIno,
         mask: i32,
@@ -274,6 +302,13 @@ pub enum FsReply {
     StatFs(StatFs),
     /// GetXattr/ListXattr with size 0.
     XattrSize(u32),
+    /// GetLk: the conflicting lock, or `typ == F_UNLCK` if there is none.
+    Lock {
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+    },
 }
 
 /// The outcome of a file operation: a reply, or the errno the operation

@@ -5,6 +5,8 @@
 //!   fsprobe setxattr PATH NAME VALUE | getxattr PATH NAME | listxattr PATH | removexattr PATH NAME
 //!   fsprobe stat PATH          -> "ino nlink mode uid gid size"
 //!   fsprobe open PATH rdonly|wronly|rdwr
+//!   fsprobe lock PATH wr|rd try|wait|hold [SECONDS]   (fcntl F_SETLK/F_SETLKW)
+//!   fsprobe getlk PATH        -> unlocked | read-locked | write-locked
 //! Prints "ok"/the value on success; "error ERRNO_NAME" and exit 1 on failure.
 use std::ffi::CString;
 
@@ -99,6 +101,62 @@ fn main() {
                 }
                 libc::close(fd);
                 println!("ok");
+            }
+            "lock" => {
+                // fsprobe lock PATH wr|rd try|wait|hold [SECONDS]
+                let p = c(arg(1));
+                let fd = libc::open(p.as_ptr(), libc::O_RDWR);
+                if fd < 0 {
+                    fail()
+                }
+                let mut fl: libc::flock = std::mem::zeroed();
+                fl.l_type = if arg(2) == "rd" {
+                    libc::F_RDLCK
+                } else {
+                    libc::F_WRLCK
+                } as libc::c_short;
+                fl.l_whence = libc::SEEK_SET as libc::c_short;
+                let start = std::time::Instant::now();
+                let cmd = if arg(3) == "wait" {
+                    libc::F_SETLKW
+                } else {
+                    libc::F_SETLK
+                };
+                if libc::fcntl(fd, cmd, &mut fl) != 0 {
+                    fail()
+                }
+                match arg(3) {
+                    "hold" => {
+                        println!("locked");
+                        use std::io::Write;
+                        let _ = std::io::stdout().flush();
+                        let secs: u64 = arg(4).parse().unwrap_or(1);
+                        std::thread::sleep(std::time::Duration::from_secs(secs));
+                    }
+                    "wait" => println!("ok after {} ms", start.elapsed().as_millis()),
+                    _ => println!("ok"),
+                }
+            }
+            "getlk" => {
+                let p = c(arg(1));
+                let fd = libc::open(p.as_ptr(), libc::O_RDWR);
+                if fd < 0 {
+                    fail()
+                }
+                let mut fl: libc::flock = std::mem::zeroed();
+                fl.l_type = libc::F_WRLCK as libc::c_short;
+                fl.l_whence = libc::SEEK_SET as libc::c_short;
+                if libc::fcntl(fd, libc::F_GETLK, &mut fl) != 0 {
+                    fail()
+                }
+                println!(
+                    "{}",
+                    match fl.l_type as i32 {
+                        libc::F_UNLCK => "unlocked",
+                        libc::F_RDLCK => "read-locked",
+                        _ => "write-locked",
+                    }
+                );
             }
             "stat" => {
                 let p = c(arg(1));
