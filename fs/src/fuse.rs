@@ -175,6 +175,38 @@ impl FuseAdapter {
         self.rt.spawn(fut);
     }
 
+    /// Runs a request's work. Work on this node's own files is a few
+    /// syscalls: it runs right here on the FUSE thread, which saves the
+    /// hand-offs to and from the runtime that would cost more than the
+    /// work. Work on other nodes' files waits on the network: it runs as a
+    /// task, so many requests are in flight at once.
+    fn run<F>(&self, local: bool, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if local {
+            crate::namespace::inline(|| self.rt.block_on(fut));
+        } else {
+            self.rt.spawn(fut);
+        }
+    }
+
+    fn is_local(&self, ino: u64) -> bool {
+        match self.fs.locate(ino) {
+            Ok(l) => self.fs.is_local(&l),
+            // The virtual part of /mosix is answered without the network.
+            Err(_) => ino >> 48 == 0,
+        }
+    }
+
+    fn lookup_is_local(&self, parent: u64, name: &[u8]) -> bool {
+        if parent == crate::namespace::INO_NODES {
+            name == self.fs.self_name().as_bytes()
+        } else {
+            self.is_local(parent)
+        }
+    }
+
     fn reply_entry(r: Result<NodeAttr, FsError>, reply: ReplyEntry) {
         match r {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
@@ -218,7 +250,15 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
-        self.spawn(async move { Self::reply_entry(fs.lookup(c, parent.0, &name).await, reply) });
+        self.run(self.lookup_is_local(parent.0, &name), async move {
+            match fs.lookup(c, parent.0, &name).await {
+                Ok(a) => {
+                    let (attr_ttl, entry_ttl) = crate::namespace::ttls(parent.0, a.ino);
+                    reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&a), Generation(0))
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -229,9 +269,9 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             match fs.getattr(c, ino.0).await {
-                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Ok(a) => reply.attr(&crate::namespace::ttls(0, a.ino).0, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -270,7 +310,7 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| f.0).filter(|f| f & PASSTHROUGH_FH == 0),
         };
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             if let (Some(b), Some(size)) = (pt_file, size) {
                 let r = tokio::task::spawn_blocking(move || b.file.set_len(size)).await;
                 match r {
@@ -288,7 +328,7 @@ impl Filesystem for FuseAdapter {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             match fs.readlink(c, ino.0).await {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(errno(&e)),
@@ -307,7 +347,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
-        self.spawn(async move {
+        self.run(self.is_local(parent.0), async move {
             let r = fs
                 .make(c, parent.0, |p| FsRequest::Mknod {
                     parent: p,
@@ -331,7 +371,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
-        self.spawn(async move {
+        self.run(self.is_local(parent.0), async move {
             let r = fs
                 .make(c, parent.0, |p| FsRequest::Mkdir {
                     parent: p,
@@ -346,7 +386,7 @@ impl Filesystem for FuseAdapter {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
-        self.spawn(async move {
+        self.run(self.is_local(parent.0), async move {
             let r = fs
                 .change(c, parent.0, |p| FsRequest::Unlink { parent: p, name })
                 .await;
@@ -356,7 +396,7 @@ impl Filesystem for FuseAdapter {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
-        self.spawn(async move {
+        self.run(self.is_local(parent.0), async move {
             let r = fs
                 .change(c, parent.0, |p| FsRequest::Rmdir { parent: p, name })
                 .await;
@@ -375,7 +415,7 @@ impl Filesystem for FuseAdapter {
         let (fs, c) = (self.fs.clone(), caller(req));
         let name = link_name.as_bytes().to_vec();
         let target = target.as_os_str().as_bytes().to_vec();
-        self.spawn(async move {
+        self.run(self.is_local(parent.0), async move {
             let r = fs
                 .make(c, parent.0, |p| FsRequest::Symlink {
                     parent: p,
@@ -399,7 +439,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let (fs, c) = (self.fs.clone(), caller(req));
         let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
-        self.spawn(async move {
+        self.run(self.is_local(parent.0), async move {
             let r = fs
                 .rename(c, parent.0, &name, newparent.0, &newname, flags.bits())
                 .await;
@@ -416,9 +456,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (fs, c, name) = (self.fs.clone(), caller(req), newname.as_bytes().to_vec());
-        self.spawn(
-            async move { Self::reply_entry(fs.link(c, ino.0, newparent.0, &name).await, reply) },
-        );
+        self.run(self.is_local(ino.0), async move {
+            Self::reply_entry(fs.link(c, ino.0, newparent.0, &name).await, reply)
+        });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -426,7 +466,7 @@ impl Filesystem for FuseAdapter {
         let local = self.passthrough.load(Ordering::Relaxed)
             && fs.locate(ino.0).is_ok_and(|l| fs.is_local(&l));
         if !local {
-            self.spawn(async move {
+            self.run(self.is_local(ino.0), async move {
                 match fs.open(c, ino.0, flags.0).await {
                     Ok(rfh) => reply.opened(FileHandle(rfh), FopenFlags::empty()),
                     Err(e) => reply.error(errno(&e)),
@@ -486,7 +526,7 @@ impl Filesystem for FuseAdapter {
             && fs.locate(parent.0).is_ok_and(|l| fs.is_local(&l));
         let pt = self.pt.clone();
         let fh = PASSTHROUGH_FH | self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.spawn(async move {
+        self.run(self.is_local(parent.0), async move {
             let (a, rfh) = match fs.create(c, parent.0, &name, mode, umask, flags).await {
                 Ok(r) => r,
                 Err(e) => return reply.error(errno(&e)),
@@ -560,7 +600,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             match fs
                 .on_handle(
                     c,
@@ -593,7 +633,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let (fs, c, data) = (self.fs.clone(), caller(req), data.to_vec());
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             match fs
                 .on_handle(
                     c,
@@ -630,7 +670,7 @@ impl Filesystem for FuseAdapter {
             .expect("lock owners")
             .remove(&(ino.0, lock_owner.0));
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             if had_locks {
                 let lock = LockRange {
                     client: fs.self_name().to_string(),
@@ -670,7 +710,7 @@ impl Filesystem for FuseAdapter {
             return reply.ok();
         }
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             fs.release_handle(ino.0, FsRequest::Release { fh: fh.0 })
                 .await;
             reply.ok();
@@ -700,7 +740,7 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             let r = fs
                 .on_handle(c, ino.0, FsRequest::Fsync { fh: fh.0, datasync })
                 .await;
@@ -710,7 +750,7 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             match fs.opendir(c, ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
@@ -727,7 +767,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             match fs.readdir(c, ino.0, fh.0, offset, 64 << 10).await {
                 Ok(entries) => {
                     for e in entries {
@@ -756,7 +796,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             fs.release_handle(ino.0, FsRequest::ReleaseDir { fh: fh.0 })
                 .await;
             reply.ok();
@@ -777,7 +817,7 @@ impl Filesystem for FuseAdapter {
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             match fs.statfs(c, ino.0).await {
                 Ok(s) => reply.statfs(
                     s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -799,7 +839,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let (fs, c) = (self.fs.clone(), caller(req));
         let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             let r = fs
                 .on_inode(c, ino.0, |i| FsRequest::SetXattr {
                     ino: i,
@@ -814,7 +854,7 @@ impl Filesystem for FuseAdapter {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             match fs
                 .on_inode(c, ino.0, |i| FsRequest::GetXattr { ino: i, name, size })
                 .await
@@ -829,7 +869,7 @@ impl Filesystem for FuseAdapter {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             match fs
                 .on_inode(c, ino.0, |i| FsRequest::ListXattr { ino: i, size })
                 .await
@@ -846,7 +886,7 @@ impl Filesystem for FuseAdapter {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             let r = fs
                 .on_inode(c, ino.0, |i| FsRequest::RemoveXattr { ino: i, name })
                 .await;
@@ -856,7 +896,9 @@ impl Filesystem for FuseAdapter {
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.spawn(async move { Self::reply_empty(fs.access(c, ino.0, mask.bits()).await, reply) });
+        self.run(self.is_local(ino.0), async move {
+            Self::reply_empty(fs.access(c, ino.0, mask.bits()).await, reply)
+        });
     }
 
     fn getlk(
@@ -880,7 +922,7 @@ impl Filesystem for FuseAdapter {
             typ,
             pid,
         };
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             match fs
                 .on_inode(c, ino.0, |i| FsRequest::GetLk { ino: i, lock })
                 .await
@@ -978,7 +1020,7 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.spawn(async move {
+        self.run(self.is_local(ino.0), async move {
             let op = FsRequest::Fallocate {
                 fh: fh.0,
                 offset,
@@ -1008,7 +1050,8 @@ pub fn mount(
     // Every user of the node sees /mosix; the serving node checks each
     // request against the caller's own identity.
     cfg.acl = fuser::SessionACL::All;
-    cfg.n_threads = Some(2);
+    // Local requests run on these threads (see FuseAdapter::run).
+    cfg.n_threads = Some(4);
     cfg.clone_fd = true;
     fuser::spawn_mount(FuseAdapter::new(fs, rt), mountpoint, &cfg)
 }

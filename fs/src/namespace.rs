@@ -36,6 +36,47 @@ pub const INO_PROC: u64 = 6;
 const NODE_SHIFT: u32 = 48;
 const ID_MASK: u64 = (1 << NODE_SHIFT) - 1;
 
+thread_local! {
+    static INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this node's own file operations done inline on the current
+/// thread instead of on the blocking pool. For threads that may block (the
+/// FUSE threads), never for runtime workers.
+pub fn inline<R>(f: impl FnOnce() -> R) -> R {
+    INLINE.with(|i| i.set(true));
+    let r = f();
+    INLINE.with(|i| i.set(false));
+    r
+}
+
+/// Kernel cache lifetime of the virtual entries (the root's children):
+/// they never change while the daemon runs.
+pub const VIRTUAL_TTL: Duration = Duration::from_secs(60);
+/// Kernel cache lifetime of the `nodes/<node>` names. Membership changes are
+/// seen at most this late in path walks; operations on a dead node's files
+/// fail at once regardless.
+pub const NODE_ENTRY_TTL: Duration = Duration::from_secs(1);
+
+/// (attribute, entry) cache lifetimes the kernel may use for `ino`, found
+/// in `parent`. Files of nodes get zero: nothing tells this node when another
+/// node changes them (coherent caching is a later step).
+pub fn ttls(parent: u64, ino: u64) -> (Duration, Duration) {
+    if ino >> NODE_SHIFT == 0 {
+        // /mosix/home's target, and so its size, depends on the caller.
+        let attr = if ino == INO_HOME {
+            Duration::ZERO
+        } else {
+            VIRTUAL_TTL
+        };
+        (attr, VIRTUAL_TTL)
+    } else if parent == INO_NODES {
+        (Duration::ZERO, NODE_ENTRY_TTL)
+    } else {
+        (Duration::ZERO, Duration::ZERO)
+    }
+}
+
 /// How long a process's supplementary groups are reused before /proc is read
 /// again. A `newgrp` takes effect on /mosix at most this late.
 pub const GROUPS_TTL: Duration = Duration::from_secs(1);
@@ -289,9 +330,13 @@ impl MosixFs {
         let (epoch, result) = if node == self.self_name {
             let export = self.local.clone();
             let epoch = export.epoch();
-            let r = tokio::task::spawn_blocking(move || export.handle(&creds, op))
-                .await
-                .map_err(|e| FsError::Transport(e.to_string()))?;
+            let r = if INLINE.with(|i| i.get()) {
+                export.handle(&creds, op)
+            } else {
+                tokio::task::spawn_blocking(move || export.handle(&creds, op))
+                    .await
+                    .map_err(|e| FsError::Transport(e.to_string()))?
+            };
             (epoch, r)
         } else {
             self.cluster.call(node, creds, op).await?
