@@ -222,6 +222,25 @@ impl FuseAdapter {
     }
 }
 
+/// Drops every lock `owner` holds on `ino` (at close, for fcntl locks; at the
+/// last close of the open file description, for flock).
+async fn release_locks(fs: &MosixFs, c: Caller, ino: u64, owner: u64) {
+    let lock = LockRange {
+        client: fs.self_name().to_string(),
+        owner,
+        start: 0,
+        end: i64::MAX as u64,
+        typ: libc::F_UNLCK,
+        pid: c.pid,
+    };
+    if let Err(e) = fs
+        .on_inode(c, ino, |i| FsRequest::SetLk { ino: i, lock })
+        .await
+    {
+        tracing::warn!(error = %e, "locks not released at close");
+    }
+}
+
 fn unexpected(r: FsReply) -> Errno {
     tracing::warn!(reply = ?r, "unexpected reply");
     Errno::EIO
@@ -234,6 +253,9 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_background(64);
         // POSIX locks go to the serving node, so they hold across nodes.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS);
+        // flock arrives as a whole-file lock whose owner is the open file
+        // description; the serving node holds it the same way (an OFD lock).
+        let _ = config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS);
         // Passthrough needs kernel support (6.9+) and CAP_SYS_ADMIN; without
         // it, local files go through the daemon like remote ones.
         if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -672,20 +694,7 @@ impl Filesystem for FuseAdapter {
         let (fs, c) = (self.fs.clone(), caller(req));
         self.run(self.is_local(ino.0), async move {
             if had_locks {
-                let lock = LockRange {
-                    client: fs.self_name().to_string(),
-                    owner: lock_owner.0,
-                    start: 0,
-                    end: i64::MAX as u64,
-                    typ: libc::F_UNLCK,
-                    pid: c.pid,
-                };
-                if let Err(e) = fs
-                    .on_inode(c, ino.0, |i| FsRequest::SetLk { ino: i, lock })
-                    .await
-                {
-                    tracing::warn!(error = %e, "locks not released at close");
-                }
+                release_locks(&fs, c, ino.0, lock_owner.0).await;
             }
             if fh.0 & PASSTHROUGH_FH != 0 {
                 return reply.ok();
@@ -697,14 +706,26 @@ impl Filesystem for FuseAdapter {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // The last close of an open file description drops its flock.
+        if let Some(owner) = lock_owner {
+            let flocked = self
+                .locked
+                .lock()
+                .expect("lock owners")
+                .remove(&(ino.0, owner.0));
+            if flocked {
+                let (fs, c) = (self.fs.clone(), caller(req));
+                self.spawn(async move { release_locks(&fs, c, ino.0, owner.0).await });
+            }
+        }
         if fh.0 & PASSTHROUGH_FH != 0 {
             self.pt.release(fh.0);
             return reply.ok();

@@ -392,3 +392,50 @@ fn posix_locks_hold_across_nodes() {
     );
     assert_eq!(c.sh("n3", &format!("{PROBE} getlk {f}")), "unlocked\n");
 }
+
+#[test]
+fn flock_holds_across_nodes() {
+    let c = Cluster::up(2);
+    c.sh("n2", "touch /tmp/fl");
+    let f = "/mosix/nodes/n2/tmp/fl";
+    // n1 holds an exclusive flock for 2 s; n2 (locally through /mosix) cannot take it.
+    let holder = std::process::Command::new(mosix_integration::mosix_bin())
+        .args(["enter", "--state"])
+        .arg(c.state())
+        .args(["n1", "--", "flock", "-x", f, "sleep", "2"])
+        .spawn()
+        .unwrap();
+    let held = Cluster::wait_for(Duration::from_secs(5), || {
+        c.enter("n2", &["flock", "-n", "-x", "/mosix/here/tmp/fl", "true"])
+            .status
+            .code()
+            == Some(1)
+    });
+    assert!(held.is_some(), "n2 took the flock n1 holds");
+    // Waiting works, and the lock is free once the holder is done.
+    let out = c.enter(
+        "n2",
+        &[
+            "timeout",
+            "20",
+            "flock",
+            "-x",
+            "/mosix/here/tmp/fl",
+            "echo",
+            "got it",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "got it\n",
+        "{}",
+        output_text(&out)
+    );
+    assert!(holder.wait_with_output().unwrap().status.success());
+    assert_eq!(
+        c.enter("n1", &["flock", "-n", "-x", f, "true"])
+            .status
+            .code(),
+        Some(0)
+    );
+}
