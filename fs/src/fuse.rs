@@ -222,17 +222,22 @@ impl FuseAdapter {
     }
 }
 
+/// A lock of this node's process with kernel lock owner `owner`.
+fn lock_range(fs: &MosixFs, owner: u64, start: u64, end: u64, typ: i32, pid: u32) -> LockRange {
+    LockRange {
+        client: fs.self_name().to_string(),
+        owner,
+        start,
+        end,
+        typ,
+        pid,
+    }
+}
+
 /// Drops every lock `owner` holds on `ino` (at close, for fcntl locks; at the
 /// last close of the open file description, for flock).
 async fn release_locks(fs: &MosixFs, c: Caller, ino: u64, owner: u64) {
-    let lock = LockRange {
-        client: fs.self_name().to_string(),
-        owner,
-        start: 0,
-        end: i64::MAX as u64,
-        typ: libc::F_UNLCK,
-        pid: c.pid,
-    };
+    let lock = lock_range(fs, owner, 0, i64::MAX as u64, libc::F_UNLCK, c.pid);
     if let Err(e) = fs
         .on_inode(c, ino, |i| FsRequest::SetLk { ino: i, lock })
         .await
@@ -935,14 +940,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyLock,
     ) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        let lock = LockRange {
-            client: fs.self_name().to_string(),
-            owner: lock_owner.0,
-            start,
-            end,
-            typ,
-            pid,
-        };
+        let lock = lock_range(&fs, lock_owner.0, start, end, typ, pid);
         self.run(self.is_local(ino.0), async move {
             match fs
                 .on_inode(c, ino.0, |i| FsRequest::GetLk { ino: i, lock })
@@ -974,14 +972,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        let lock = LockRange {
-            client: fs.self_name().to_string(),
-            owner: lock_owner.0,
-            start,
-            end,
-            typ,
-            pid,
-        };
+        let lock = lock_range(&fs, lock_owner.0, start, end, typ, pid);
         let locked = self.locked.clone();
         self.spawn(async move {
             // F_SETLKW: retry until granted, so no serving thread blocks on a
