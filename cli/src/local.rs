@@ -161,6 +161,7 @@ pub fn up(state: &Path, n: usize, port: u16, timeout: u64) -> anyhow::Result<()>
         let (cert, key) = mosix_net::pki::node_paths(&certs, name);
         let cfg = Config {
             name: name.clone(),
+            id: Some(i as u16 + 1),
             listen: addrs[i],
             peers: addrs.iter().copied().filter(|a| *a != addrs[i]).collect(),
             tls: TlsConfig {

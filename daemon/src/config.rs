@@ -25,6 +25,11 @@ pub enum ConfigError {
 pub struct Config {
     /// Node name: a DNS label, unique in the cluster.
     pub name: String,
+    /// Node id, 1 to 511, unique in the cluster: the high bits of the gpids of
+    /// the processes whose home is this node. Default: derived from the name
+    /// (set it explicitly to rule out collisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
     /// UDP address the node's QUIC endpoint listens on; peers reach it here.
     pub listen: SocketAddr,
     /// Any known members to join through. One live one is enough.
@@ -118,8 +123,27 @@ impl Config {
         Ok(cfg)
     }
 
+    /// This node's id (see [`Config::id`]).
+    pub fn node_id(&self) -> u16 {
+        self.id.unwrap_or_else(|| {
+            // FNV-1a of the name, folded into 1..=511.
+            let h = self.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+            (h % mosix_proto::proc::MAX_NODE_ID as u64) as u16 + 1
+        })
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         mosix_proto::validate_node_name(&self.name)?;
+        if let Some(id) = self.id {
+            if !(1..=mosix_proto::proc::MAX_NODE_ID).contains(&id) {
+                return Err(format!(
+                    "id {id} out of range 1..={}",
+                    mosix_proto::proc::MAX_NODE_ID
+                ));
+            }
+        }
         if self.peers.contains(&self.listen) {
             return Err("peers must not list this node's own listen address".into());
         }

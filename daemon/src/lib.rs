@@ -45,6 +45,7 @@ pub enum DaemonError {
 /// Serves authenticated peers.
 struct Node {
     name: String,
+    node_id: u16,
     membership: Membership,
     export: Arc<mosix_fs::export::Export>,
 }
@@ -68,6 +69,24 @@ impl mosix_net::Handler for Node {
             Request::Discard { .. } => Response::Error(RemoteError::BadRequest(
                 "discard must carry its payload on the stream".into(),
             )),
+            Request::ProcList => match tokio::task::spawn_blocking(mosix_procview::list).await {
+                Ok(procs) => Response::Procs {
+                    node_id: self.node_id,
+                    procs,
+                },
+                Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
+            },
+            Request::ProcRead { creds, pid, file } => {
+                let id = self.node_id;
+                match tokio::task::spawn_blocking(move || {
+                    mosix_procview::read(id, &creds, pid, file)
+                })
+                .await
+                {
+                    Ok(r) => Response::ProcData(r.map(serde_bytes::ByteBuf::from)),
+                    Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
+                }
+            }
             Request::Fs { creds, op } => {
                 let export = self.export.clone();
                 let epoch = export.epoch();
@@ -147,6 +166,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     );
     let node = Arc::new(Node {
         name: cfg.name.clone(),
+        node_id: cfg.node_id(),
         membership: membership.clone(),
         export: export.clone(),
     });
@@ -165,6 +185,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             cfg.name.clone(),
             export,
             Arc::new(mount::ClusterLink {
+                name: cfg.name.clone(),
+                node_id: cfg.node_id(),
                 membership,
                 peers: peers.clone(),
             }),

@@ -6,6 +6,7 @@ use mosix_fs::export::{Export, ExportConfig};
 use mosix_fs::{FsError, MosixFs};
 use mosix_net::{NetError, Peers};
 use mosix_proto::fs::{Creds, FsRequest};
+use mosix_proto::proc::{ProcEntry, ProcFile};
 use mosix_proto::{MemberState, Request, Response};
 
 use crate::config::Config;
@@ -34,8 +35,32 @@ pub fn open_export(cfg: &Config) -> std::io::Result<Export> {
 /// How the namespace reaches other nodes: through membership (who is alive,
 /// where) and the peer connections.
 pub struct ClusterLink {
+    pub name: String,
+    pub node_id: u16,
     pub membership: Membership,
     pub peers: Arc<Peers>,
+}
+
+impl ClusterLink {
+    /// `None` for this node, else how to reach `node`; a dead or unknown
+    /// node fails at once.
+    fn target(&self, node: &str) -> Result<Option<(Arc<Peers>, std::net::SocketAddr)>, FsError> {
+        if node == self.name {
+            return Ok(None);
+        }
+        match self.membership.member(node) {
+            None => Err(FsError::NoSuchNode(node.to_string())),
+            Some((_, MemberState::Dead)) => Err(FsError::NodeDown(node.to_string())),
+            Some((addr, _)) => Ok(Some((self.peers.clone(), addr))),
+        }
+    }
+}
+
+fn net_error(node: &str, e: NetError) -> FsError {
+    match e {
+        NetError::Connect { .. } => FsError::NodeDown(node.to_string()),
+        e => FsError::Transport(e.to_string()),
+    }
 }
 
 impl mosix_fs::Cluster for ClusterLink {
@@ -66,6 +91,62 @@ impl mosix_fs::Cluster for ClusterLink {
     fn home_node(&self, _pid: u32) -> Option<String> {
         // Until processes migrate, every process is at home here.
         None
+    }
+
+    fn self_id(&self) -> u16 {
+        self.node_id
+    }
+
+    fn proc_list(
+        &self,
+        node: &str,
+    ) -> mosix_fs::namespace::BoxFuture<Result<(u16, Vec<ProcEntry>), FsError>> {
+        let (target, node, id) = (self.target(node), node.to_string(), self.node_id);
+        Box::pin(async move {
+            match target? {
+                None => tokio::task::spawn_blocking(mosix_procview::list)
+                    .await
+                    .map(|p| (id, p))
+                    .map_err(|e| FsError::Transport(e.to_string())),
+                Some((peers, addr)) => match peers.request(addr, &Request::ProcList).await {
+                    Ok(Response::Procs { node_id, procs }) => Ok((node_id, procs)),
+                    Ok(other) => Err(FsError::Transport(format!("unexpected response {other:?}"))),
+                    Err(e) => Err(net_error(&node, e)),
+                },
+            }
+        })
+    }
+
+    fn proc_read(
+        &self,
+        node: &str,
+        creds: Creds,
+        pid: u32,
+        file: ProcFile,
+    ) -> mosix_fs::namespace::BoxFuture<Result<Vec<u8>, FsError>> {
+        let (target, node, id) = (self.target(node), node.to_string(), self.node_id);
+        Box::pin(async move {
+            match target? {
+                None => {
+                    tokio::task::spawn_blocking(move || mosix_procview::read(id, &creds, pid, file))
+                        .await
+                        .map_err(|e| FsError::Transport(e.to_string()))?
+                        .map_err(FsError::Os)
+                }
+                Some((peers, addr)) => {
+                    match peers
+                        .request(addr, &Request::ProcRead { creds, pid, file })
+                        .await
+                    {
+                        Ok(Response::ProcData(r)) => r.map(|b| b.into_vec()).map_err(FsError::Os),
+                        Ok(other) => {
+                            Err(FsError::Transport(format!("unexpected response {other:?}")))
+                        }
+                        Err(e) => Err(net_error(&node, e)),
+                    }
+                }
+            }
+        })
     }
 }
 

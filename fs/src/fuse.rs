@@ -192,6 +192,10 @@ impl FuseAdapter {
     }
 
     fn is_local(&self, ino: u64) -> bool {
+        // /mosix/proc asks every node.
+        if ino == crate::namespace::INO_PROC || crate::procdir::is_proc(ino) {
+            return false;
+        }
         match self.fs.locate(ino) {
             Ok(l) => self.fs.is_local(&l),
             // The virtual part of /mosix is answered without the network.
@@ -200,6 +204,9 @@ impl FuseAdapter {
     }
 
     fn lookup_is_local(&self, parent: u64, name: &[u8]) -> bool {
+        if parent == crate::namespace::INO_ROOT {
+            return true;
+        }
         if parent == crate::namespace::INO_NODES {
             name == self.fs.self_name().as_bytes()
         } else {
@@ -490,6 +497,17 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (fs, c) = (self.fs.clone(), caller(req));
+        if crate::procdir::is_proc(ino.0) {
+            // Generated content: its size is unknown until read, so the
+            // kernel must not cache or trust st_size (lxcfs does the same).
+            self.spawn(async move {
+                match fs.proc_open(c, ino.0, flags.0).await {
+                    Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            });
+            return;
+        }
         let local = self.passthrough.load(Ordering::Relaxed)
             && fs.locate(ino.0).is_ok_and(|l| fs.is_local(&l));
         if !local {
@@ -626,6 +644,12 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if crate::procdir::is_proc(ino.0) {
+            return match self.fs.proc_read(fh.0, offset, size) {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         let (fs, c) = (self.fs.clone(), caller(req));
         self.run(self.is_local(ino.0), async move {
             match fs
@@ -659,6 +683,9 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if crate::procdir::is_proc(ino.0) {
+            return reply.error(errno(&self.fs.proc_write(ino.0)));
+        }
         let (fs, c, data) = (self.fs.clone(), caller(req), data.to_vec());
         self.run(self.is_local(ino.0), async move {
             match fs
@@ -688,6 +715,9 @@ impl Filesystem for FuseAdapter {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if crate::procdir::is_proc(ino.0) {
+            return reply.ok();
+        }
         // close() drops the closing process's POSIX locks on this file. The
         // kernel keeps no record of locks held on the serving node, so it
         // leaves that to us, here.
@@ -733,6 +763,10 @@ impl Filesystem for FuseAdapter {
         }
         if fh.0 & PASSTHROUGH_FH != 0 {
             self.pt.release(fh.0);
+            return reply.ok();
+        }
+        if crate::procdir::is_proc(ino.0) {
+            self.fs.proc_release(fh.0);
             return reply.ok();
         }
         let fs = self.fs.clone();

@@ -11,6 +11,7 @@ pub mod error;
 pub mod export;
 pub mod fuse;
 pub mod namespace;
+pub mod procdir;
 
 pub use error::FsError;
 pub use namespace::{Caller, Cluster, MosixFs};

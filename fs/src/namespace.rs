@@ -24,6 +24,8 @@ use mosix_proto::fs::{
     Timespec, ROOT_INO,
 };
 
+use mosix_proto::proc::{ProcEntry, ProcFile};
+
 use crate::error::{FsError, FsResult};
 use crate::export::Export;
 
@@ -62,7 +64,10 @@ pub const NODE_ENTRY_TTL: Duration = Duration::from_secs(1);
 /// in `parent`. Files of nodes get zero: nothing tells this node when another
 /// node changes them (coherent caching is a later step).
 pub fn ttls(parent: u64, ino: u64) -> (Duration, Duration) {
-    if ino >> NODE_SHIFT == 0 {
+    if crate::procdir::is_proc(ino) {
+        // Processes come and go.
+        (Duration::ZERO, Duration::ZERO)
+    } else if ino >> NODE_SHIFT == 0 {
         // /mosix/home's target, and so its size, depends on the caller.
         let attr = if ino == INO_HOME {
             Duration::ZERO
@@ -95,7 +100,21 @@ pub trait Cluster: Send + Sync + 'static {
     fn call(&self, node: &str, creds: Creds, op: FsRequest) -> RemoteCall;
     /// The home node of a local process (where `/mosix/home` points for it).
     fn home_node(&self, pid: u32) -> Option<String>;
+    /// This node's id: the high bits of its processes' gpids.
+    fn self_id(&self) -> u16;
+    /// A node's id and its processes (this node's too).
+    fn proc_list(&self, node: &str) -> BoxFuture<FsResult<(u16, Vec<ProcEntry>)>>;
+    /// One per-process file, rendered on the process's node.
+    fn proc_read(
+        &self,
+        node: &str,
+        creds: Creds,
+        pid: u32,
+        file: ProcFile,
+    ) -> BoxFuture<FsResult<Vec<u8>>>;
 }
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Attributes as the caller sees them through /mosix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,9 +182,10 @@ fn to_systime(t: Timespec) -> SystemTime {
 }
 
 pub struct MosixFs {
+    pub(crate) procs: crate::procdir::ProcState,
     self_name: String,
     local: Arc<Export>,
-    cluster: Arc<dyn Cluster>,
+    pub(crate) cluster: Arc<dyn Cluster>,
     nodes: Mutex<NodeTable>,
     groups: Mutex<lru::LruCache<u32, (Instant, Vec<u32>)>>,
     started: SystemTime,
@@ -182,6 +202,7 @@ pub struct Location {
 impl MosixFs {
     pub fn new(self_name: String, local: Arc<Export>, cluster: Arc<dyn Cluster>) -> Self {
         MosixFs {
+            procs: Default::default(),
             self_name,
             local,
             cluster,
@@ -270,7 +291,7 @@ impl MosixFs {
         }
     }
 
-    fn virtual_attr(&self, ino: u64, kind: FileKind, perm: u16, size: u64) -> NodeAttr {
+    pub(crate) fn virtual_attr(&self, ino: u64, kind: FileKind, perm: u16, size: u64) -> NodeAttr {
         NodeAttr {
             ino,
             size,
@@ -411,7 +432,9 @@ impl MosixFs {
                 };
                 self.entry(&loc, reply)
             }
-            INO_CLUSTER | INO_PROC | INO_HERE | INO_HOME => Err(FsError::Os(libc::ENOENT)),
+            INO_PROC => self.proc_lookup(caller, parent, name).await,
+            p if crate::procdir::is_proc(p) => self.proc_lookup(caller, parent, name).await,
+            INO_CLUSTER | INO_HERE | INO_HOME => Err(FsError::Os(libc::ENOENT)),
             _ => {
                 let loc = self.locate(parent)?;
                 let reply = self
@@ -456,6 +479,9 @@ impl MosixFs {
     }
 
     pub async fn getattr(&self, caller: Caller, ino: u64) -> FsResult<NodeAttr> {
+        if crate::procdir::is_proc(ino) {
+            return self.proc_getattr(caller, ino).await;
+        }
         if ino >> NODE_SHIFT == 0 {
             return self.virtual_getattr(ino, caller.pid);
         }
@@ -467,6 +493,17 @@ impl MosixFs {
     }
 
     pub async fn setattr(&self, caller: Caller, ino: u64, set: SetAttr) -> FsResult<NodeAttr> {
+        if crate::procdir::is_proc(ino) {
+            // `echo n2 > where` truncates before it writes: let that through,
+            // so the caller hears about the write itself.
+            let truncate_only =
+                set.size == Some(0) && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
+            return if truncate_only {
+                self.proc_getattr(caller, ino).await
+            } else {
+                Err(FsError::Os(libc::EPERM))
+            };
+        }
         let loc = self.writable(ino)?;
         let reply = self
             .call_at(caller, &loc, FsRequest::SetAttr { ino: loc.id, set })
@@ -486,6 +523,7 @@ impl MosixFs {
         match ino {
             INO_HERE => return Ok(format!("nodes/{}", self.self_name).into_bytes()),
             INO_HOME => return Ok(self.home_target(caller.pid).into_bytes()),
+            crate::procdir::INO_PROC_SELF => return Ok(self.proc_self_target(caller)),
             _ if ino >> NODE_SHIFT == 0 => return Err(FsError::Os(libc::EINVAL)),
             _ => {}
         }
@@ -615,6 +653,7 @@ impl MosixFs {
         if ino >> NODE_SHIFT == 0 {
             return match ino {
                 INO_ROOT | INO_NODES | INO_CLUSTER | INO_PROC => Ok(0),
+                i if crate::procdir::is_proc(i) => Ok(0),
                 _ => Err(FsError::Os(libc::ENOTDIR)),
             };
         }
@@ -636,6 +675,9 @@ impl MosixFs {
         offset: u64,
         size: u32,
     ) -> FsResult<Vec<ListEntry>> {
+        if ino == INO_PROC || crate::procdir::is_proc(ino) {
+            return self.proc_readdir(ino, offset).await;
+        }
         if ino >> NODE_SHIFT == 0 {
             return Ok(self.virtual_readdir(ino, offset));
         }

@@ -14,6 +14,7 @@
 mod frame;
 pub mod fs;
 mod messages;
+pub mod proc;
 
 pub use frame::{decode, encode, read_frame, write_frame, FrameError};
 pub use messages::*;

@@ -70,6 +70,15 @@ pub enum Request {
         creds: crate::fs::Creds,
         op: crate::fs::FsRequest,
     },
+    /// The serving node's processes.
+    ProcList,
+    /// One per-process file, rendered now on the serving node, with every pid
+    /// in it turned into a gpid. `creds` decide access to private files.
+    ProcRead {
+        creds: crate::fs::Creds,
+        pid: u32,
+        file: crate::proc::ProcFile,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -82,6 +91,12 @@ pub enum Response {
     Discarded {
         bytes: u64,
     },
+    Procs {
+        node_id: u16,
+        procs: Vec<crate::proc::ProcEntry>,
+    },
+    /// ProcRead's content, or the errno reading it gave (ESRCH: gone).
+    ProcData(Result<serde_bytes::ByteBuf, i32>),
     /// `epoch` identifies the serving daemon's run: ids it handed out in an
     /// earlier run mean nothing now, and the client must not mix them up.
     Fs {

@@ -1,0 +1,329 @@
+//! `/mosix/proc`: one directory per process of every live node, named by its
+//! gpid, with procfs-format files rendered on the process's node at open
+//! (each open reads one consistent snapshot, served from a buffer with
+//! direct I/O, as lxcfs does) and the MOSIX control files.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mosix_proto::fs::FileKind;
+use mosix_proto::proc::{gpid, ProcEntry, ProcFile};
+
+use crate::error::{FsError, FsResult};
+use crate::namespace::{Caller, ListEntry, MosixFs, NodeAttr, INO_PROC, INO_ROOT};
+
+/// Inode numbers of /mosix/proc entries: this bit, the gpid, and the file.
+pub const PROC_BASE: u64 = 1 << 40;
+/// /mosix/proc/self.
+pub const INO_PROC_SELF: u64 = 7;
+const FILE_BITS: u32 = 5;
+/// How old a listing of the cluster's processes may be when reused: a
+/// process shows up or goes away in /mosix/proc at most this late.
+pub const PROC_LIST_TTL: Duration = Duration::from_secs(1);
+
+/// The entries of a process directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Dir,
+    File(ProcFile),
+    /// MOSIX: where the process runs now; writing a node name moves it.
+    Where,
+    /// MOSIX: its home node.
+    Home,
+    /// MOSIX: how many times it migrated.
+    Nmigs,
+    /// MOSIX: empty, or why it cannot migrate.
+    Cantmove,
+}
+
+const CONTROL: [(&str, Entry); 4] = [
+    ("where", Entry::Where),
+    ("home", Entry::Home),
+    ("nmigs", Entry::Nmigs),
+    ("cantmove", Entry::Cantmove),
+];
+
+impl Entry {
+    fn index(self) -> u64 {
+        match self {
+            Entry::Dir => 0,
+            Entry::File(f) => 1 + ProcFile::ALL.iter().position(|x| *x == f).unwrap_or(0) as u64,
+            Entry::Where => 20,
+            Entry::Home => 21,
+            Entry::Nmigs => 22,
+            Entry::Cantmove => 23,
+        }
+    }
+
+    fn from_index(i: u64) -> Option<Entry> {
+        match i {
+            0 => Some(Entry::Dir),
+            1..=9 => ProcFile::ALL.get(i as usize - 1).map(|f| Entry::File(*f)),
+            20 => Some(Entry::Where),
+            21 => Some(Entry::Home),
+            22 => Some(Entry::Nmigs),
+            23 => Some(Entry::Cantmove),
+            _ => None,
+        }
+    }
+
+    fn from_name(name: &[u8]) -> Option<Entry> {
+        ProcFile::ALL
+            .iter()
+            .find(|f| f.name().as_bytes() == name)
+            .map(|f| Entry::File(*f))
+            .or_else(|| {
+                CONTROL
+                    .iter()
+                    .find(|(n, _)| n.as_bytes() == name)
+                    .map(|(_, e)| *e)
+            })
+    }
+
+    fn names() -> Vec<(&'static str, Entry)> {
+        let mut v: Vec<(&str, Entry)> = ProcFile::ALL
+            .iter()
+            .map(|f| (f.name(), Entry::File(*f)))
+            .collect();
+        v.extend(CONTROL);
+        v
+    }
+}
+
+fn proc_ino(g: u32, e: Entry) -> u64 {
+    PROC_BASE | ((g as u64) << FILE_BITS) | e.index()
+}
+
+pub fn is_proc(ino: u64) -> bool {
+    ino >> 48 == 0 && (ino & PROC_BASE != 0 || ino == INO_PROC_SELF)
+}
+
+/// Where a process lives and who owns it.
+#[derive(Debug, Clone)]
+struct Proc {
+    node: String,
+    entry: ProcEntry,
+}
+
+#[derive(Default)]
+struct Listing {
+    by_gpid: BTreeMap<u32, Proc>,
+}
+
+#[derive(Default)]
+pub struct ProcState {
+    listing: tokio::sync::Mutex<Option<(Instant, Arc<Listing>)>>,
+    handles: Mutex<HashMap<u64, Vec<u8>>>,
+    next_fh: AtomicU64,
+}
+
+impl MosixFs {
+    /// The cluster's processes: one request per live node, all at once;
+    /// reused for [`PROC_LIST_TTL`].
+    async fn proc_listing(&self, refresh: bool) -> Arc<Listing> {
+        let mut cached = self.procs.listing.lock().await;
+        if let Some((at, l)) = cached.as_ref() {
+            if !refresh && at.elapsed() < PROC_LIST_TTL {
+                return l.clone();
+            }
+        }
+        let mut nodes = self.cluster.alive_nodes();
+        if !nodes.iter().any(|n| n == self.self_name()) {
+            nodes.push(self.self_name().to_string());
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for n in nodes {
+            let call = self.cluster.proc_list(&n);
+            set.spawn(async move { (n, call.await) });
+        }
+        let mut listing = Listing::default();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok((node, Ok((id, procs)))) => {
+                    for p in procs {
+                        // Until processes migrate, every process is at home
+                        // where it runs.
+                        listing.by_gpid.insert(
+                            gpid(id, p.pid),
+                            Proc {
+                                node: node.clone(),
+                                entry: p,
+                            },
+                        );
+                    }
+                }
+                // A node that does not answer has no processes to show.
+                Ok((node, Err(e))) => tracing::debug!(%node, error = %e, "no process list"),
+                Err(e) => tracing::warn!(error = %e, "process list task failed"),
+            }
+        }
+        let l = Arc::new(listing);
+        *cached = Some((Instant::now(), l.clone()));
+        l
+    }
+
+    async fn proc_of(&self, g: u32) -> FsResult<Proc> {
+        if let Some(p) = self.proc_listing(false).await.by_gpid.get(&g) {
+            return Ok(p.clone());
+        }
+        // Not in the (possibly old) listing: ask again before saying no.
+        self.proc_listing(true)
+            .await
+            .by_gpid
+            .get(&g)
+            .cloned()
+            .ok_or(FsError::Os(libc::ENOENT))
+    }
+
+    fn proc_attr(&self, g: u32, e: Entry, p: &Proc) -> NodeAttr {
+        let (kind, perm) = match e {
+            Entry::Dir => (FileKind::Dir, 0o555),
+            Entry::File(f) if f.private() => (FileKind::File, 0o400),
+            Entry::Where => (FileKind::File, 0o644),
+            _ => (FileKind::File, 0o444),
+        };
+        let mut a = self.virtual_attr(proc_ino(g, e), kind, perm, 0);
+        a.uid = p.entry.uid;
+        a.gid = p.entry.gid;
+        a
+    }
+
+    pub fn proc_self_target(&self, caller: Caller) -> Vec<u8> {
+        gpid(self.cluster.self_id(), caller.pid)
+            .to_string()
+            .into_bytes()
+    }
+
+    pub async fn proc_lookup(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+    ) -> FsResult<NodeAttr> {
+        if parent == INO_PROC {
+            if name == b"self" {
+                let len = self.proc_self_target(caller).len() as u64;
+                return Ok(self.virtual_attr(INO_PROC_SELF, FileKind::Symlink, 0o777, len));
+            }
+            let g: u32 = std::str::from_utf8(name)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(FsError::Os(libc::ENOENT))?;
+            let p = self.proc_of(g).await?;
+            return Ok(self.proc_attr(g, Entry::Dir, &p));
+        }
+        let (g, _) = decode(parent).ok_or(FsError::Os(libc::ENOENT))?;
+        let e = Entry::from_name(name).ok_or(FsError::Os(libc::ENOENT))?;
+        let p = self.proc_of(g).await?;
+        Ok(self.proc_attr(g, e, &p))
+    }
+
+    pub async fn proc_getattr(&self, caller: Caller, ino: u64) -> FsResult<NodeAttr> {
+        if ino == INO_PROC_SELF {
+            return self.proc_lookup(caller, INO_PROC, b"self").await;
+        }
+        let (g, e) = decode(ino).ok_or(FsError::Os(libc::ENOENT))?;
+        let p = self.proc_of(g).await?;
+        Ok(self.proc_attr(g, e, &p))
+    }
+
+    pub async fn proc_readdir(&self, ino: u64, offset: u64) -> FsResult<Vec<ListEntry>> {
+        let mut names: Vec<(u64, FileKind, Vec<u8>)> = Vec::new();
+        if ino == INO_PROC {
+            names.push((INO_PROC, FileKind::Dir, b".".to_vec()));
+            names.push((INO_ROOT, FileKind::Dir, b"..".to_vec()));
+            names.push((INO_PROC_SELF, FileKind::Symlink, b"self".to_vec()));
+            for g in self.proc_listing(offset == 0).await.by_gpid.keys() {
+                names.push((
+                    proc_ino(*g, Entry::Dir),
+                    FileKind::Dir,
+                    g.to_string().into_bytes(),
+                ));
+            }
+        } else {
+            let (g, _) = decode(ino).ok_or(FsError::Os(libc::ENOENT))?;
+            names.push((ino, FileKind::Dir, b".".to_vec()));
+            names.push((INO_PROC, FileKind::Dir, b"..".to_vec()));
+            for (n, e) in Entry::names() {
+                names.push((proc_ino(g, e), FileKind::File, n.as_bytes().to_vec()));
+            }
+        }
+        Ok(names
+            .into_iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, (ino, kind, name))| ListEntry {
+                ino,
+                next_offset: i as u64 + 1,
+                kind,
+                name,
+            })
+            .collect())
+    }
+
+    /// Renders the file now, once for this open; reads are served from it.
+    pub async fn proc_open(&self, caller: Caller, ino: u64, flags: i32) -> FsResult<u64> {
+        let (g, e) = decode(ino).ok_or(FsError::Os(libc::ENOENT))?;
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if writing && e != Entry::Where {
+            return Err(FsError::Os(libc::EACCES));
+        }
+        let p = self.proc_of(g).await?;
+        let content = match e {
+            Entry::Dir => return Err(FsError::Os(libc::EISDIR)),
+            Entry::File(f) => {
+                let creds = self.creds(caller);
+                self.cluster
+                    .proc_read(&p.node, creds, p.entry.pid, f)
+                    .await?
+            }
+            Entry::Where | Entry::Home => {
+                if writing && caller.uid != 0 && caller.uid != p.entry.uid {
+                    return Err(FsError::Os(libc::EACCES));
+                }
+                format!("{}\n", p.node).into_bytes()
+            }
+            Entry::Nmigs => b"0\n".to_vec(),
+            Entry::Cantmove => Vec::new(),
+        };
+        let fh = self.procs.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.procs
+            .handles
+            .lock()
+            .expect("proc handles")
+            .insert(fh, content);
+        Ok(fh)
+    }
+
+    pub fn proc_read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let handles = self.procs.handles.lock().expect("proc handles");
+        let data = handles.get(&fh).ok_or(FsError::Os(libc::EBADF))?;
+        let start = (offset as usize).min(data.len());
+        let end = start.saturating_add(size as usize).min(data.len());
+        Ok(data[start..end].to_vec())
+    }
+
+    pub fn proc_release(&self, fh: u64) {
+        self.procs.handles.lock().expect("proc handles").remove(&fh);
+    }
+
+    /// Writing `where` asks for a migration, which does not exist yet.
+    pub fn proc_write(&self, ino: u64) -> FsError {
+        match decode(ino) {
+            Some((_, Entry::Where)) => {
+                FsError::Unsupported("process migration is not available yet")
+            }
+            _ => FsError::Os(libc::EBADF),
+        }
+    }
+}
+
+fn decode(ino: u64) -> Option<(u32, Entry)> {
+    if ino & PROC_BASE == 0 {
+        return None;
+    }
+    let rest = ino & !PROC_BASE;
+    let g = (rest >> FILE_BITS) as u32;
+    Entry::from_index(rest & ((1 << FILE_BITS) - 1)).map(|e| (g, e))
+}

@@ -1,0 +1,128 @@
+//! /mosix/proc: every process of every node, in procfs formats, with gpids.
+use std::time::Duration;
+
+use mosix_integration::{output_text, Cluster};
+
+/// gpid of pid `pid` whose home is node `id` (see docs/SEMANTICS.md).
+fn gpid(id: u32, pid: u32) -> u32 {
+    (id << 22) | pid
+}
+
+#[test]
+fn processes_of_every_node_show_in_mosix_proc() {
+    let c = Cluster::up(3);
+    // A process on n2 (node id 2), running as nobody.
+    let pid: u32 = c
+        .sh("n2", "setpriv --reuid=65534 --regid=65534 --clear-groups sleep 1000 >/dev/null 2>&1 & echo $!")
+        .trim()
+        .parse()
+        .unwrap();
+    let g = gpid(2, pid);
+    let dir = format!("/mosix/proc/{g}");
+
+    // Seen from n1: listed, with the right command line, owner, state and node.
+    let listed = Cluster::wait_for(Duration::from_secs(5), || {
+        c.sh("n1", "ls /mosix/proc")
+            .split_whitespace()
+            .any(|x| x == g.to_string())
+    });
+    assert!(
+        listed.is_some(),
+        "gpid {g} not listed: {}",
+        c.sh("n1", "ls /mosix/proc")
+    );
+    assert_eq!(
+        c.sh("n1", &format!("tr '\\0' ' ' < {dir}/cmdline")),
+        "sleep 1000 "
+    );
+    assert_eq!(c.sh("n1", &format!("cat {dir}/comm")), "sleep\n");
+    assert_eq!(c.sh("n1", &format!("cat {dir}/where")), "n2\n");
+    assert_eq!(c.sh("n1", &format!("cat {dir}/home")), "n2\n");
+    assert_eq!(c.sh("n1", &format!("cat {dir}/nmigs")), "0\n");
+    assert_eq!(
+        c.sh("n1", &format!("stat -c '%u %g' {dir}")),
+        "65534 65534\n"
+    );
+    let status = c.sh("n1", &format!("cat {dir}/status"));
+    assert!(status.contains("State:\tS (sleeping)"), "{status}");
+    assert!(
+        status.contains("Uid:\t65534\t65534\t65534\t65534"),
+        "{status}"
+    );
+    assert!(status.contains(&format!("Pid:\t{g}\n")), "{status}");
+    // stat: pid and ppid fields carry gpids; the parent is n2's shell or init.
+    let stat = c.sh("n1", &format!("cat {dir}/stat"));
+    let fields: Vec<&str> = stat.split_whitespace().collect();
+    assert_eq!(fields[0], g.to_string());
+    assert_eq!(fields[1], "(sleep)");
+    let ppid: u32 = fields[3].parse().unwrap();
+    assert_eq!(ppid >> 22, 2, "ppid {ppid} is not a gpid of n2");
+    // The same bytes n2's own /proc gives, but for the pid fields.
+    let local = c.sh("n2", &format!("cut -d' ' -f3 /proc/{pid}/stat"));
+    assert_eq!(format!("{}\n", fields[2]), local);
+
+    // /mosix/proc/self is the caller's own gpid.
+    let me = c.sh("n3", "readlink /mosix/proc/self");
+    assert_eq!(me.trim().parse::<u32>().unwrap() >> 22, 3);
+
+    // Another user's environ is refused; the owner and root may read it.
+    let out = c.enter(
+        "n1",
+        &[
+            "setpriv",
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "cat",
+            &format!("{dir}/environ"),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        output_text(&out)
+    );
+    c.sh(
+        "n1",
+        &format!("setpriv --reuid=65534 --regid=65534 --clear-groups cat {dir}/environ >/dev/null"),
+    );
+    c.sh("n1", &format!("cat {dir}/environ > /dev/null"));
+
+    // Migration does not exist yet: asking for it fails clearly.
+    let out = c.enter(
+        "n1",
+        &[
+            "sh",
+            "-c",
+            &format!("printf n3 | dd of={dir}/where conv=notrunc"),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not supported"),
+        "{}",
+        output_text(&out)
+    );
+
+    // Processes of every node are there: each node's init (pid 1).
+    let all = c.sh("n1", "ls /mosix/proc");
+    for id in 1..=3 {
+        assert!(
+            all.split_whitespace().any(|x| x == gpid(id, 1).to_string()),
+            "no init of node {id}: {all}"
+        );
+    }
+
+    // A dead node's processes disappear within the membership bound.
+    c.kill_daemon("n3");
+    let bound = mosix_daemon::membership::dead_bound(3) + Duration::from_secs(2);
+    let gone = Cluster::wait_for(bound, || {
+        !c.sh("n1", "ls /mosix/proc")
+            .split_whitespace()
+            .any(|x| x == gpid(3, 1).to_string())
+    });
+    assert!(gone.is_some(), "n3's processes still listed");
+    assert!(c
+        .sh("n1", "ls /mosix/proc")
+        .split_whitespace()
+        .any(|x| x == g.to_string()));
+}

@@ -1,0 +1,76 @@
+//! The cluster-wide process view: what a node tells others about its
+//! processes. See docs/SEMANTICS.md for the gpid encoding.
+use serde::{Deserialize, Serialize};
+
+/// Bits of a gpid that hold the home pid; Linux pids stay below 2^22.
+pub const GPID_PID_BITS: u32 = 22;
+/// Largest node id; ids share a gpid with the pid and keep it below 2^31.
+pub const MAX_NODE_ID: u16 = 511;
+
+/// The cluster-wide pid of process `pid` whose home is node `node_id`.
+pub fn gpid(node_id: u16, pid: u32) -> u32 {
+    ((node_id as u32) << GPID_PID_BITS) | (pid & ((1 << GPID_PID_BITS) - 1))
+}
+
+/// (home node id, home pid) of a gpid.
+pub fn split_gpid(gpid: u32) -> (u16, u32) {
+    (
+        (gpid >> GPID_PID_BITS) as u16,
+        gpid & ((1 << GPID_PID_BITS) - 1),
+    )
+}
+
+/// One process as listed by its node.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ProcEntry {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The per-process files a node renders on request.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProcFile {
+    Stat,
+    Status,
+    Statm,
+    Cmdline,
+    Comm,
+    Environ,
+    Io,
+    Limits,
+    Wchan,
+}
+
+impl ProcFile {
+    pub const ALL: [ProcFile; 9] = [
+        ProcFile::Stat,
+        ProcFile::Status,
+        ProcFile::Statm,
+        ProcFile::Cmdline,
+        ProcFile::Comm,
+        ProcFile::Environ,
+        ProcFile::Io,
+        ProcFile::Limits,
+        ProcFile::Wchan,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcFile::Stat => "stat",
+            ProcFile::Status => "status",
+            ProcFile::Statm => "statm",
+            ProcFile::Cmdline => "cmdline",
+            ProcFile::Comm => "comm",
+            ProcFile::Environ => "environ",
+            ProcFile::Io => "io",
+            ProcFile::Limits => "limits",
+            ProcFile::Wchan => "wchan",
+        }
+    }
+
+    /// Files that, as in procfs, only the owner and root may read.
+    pub fn private(self) -> bool {
+        matches!(self, ProcFile::Environ | ProcFile::Io)
+    }
+}
