@@ -97,6 +97,10 @@ impl mosix_fs::Cluster for ClusterLink {
         self.node_id
     }
 
+    fn members(&self) -> Vec<mosix_proto::MemberInfo> {
+        self.membership.snapshot()
+    }
+
     fn proc_list(
         &self,
         node: &str,

@@ -193,7 +193,7 @@ impl FuseAdapter {
 
     fn is_local(&self, ino: u64) -> bool {
         // /mosix/proc asks every node.
-        if ino == crate::namespace::INO_PROC || crate::procdir::is_proc(ino) {
+        if ino == crate::namespace::INO_PROC || crate::procdir::is_generated(ino) {
             return false;
         }
         match self.fs.locate(ino) {
@@ -497,7 +497,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        if crate::procdir::is_proc(ino.0) {
+        if crate::procdir::is_generated(ino.0) {
             // Generated content: its size is unknown until read, so the
             // kernel must not cache or trust st_size (lxcfs does the same).
             self.spawn(async move {
@@ -644,7 +644,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        if crate::procdir::is_proc(ino.0) {
+        if crate::procdir::is_generated(ino.0) {
             return match self.fs.proc_read(fh.0, offset, size) {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(errno(&e)),
@@ -683,7 +683,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        if crate::procdir::is_proc(ino.0) {
+        if crate::procdir::is_generated(ino.0) {
             return reply.error(errno(&self.fs.proc_write(ino.0)));
         }
         let (fs, c, data) = (self.fs.clone(), caller(req), data.to_vec());
@@ -715,7 +715,7 @@ impl Filesystem for FuseAdapter {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        if crate::procdir::is_proc(ino.0) {
+        if crate::procdir::is_generated(ino.0) {
             return reply.ok();
         }
         // close() drops the closing process's POSIX locks on this file. The
@@ -765,7 +765,7 @@ impl Filesystem for FuseAdapter {
             self.pt.release(fh.0);
             return reply.ok();
         }
-        if crate::procdir::is_proc(ino.0) {
+        if crate::procdir::is_generated(ino.0) {
             self.fs.proc_release(fh.0);
             return reply.ok();
         }

@@ -6,6 +6,7 @@
 //! - [`namespace`]: what `/mosix` means, without FUSE: the virtual root,
 //!   `nodes/`, `here`, `home`, and where each operation goes.
 //! - [`fuse`]: the thin FUSE adapter over [`namespace`].
+pub mod clusterdir;
 pub mod creds;
 pub mod error;
 pub mod export;

@@ -64,8 +64,8 @@ pub const NODE_ENTRY_TTL: Duration = Duration::from_secs(1);
 /// in `parent`. Files of nodes get zero: nothing tells this node when another
 /// node changes them (coherent caching is a later step).
 pub fn ttls(parent: u64, ino: u64) -> (Duration, Duration) {
-    if crate::procdir::is_proc(ino) {
-        // Processes come and go.
+    if crate::procdir::is_proc(ino) || crate::clusterdir::is_cluster(ino) {
+        // Processes come and go; nodes and their loads change.
         (Duration::ZERO, Duration::ZERO)
     } else if ino >> NODE_SHIFT == 0 {
         // /mosix/home's target, and so its size, depends on the caller.
@@ -102,6 +102,8 @@ pub trait Cluster: Send + Sync + 'static {
     fn home_node(&self, pid: u32) -> Option<String>;
     /// This node's id: the high bits of its processes' gpids.
     fn self_id(&self) -> u16;
+    /// The membership table as this node sees it, with load records.
+    fn members(&self) -> Vec<mosix_proto::MemberInfo>;
     /// A node's id and its processes (this node's too).
     fn proc_list(&self, node: &str) -> BoxFuture<FsResult<(u16, Vec<ProcEntry>)>>;
     /// One per-process file, rendered on the process's node.
@@ -244,6 +246,19 @@ impl MosixFs {
             groups,
             pid: c.pid,
         }
+    }
+
+    /// A stable small number for node `name` (also its index in inode numbers).
+    pub(crate) fn node_slot(&self, name: &str) -> usize {
+        self.nodes.lock().expect("node table").index_of(name)
+    }
+
+    pub(crate) fn node_name_of(&self, slot: usize) -> Option<String> {
+        let nodes = self.nodes.lock().expect("node table");
+        nodes
+            .by_index
+            .get(slot.checked_sub(1)?)
+            .map(|(n, _)| n.clone())
     }
 
     /// Decodes an inode number into the node and id it stands for.
@@ -433,8 +448,10 @@ impl MosixFs {
                 self.entry(&loc, reply)
             }
             INO_PROC => self.proc_lookup(caller, parent, name).await,
+            INO_CLUSTER => self.cluster_lookup(parent, name),
+            p if crate::clusterdir::is_cluster(p) => self.cluster_lookup(parent, name),
             p if crate::procdir::is_proc(p) => self.proc_lookup(caller, parent, name).await,
-            INO_CLUSTER | INO_HERE | INO_HOME => Err(FsError::Os(libc::ENOENT)),
+            INO_HERE | INO_HOME => Err(FsError::Os(libc::ENOENT)),
             _ => {
                 let loc = self.locate(parent)?;
                 let reply = self
@@ -482,6 +499,9 @@ impl MosixFs {
         if crate::procdir::is_proc(ino) {
             return self.proc_getattr(caller, ino).await;
         }
+        if crate::clusterdir::is_cluster(ino) {
+            return self.cluster_getattr(ino);
+        }
         if ino >> NODE_SHIFT == 0 {
             return self.virtual_getattr(ino, caller.pid);
         }
@@ -493,7 +513,7 @@ impl MosixFs {
     }
 
     pub async fn setattr(&self, caller: Caller, ino: u64, set: SetAttr) -> FsResult<NodeAttr> {
-        if crate::procdir::is_proc(ino) {
+        if crate::procdir::is_generated(ino) {
             // `echo n2 > where` truncates before it writes: let that through,
             // so the caller hears about the write itself.
             let truncate_only =
@@ -653,7 +673,7 @@ impl MosixFs {
         if ino >> NODE_SHIFT == 0 {
             return match ino {
                 INO_ROOT | INO_NODES | INO_CLUSTER | INO_PROC => Ok(0),
-                i if crate::procdir::is_proc(i) => Ok(0),
+                i if crate::procdir::is_proc(i) || crate::clusterdir::is_cluster(i) => Ok(0),
                 _ => Err(FsError::Os(libc::ENOTDIR)),
             };
         }
@@ -677,6 +697,9 @@ impl MosixFs {
     ) -> FsResult<Vec<ListEntry>> {
         if ino == INO_PROC || crate::procdir::is_proc(ino) {
             return self.proc_readdir(ino, offset).await;
+        }
+        if ino == INO_CLUSTER || crate::clusterdir::is_cluster(ino) {
+            return self.cluster_readdir(ino, offset);
         }
         if ino >> NODE_SHIFT == 0 {
             return Ok(self.virtual_readdir(ino, offset));

@@ -99,6 +99,11 @@ pub fn is_proc(ino: u64) -> bool {
     ino >> 48 == 0 && (ino & PROC_BASE != 0 || ino == INO_PROC_SELF)
 }
 
+/// Files whose content is rendered at open (/mosix/proc and /mosix/cluster).
+pub fn is_generated(ino: u64) -> bool {
+    is_proc(ino) || crate::clusterdir::is_cluster(ino)
+}
+
 /// Where a process lives and who owns it.
 #[derive(Debug, Clone)]
 struct Proc {
@@ -264,6 +269,13 @@ impl MosixFs {
 
     /// Renders the file now, once for this open; reads are served from it.
     pub async fn proc_open(&self, caller: Caller, ino: u64, flags: i32) -> FsResult<u64> {
+        if crate::clusterdir::is_cluster(ino) {
+            if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                return Err(FsError::Os(libc::EACCES));
+            }
+            let content = self.cluster_render(caller, ino)?;
+            return Ok(self.keep_generated(content));
+        }
         let (g, e) = decode(ino).ok_or(FsError::Os(libc::ENOENT))?;
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if writing && e != Entry::Where {
@@ -287,13 +299,18 @@ impl MosixFs {
             Entry::Nmigs => b"0\n".to_vec(),
             Entry::Cantmove => Vec::new(),
         };
+        Ok(self.keep_generated(content))
+    }
+
+    /// Keeps one open's snapshot of a generated file; reads are served from it.
+    fn keep_generated(&self, content: Vec<u8>) -> u64 {
         let fh = self.procs.next_fh.fetch_add(1, Ordering::Relaxed);
         self.procs
             .handles
             .lock()
             .expect("proc handles")
             .insert(fh, content);
-        Ok(fh)
+        fh
     }
 
     pub fn proc_read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {

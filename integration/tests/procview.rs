@@ -112,6 +112,30 @@ fn processes_of_every_node_show_in_mosix_proc() {
         );
     }
 
+    // /mosix/cluster: members and each node's load, as files.
+    let members = c.sh("n1", "cat /mosix/cluster/members");
+    assert_eq!(
+        members
+            .lines()
+            .filter(|l| l.contains(" alive 127.0.0."))
+            .count(),
+        3,
+        "{members}"
+    );
+    assert_eq!(c.sh("n1", "cat /mosix/cluster/nodes/n2/status"), "alive\n");
+    let cpus: u32 = c
+        .sh("n1", "cat /mosix/cluster/nodes/n2/cpus")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(cpus >= 1);
+    let freemem: u64 = c
+        .sh("n1", "cat /mosix/cluster/nodes/n3/freemem")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(freemem > 0);
+
     // A dead node's processes disappear within the membership bound.
     c.kill_daemon("n3");
     let bound = mosix_daemon::membership::dead_bound(3) + Duration::from_secs(2);
@@ -121,6 +145,10 @@ fn processes_of_every_node_show_in_mosix_proc() {
             .any(|x| x == gpid(3, 1).to_string())
     });
     assert!(gone.is_some(), "n3's processes still listed");
+    let dead = Cluster::wait_for(bound, || {
+        c.sh("n1", "cat /mosix/cluster/nodes/n3/status") == "dead\n"
+    });
+    assert!(dead.is_some(), "n3 never shown dead in /mosix/cluster");
     assert!(c
         .sh("n1", "ls /mosix/proc")
         .split_whitespace()
