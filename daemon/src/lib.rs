@@ -87,9 +87,19 @@ impl mosix_net::Handler for Node {
                     Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
                 }
             }
-            Request::Fs { creds, op } => {
+            Request::Fs {
+                creds,
+                op,
+                epoch: expect,
+            } => {
                 let export = self.export.clone();
                 let epoch = export.epoch();
+                if expect.is_some_and(|e| e != epoch) {
+                    return Response::Fs {
+                        epoch,
+                        result: Err(libc::ESTALE),
+                    };
+                }
                 match tokio::task::spawn_blocking(move || export.handle(&creds, op)).await {
                     Ok(result) => Response::Fs { epoch, result },
                     Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),

@@ -68,7 +68,13 @@ impl mosix_fs::Cluster for ClusterLink {
         self.membership.alive_names()
     }
 
-    fn call(&self, node: &str, creds: Creds, op: FsRequest) -> mosix_fs::namespace::RemoteCall {
+    fn call(
+        &self,
+        node: &str,
+        epoch: Option<u64>,
+        creds: Creds,
+        op: FsRequest,
+    ) -> mosix_fs::namespace::RemoteCall {
         let member = self.membership.member(node);
         let peers = self.peers.clone();
         let node = node.to_string();
@@ -79,7 +85,7 @@ impl mosix_fs::Cluster for ClusterLink {
                 Some((_, MemberState::Dead)) => return Err(FsError::NodeDown(node)),
                 Some((addr, _)) => addr,
             };
-            match peers.request(addr, &Request::Fs { creds, op }).await {
+            match peers.request(addr, &Request::Fs { creds, op, epoch }).await {
                 Ok(Response::Fs { epoch, result }) => Ok((epoch, result)),
                 Ok(other) => Err(FsError::Transport(format!("unexpected response {other:?}"))),
                 Err(NetError::Connect { .. }) => Err(FsError::NodeDown(node)),

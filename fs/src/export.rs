@@ -423,7 +423,8 @@ impl Export {
             inodes: Mutex::new(inodes),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             handles: RwLock::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            // Handles of different runs do not overlap either.
+            next_fh: AtomicU64::new(1 + (epoch >> 24)),
             hidden_names,
             hidden_files,
             locks: Mutex::new(HashMap::new()),
@@ -517,9 +518,17 @@ impl Export {
         if lk.typ == libc::F_UNLCK && !locks.contains_key(&key) {
             return Ok(());
         }
+        let fresh = !locks.contains_key(&key);
         let f = self.lock_file(&mut locks, ino, lk)?;
         // SAFETY: fcntl on a file we own with a valid flk.
-        cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) })?;
+        let r = cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) });
+        if let Err(e) = r {
+            // A refused first lock leaves nothing to hold on to.
+            if fresh {
+                locks.remove(&key);
+            }
+            return Err(e);
+        }
         // Unlocking the whole file is what close() sends: the owner is done
         // with this file, so its description goes.
         if lk.typ == libc::F_UNLCK && lk.start == 0 && lk.end >= OFFSET_MAX {
@@ -531,9 +540,17 @@ impl Export {
     fn getlk(&self, ino: RemoteIno, lk: &LockRange) -> FsResult {
         let mut fl = Self::flock_of(lk)?;
         let mut locks = lock(&self.locks);
+        let key = (lk.client.clone(), lk.owner, ino);
+        // The owner's own description if it holds locks (they never conflict
+        // with themselves), else a throwaway one: a query keeps nothing open.
+        let held = locks.contains_key(&key);
         let f = self.lock_file(&mut locks, ino, lk)?;
         // SAFETY: fcntl on a file we own with a valid flk.
-        cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) })?;
+        let r = cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) });
+        if !held {
+            locks.remove(&key);
+        }
+        r?;
         let start = fl.l_start.max(0) as u64;
         let end = if fl.l_len == 0 {
             OFFSET_MAX

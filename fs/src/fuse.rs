@@ -42,6 +42,9 @@ pub struct FuseAdapter {
     /// (inode, lock owner) pairs that took a POSIX lock and have not closed
     /// the file since: only those need an unlock at close.
     locked: Arc<Mutex<std::collections::HashSet<(u64, u64)>>>,
+    /// Lock owners seen on each open file: OFD locks (and flock) belong to
+    /// the open file, so its release drops them.
+    fh_owners: Arc<Mutex<HashMap<u64, std::collections::HashSet<u64>>>>,
 }
 
 /// A backing file registered with the kernel for passthrough.
@@ -165,6 +168,7 @@ impl FuseAdapter {
             pt: Arc::default(),
             next_fh: AtomicU64::new(1),
             locked: Arc::default(),
+            fh_owners: Arc::default(),
         }
     }
 
@@ -201,6 +205,19 @@ impl FuseAdapter {
             // The virtual part of /mosix is answered without the network.
             Err(_) => ino >> 48 == 0,
         }
+    }
+
+    fn note_lock(&self, ino: u64, fh: u64, owner: u64) {
+        self.locked
+            .lock()
+            .expect("lock owners")
+            .insert((ino, owner));
+        self.fh_owners
+            .lock()
+            .expect("lock owners")
+            .entry(fh)
+            .or_default()
+            .insert(owner);
     }
 
     fn lookup_is_local(&self, parent: u64, name: &[u8]) -> bool {
@@ -245,12 +262,47 @@ fn lock_range(fs: &MosixFs, owner: u64, start: u64, end: u64, typ: i32, pid: u32
 /// last close of the open file description, for flock).
 async fn release_locks(fs: &MosixFs, c: Caller, ino: u64, owner: u64) {
     let lock = lock_range(fs, owner, 0, i64::MAX as u64, libc::F_UNLCK, c.pid);
-    if let Err(e) = fs
-        .on_inode(c, ino, |i| FsRequest::SetLk { ino: i, lock })
-        .await
-    {
-        tracing::warn!(error = %e, "locks not released at close");
+    // A lost unlock would block every other node's waiter forever: keep
+    // trying while the failure is in transit; a node that is down, or has
+    // restarted, holds no locks of ours any more.
+    for attempt in 0u32.. {
+        let l = lock.clone();
+        match fs
+            .on_inode(c, ino, |i| FsRequest::SetLk { ino: i, lock: l })
+            .await
+        {
+            Err(FsError::Transport(e)) => {
+                if attempt % 30 == 0 {
+                    tracing::warn!(error = %e, "unlock at close not delivered yet; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            _ => return,
+        }
     }
+}
+
+/// True if process `pid` (of this node) has a signal to handle: a waiting
+/// F_SETLKW then returns EINTR, as a local one would. Without a pid the
+/// waiter cannot be checked, and waits.
+fn signal_pending(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        // Gone.
+        return true;
+    };
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    let pending = mask("SigPnd:") | mask("ShdPnd:");
+    pending & (!mask("SigBlk:") | SIGKILL_BIT) != 0
 }
 
 fn unexpected(r: FsReply) -> Errno {
@@ -745,21 +797,32 @@ impl Filesystem for FuseAdapter {
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        lock_owner: Option<LockOwner>,
+        _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // The last close of an open file description drops its flock.
-        if let Some(owner) = lock_owner {
-            let flocked = self
-                .locked
-                .lock()
-                .expect("lock owners")
-                .remove(&(ino.0, owner.0));
-            if flocked {
-                let (fs, c) = (self.fs.clone(), caller(req));
-                self.spawn(async move { release_locks(&fs, c, ino.0, owner.0).await });
-            }
+        // The last close of an open file drops the locks it owns (flock and
+        // OFD locks); fcntl locks of processes went at their close (flush).
+        let owners = self
+            .fh_owners
+            .lock()
+            .expect("lock owners")
+            .remove(&fh.0)
+            .unwrap_or_default();
+        let held: Vec<u64> = {
+            let mut locked = self.locked.lock().expect("lock owners");
+            owners
+                .into_iter()
+                .filter(|o| locked.remove(&(ino.0, *o)))
+                .collect()
+        };
+        if !held.is_empty() {
+            let (fs, c) = (self.fs.clone(), caller(req));
+            self.spawn(async move {
+                for owner in held {
+                    release_locks(&fs, c, ino.0, owner).await;
+                }
+            });
         }
         if fh.0 & PASSTHROUGH_FH != 0 {
             self.pt.release(fh.0);
@@ -996,7 +1059,7 @@ impl Filesystem for FuseAdapter {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -1007,10 +1070,14 @@ impl Filesystem for FuseAdapter {
     ) {
         let (fs, c) = (self.fs.clone(), caller(req));
         let lock = lock_range(&fs, lock_owner.0, start, end, typ, pid);
-        let locked = self.locked.clone();
+        if typ != libc::F_UNLCK {
+            // Recorded before asking, so that even a lock whose answer is
+            // lost in transit is released at close.
+            self.note_lock(ino.0, fh.0, lock_owner.0);
+        }
         self.spawn(async move {
             // F_SETLKW: retry until granted, so no serving thread blocks on a
-            // lock; stop if the waiting process is gone.
+            // lock; give up when the waiter has a signal to handle.
             let mut backoff = LOCK_RETRY_MIN;
             loop {
                 let op = |i| FsRequest::SetLk {
@@ -1019,21 +1086,13 @@ impl Filesystem for FuseAdapter {
                 };
                 match fs.on_inode(c, ino.0, op).await {
                     Err(FsError::Os(libc::EAGAIN)) if sleep => {
-                        if c.pid != 0 && !Path::new(&format!("/proc/{}", c.pid)).exists() {
+                        if signal_pending(c.pid) {
                             return reply.error(Errno::EINTR);
                         }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(LOCK_RETRY_MAX);
                     }
-                    r => {
-                        if r.is_ok() && typ != libc::F_UNLCK {
-                            locked
-                                .lock()
-                                .expect("lock owners")
-                                .insert((ino.0, lock_owner.0));
-                        }
-                        return Self::reply_empty(r.map(|_| ()), reply);
-                    }
+                    r => return Self::reply_empty(r.map(|_| ()), reply),
                 }
             }
         });

@@ -97,7 +97,10 @@ pub trait Cluster: Send + Sync + 'static {
     fn alive_nodes(&self) -> Vec<String>;
     /// Runs a file operation on another node; returns that node's epoch and
     /// the operation's result.
-    fn call(&self, node: &str, creds: Creds, op: FsRequest) -> RemoteCall;
+    /// `epoch` is the run of the node that the ids in `op` come from (None:
+    /// no ids but the export root); the node refuses with ESTALE if it is
+    /// not its own, before it touches anything.
+    fn call(&self, node: &str, epoch: Option<u64>, creds: Creds, op: FsRequest) -> RemoteCall;
     /// The home node of a local process (where `/mosix/home` points for it).
     fn home_node(&self, pid: u32) -> Option<String>;
     /// This node's id: the high bits of its processes' gpids.
@@ -159,6 +162,9 @@ struct NodeTable {
     by_index: Vec<(String, Option<u64>)>,
     /// node name -> its current index
     current: HashMap<String, usize>,
+    /// Runs that have ended: a late reply from one must not start yet
+    /// another index.
+    retired: std::collections::HashSet<(String, u64)>,
 }
 
 impl NodeTable {
@@ -363,6 +369,11 @@ impl MosixFs {
         creds: Creds,
         op: FsRequest,
     ) -> FsResult<FsReply> {
+        let expect = {
+            let mut nodes = self.nodes.lock().expect("node table");
+            let i = index.unwrap_or_else(|| nodes.index_of(node));
+            nodes.by_index.get(i - 1).and_then(|(_, e)| *e)
+        };
         let (epoch, result) = if node == self.self_name {
             let export = self.local.clone();
             let epoch = export.epoch();
@@ -375,19 +386,24 @@ impl MosixFs {
             };
             (epoch, r)
         } else {
-            self.cluster.call(node, creds, op).await?
+            self.cluster.call(node, expect, creds, op).await?
         };
         {
             let mut nodes = self.nodes.lock().expect("node table");
             let cur = nodes.index_of(node);
             let expected = index.unwrap_or(cur);
+            if nodes.retired.contains(&(node.to_string(), epoch)) {
+                return Err(FsError::Stale);
+            }
             let slot = &mut nodes.by_index[cur - 1].1;
             match slot {
                 None => *slot = Some(epoch),
                 Some(e) if *e == epoch => {}
-                Some(_) => {
+                Some(old) => {
                     // The node restarted: everything it handed out before is
                     // gone. Start a new index for its new run.
+                    let old = *old;
+                    nodes.retired.insert((node.to_string(), old));
                     nodes.by_index.push((node.to_string(), Some(epoch)));
                     let n = nodes.by_index.len();
                     nodes.current.insert(node.to_string(), n);

@@ -381,6 +381,15 @@ fn posix_locks_hold_across_nodes() {
         ),
         "error EAGAIN\n"
     );
+    // A waiter can be interrupted, as a local F_SETLKW can.
+    let start = std::time::Instant::now();
+    let out = c.enter("n3", &["timeout", "1", PROBE, "lock", f, "wr", "wait"]);
+    assert_eq!(out.status.code(), Some(124), "{}", output_text(&out));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "interrupt took {:?}",
+        start.elapsed()
+    );
     // ...and a blocking lock on n3 is granted once the holder exits.
     let waited = c.sh("n3", &format!("timeout 30 {PROBE} lock {f} wr wait"));
     let out = holder.wait_with_output().unwrap();

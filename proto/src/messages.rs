@@ -69,6 +69,10 @@ pub enum Request {
     Fs {
         creds: crate::fs::Creds,
         op: crate::fs::FsRequest,
+        /// The serving daemon's run the ids in `op` come from, if any: a
+        /// mismatch is refused with ESTALE before anything is done, so ids of
+        /// an ended run never reach files of the new one.
+        epoch: Option<u64>,
     },
     /// The serving node's processes.
     ProcList,
