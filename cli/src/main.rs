@@ -1,6 +1,7 @@
 //! `mosix`: one binary for the node daemon and every user command.
 mod local;
 mod ns;
+mod procs;
 mod status;
 
 use std::path::PathBuf;
@@ -71,6 +72,27 @@ enum Cmd {
         /// Seconds --wait-alive may wait.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+    },
+    /// List every process of the cluster (from /mosix/proc), with where it
+    /// runs, its home node and its migrations.
+    Ps {
+        /// Only processes of this user (name or uid).
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Only processes running on this node.
+        #[arg(long = "where")]
+        node: Option<String>,
+        /// Where /mosix is mounted.
+        #[arg(long, default_value = "/mosix")]
+        mosix: PathBuf,
+    },
+    /// Send a signal to processes anywhere in the cluster: mosix kill [-SIG] GPID...
+    Kill {
+        #[arg(long, default_value = "/run/mosix/control.sock")]
+        control: PathBuf,
+        /// [-SIGNAL] GPID... (signal by name or number; default TERM)
+        #[arg(allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
     },
     #[command(hide = true)]
     Supervise {
@@ -182,6 +204,8 @@ fn main() {
             wait_alive,
             timeout,
         } => runtime().block_on(status::run(&control, json, wait_alive, timeout)),
+        Cmd::Ps { user, node, mosix } => procs::ps(&mosix, user.as_deref(), node.as_deref()),
+        Cmd::Kill { control, args } => runtime().block_on(procs::kill(&control, &args)),
         Cmd::Supervise { state, nodes } => {
             init_tracing("info");
             local::supervise(&state, nodes).map(|_| 0)

@@ -13,6 +13,7 @@ async fn fetch(path: &Path) -> anyhow::Result<(String, Vec<MemberInfo>)> {
     {
         ControlResponse::Status { node, members } => Ok((node, members)),
         ControlResponse::Error(e) => bail!("daemon refused: {e}"),
+        other => bail!("unexpected answer from the daemon: {other:?}"),
     }
 }
 

@@ -3,7 +3,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mosix_proto::{read_frame, write_frame, ControlRequest, ControlResponse};
+use mosix_proto::fs::Creds;
+use mosix_proto::proc::split_gpid;
+use mosix_proto::{
+    read_frame, write_frame, ControlRequest, ControlResponse, MemberState, Request, Response,
+};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::membership::Membership;
@@ -28,24 +32,30 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-pub async fn serve(listener: UnixListener, node: String, membership: Membership) {
+/// What the control socket needs from the daemon.
+#[derive(Clone)]
+pub struct Ctx {
+    pub node: String,
+    pub node_id: u16,
+    pub membership: Membership,
+    pub peers: std::sync::Arc<mosix_net::Peers>,
+}
+
+pub async fn serve(listener: UnixListener, ctx: Ctx) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let node = node.clone();
-        let membership = membership.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) =
-                tokio::time::timeout(CONTROL_TIMEOUT, handle(stream, node, membership)).await
-            {
+            if let Err(e) = tokio::time::timeout(CONTROL_TIMEOUT, handle(stream, ctx)).await {
                 tracing::debug!(error = %e, "control client timed out");
             }
         });
     }
 }
 
-async fn handle(mut stream: UnixStream, node: String, membership: Membership) {
+async fn handle(mut stream: UnixStream, ctx: Ctx) {
     let req = match read_frame::<_, ControlRequest>(&mut stream, MAX_CONTROL_FRAME).await {
         Ok(Some(r)) => r,
         Ok(None) => return,
@@ -62,16 +72,64 @@ async fn handle(mut stream: UnixStream, node: String, membership: Membership) {
     };
     let resp = match req {
         ControlRequest::Status => {
-            let members = tokio::task::spawn_blocking(move || membership.snapshot())
+            let m = ctx.membership.clone();
+            let members = tokio::task::spawn_blocking(move || m.snapshot())
                 .await
                 .unwrap_or_default();
-            ControlResponse::Status { node, members }
+            ControlResponse::Status {
+                node: ctx.node.clone(),
+                members,
+            }
         }
+        ControlRequest::Kill { gpid, sig } => match stream.peer_cred() {
+            Ok(cred) => {
+                let creds = Creds {
+                    uid: cred.uid(),
+                    gid: cred.gid(),
+                    groups: Vec::new(),
+                    pid: cred.pid().unwrap_or(0) as u32,
+                };
+                match kill(&ctx, creds, gpid, sig).await {
+                    Ok(()) => ControlResponse::Killed,
+                    Err(e) => ControlResponse::Error(e),
+                }
+            }
+            Err(e) => ControlResponse::Error(format!("cannot identify the caller: {e}")),
+        },
     };
     let _ = write_frame(&mut stream, &resp, mosix_proto::MAX_FRAME).await;
 }
 
-/// Client side, used by `mosix status`.
+/// Signals process `gpid` wherever it runs, as `creds` (whom the kernel of
+/// the control socket vouched for).
+async fn kill(ctx: &Ctx, creds: Creds, gpid: u32, sig: i32) -> Result<(), String> {
+    let (id, pid) = split_gpid(gpid);
+    let errno = |e: i32| format!("gpid {gpid}: {}", std::io::Error::from_raw_os_error(e));
+    if id == ctx.node_id {
+        return tokio::task::spawn_blocking(move || mosix_procview::kill(&creds, pid, sig))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(errno);
+    }
+    let (node, addr, state) = ctx
+        .membership
+        .member_by_id(id)
+        .ok_or_else(|| format!("gpid {gpid}: no node with id {id} in the cluster"))?;
+    if state == MemberState::Dead {
+        return Err(format!("gpid {gpid}: its node {node} is down"));
+    }
+    match ctx
+        .peers
+        .request(addr, &Request::Kill { creds, pid, sig })
+        .await
+    {
+        Ok(Response::Killed(r)) => r.map_err(errno),
+        Ok(other) => Err(format!("unexpected answer from {node}: {other:?}")),
+        Err(e) => Err(format!("gpid {gpid}: node {node}: {e}")),
+    }
+}
+
+/// Client side, used by `mosix status` and `mosix kill`.
 pub async fn request(path: &Path, req: &ControlRequest) -> Result<ControlResponse, String> {
     let fut = async {
         let mut s = UnixStream::connect(path)

@@ -69,6 +69,11 @@ impl mosix_net::Handler for Node {
             Request::Discard { .. } => Response::Error(RemoteError::BadRequest(
                 "discard must carry its payload on the stream".into(),
             )),
+            Request::Kill { creds, pid, sig } => Response::Killed(
+                tokio::task::spawn_blocking(move || mosix_procview::kill(&creds, pid, sig))
+                    .await
+                    .unwrap_or(Err(libc::EIO)),
+            ),
             Request::ProcList => match tokio::task::spawn_blocking(mosix_procview::list).await {
                 Ok(procs) => Response::Procs {
                     node_id: self.node_id,
@@ -156,6 +161,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     );
     let membership = Membership::start(
         cfg.name.clone(),
+        cfg.node_id(),
         cfg.listen,
         cfg.peers.clone(),
         peers.clone(),
@@ -183,8 +189,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     tokio::spawn(mosix_net::serve(endpoint.clone(), node));
     tokio::spawn(control::serve(
         control,
-        cfg.name.clone(),
-        membership.clone(),
+        control::Ctx {
+            node: cfg.name.clone(),
+            node_id: cfg.node_id(),
+            membership: membership.clone(),
+            peers: peers.clone(),
+        },
     ));
     tokio::spawn(release_dead_clients_locks(
         membership.clone(),

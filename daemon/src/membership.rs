@@ -49,6 +49,8 @@ pub fn dead_bound(n: usize) -> Duration {
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct NodeId {
     pub name: String,
+    /// The node's id (config `id`): the high bits of its processes' gpids.
+    pub id: u16,
     pub addr: SocketAddr,
     pub bump: u64,
 }
@@ -73,6 +75,7 @@ impl foca::Identity for NodeId {
 }
 
 struct Entry {
+    id: u16,
     addr: SocketAddr,
     state: MemberState,
     load: Option<(LoadRecord, Instant)>,
@@ -116,6 +119,7 @@ impl Table {
                 seen.insert(id.name.clone());
             }
             let e = self.entries.entry(id.name.clone()).or_insert(Entry {
+                id: id.id,
                 addr: id.addr,
                 state,
                 load: None,
@@ -124,6 +128,7 @@ impl Table {
                 tracing::info!(member = %id.name, from = %e.state, to = %state, "membership change");
             }
             e.addr = id.addr;
+            e.id = id.id;
             e.state = state;
         }
         // foca forgets down members eventually; we keep reporting them dead.
@@ -210,6 +215,7 @@ fn foca_config() -> foca::Config {
 impl Membership {
     pub fn start(
         name: String,
+        node_id: u16,
         listen: SocketAddr,
         seeds: Vec<SocketAddr>,
         peers: Arc<Peers>,
@@ -221,6 +227,7 @@ impl Membership {
             .unwrap_or(0);
         let me = NodeId {
             name: name.clone(),
+            id: node_id,
             addr: listen,
             bump,
         };
@@ -257,6 +264,17 @@ impl Membership {
 
     pub fn receive_load(&self, node: &str, rec: LoadRecord) {
         self.table.lock().expect("table lock").set_load(node, rec);
+    }
+
+    /// The member whose node id is `id`: its name, address and state.
+    pub fn member_by_id(&self, id: u16) -> Option<(String, SocketAddr, MemberState)> {
+        let t = self.table.lock().expect("table lock");
+        t.entries
+            .iter()
+            .filter(|(_, e)| e.id == id)
+            // A restarted node may linger as dead beside its live successor.
+            .min_by_key(|(_, e)| e.state == MemberState::Dead)
+            .map(|(n, e)| (n.clone(), e.addr, e.state))
     }
 
     /// Where `node` listens and what state it is in, if it is known.
@@ -360,6 +378,7 @@ async fn foca_loop(
                     // identity comes back in the reply.
                     let placeholder = NodeId {
                         name: String::new(),
+                        id: 0,
                         addr,
                         bump: 0,
                     };

@@ -136,6 +136,60 @@ fn processes_of_every_node_show_in_mosix_proc() {
         .unwrap();
     assert!(freemem > 0);
 
+    // mosix ps lists it, with where it runs and its home.
+    let bin = mosix_integration::mosix_bin();
+    let bin = bin.to_str().unwrap();
+    let ps = c.sh("n1", &format!("{bin} ps -u nobody"));
+    let row = ps
+        .lines()
+        .find(|l| l.trim_start().starts_with(&g.to_string()))
+        .unwrap_or_else(|| panic!("{ps}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[1..6], ["nobody", "S", "n2", "n2", "0"], "{row}");
+    assert!(row.ends_with("sleep 1000"), "{row}");
+    assert!(
+        !ps.contains("node-init"),
+        "-u nobody showed root's processes: {ps}"
+    );
+
+    // mosix kill: another user may not, the owner may, wherever it runs.
+    let out = c.enter(
+        "n1",
+        &[
+            "setpriv",
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            bin,
+            "kill",
+            "-9",
+            &g.to_string(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        output_text(&out)
+    );
+    c.sh(
+        "n1",
+        &format!("setpriv --reuid=65534 --regid=65534 --clear-groups {bin} kill -KILL {g}"),
+    );
+    let dead = Cluster::wait_for(Duration::from_secs(5), || {
+        c.enter("n2", &["test", "-e", &format!("/proc/{pid}")])
+            .status
+            .code()
+            == Some(1)
+    });
+    assert!(dead.is_some(), "mosix kill did not stop pid {pid} on n2");
+    let out = c.enter("n1", &[bin, "kill", &gpid(9, 1).to_string()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no node with id 9"),
+        "{}",
+        output_text(&out)
+    );
+
     // A dead node's processes disappear within the membership bound.
     c.kill_daemon("n3");
     let bound = mosix_daemon::membership::dead_bound(3) + Duration::from_secs(2);
@@ -152,5 +206,5 @@ fn processes_of_every_node_show_in_mosix_proc() {
     assert!(c
         .sh("n1", "ls /mosix/proc")
         .split_whitespace()
-        .any(|x| x == g.to_string()));
+        .any(|x| x == gpid(2, 1).to_string()));
 }

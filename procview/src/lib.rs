@@ -49,6 +49,34 @@ pub fn read(node_id: u16, creds: &Creds, pid: u32, file: ProcFile) -> Result<Vec
     })
 }
 
+/// Sends `sig` to process `pid` of this node on behalf of `creds`, with the
+/// kernel's rule for kill(2): root, or a caller whose uid is the target's
+/// real or saved uid (EPERM otherwise; ESRCH if it is gone).
+pub fn kill(creds: &Creds, pid: u32, sig: i32) -> Result<(), i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| libc::ESRCH)?;
+    let uids: Vec<u32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|u| {
+            u.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (real, saved) = (uids.first().copied(), uids.get(2).copied());
+    if creds.uid != 0 && Some(creds.uid) != real && Some(creds.uid) != saved {
+        return Err(libc::EPERM);
+    }
+    let pid = i32::try_from(pid).map_err(|_| libc::ESRCH)?;
+    // SAFETY: plain syscall.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL));
+    }
+    Ok(())
+}
+
 fn g(node_id: u16, field: &str) -> String {
     match field.parse::<i64>() {
         Ok(p) if p > 0 => gpid(node_id, p as u32).to_string(),

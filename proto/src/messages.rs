@@ -76,6 +76,12 @@ pub enum Request {
     },
     /// The serving node's processes.
     ProcList,
+    /// kill(2) of a process of the serving node, on behalf of `creds`.
+    Kill {
+        creds: crate::fs::Creds,
+        pid: u32,
+        sig: i32,
+    },
     /// One per-process file, rendered now on the serving node, with every pid
     /// in it turned into a gpid. `creds` decide access to private files.
     ProcRead {
@@ -99,6 +105,8 @@ pub enum Response {
         node_id: u16,
         procs: Vec<crate::proc::ProcEntry>,
     },
+    /// Kill's outcome: done, or the errno.
+    Killed(Result<(), i32>),
     /// ProcRead's content, or the errno reading it gave (ESRCH: gone).
     ProcData(Result<serde_bytes::ByteBuf, i32>),
     /// `epoch` identifies the serving daemon's run: ids it handed out in an
@@ -183,6 +191,11 @@ impl Datagram {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum ControlRequest {
     Status,
+    /// Signal a process anywhere in the cluster, as the connecting user.
+    Kill {
+        gpid: u32,
+        sig: i32,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -191,5 +204,6 @@ pub enum ControlResponse {
         node: String,
         members: Vec<MemberInfo>,
     },
+    Killed,
     Error(String),
 }
