@@ -69,6 +69,12 @@ impl mosix_net::Handler for Node {
             Request::Discard { .. } => Response::Error(RemoteError::BadRequest(
                 "discard must carry its payload on the stream".into(),
             )),
+            Request::NodeFile { file } => Response::ProcData(
+                tokio::task::spawn_blocking(move || mosix_procview::node_file(file))
+                    .await
+                    .unwrap_or(Err(libc::EIO))
+                    .map(serde_bytes::ByteBuf::from),
+            ),
             Request::Kill { creds, pid, sig } => Response::Killed(
                 tokio::task::spawn_blocking(move || mosix_procview::kill(&creds, pid, sig))
                     .await

@@ -127,6 +127,28 @@ impl mosix_fs::Cluster for ClusterLink {
         })
     }
 
+    fn node_file(
+        &self,
+        node: &str,
+        file: mosix_proto::proc::NodeFile,
+    ) -> mosix_fs::namespace::BoxFuture<Result<Vec<u8>, FsError>> {
+        let (target, node) = (self.target(node), node.to_string());
+        Box::pin(async move {
+            match target? {
+                None => tokio::task::spawn_blocking(move || mosix_procview::node_file(file))
+                    .await
+                    .map_err(|e| FsError::Transport(e.to_string()))?
+                    .map_err(FsError::Os),
+                Some((peers, addr)) => match peers.request(addr, &Request::NodeFile { file }).await
+                {
+                    Ok(Response::ProcData(r)) => r.map(|b| b.into_vec()).map_err(FsError::Os),
+                    Ok(other) => Err(FsError::Transport(format!("unexpected response {other:?}"))),
+                    Err(e) => Err(net_error(&node, e)),
+                },
+            }
+        })
+    }
+
     fn proc_read(
         &self,
         node: &str,

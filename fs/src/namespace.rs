@@ -109,6 +109,12 @@ pub trait Cluster: Send + Sync + 'static {
     fn members(&self) -> Vec<mosix_proto::MemberInfo>;
     /// A node's id and its processes (this node's too).
     fn proc_list(&self, node: &str) -> BoxFuture<FsResult<(u16, Vec<ProcEntry>)>>;
+    /// One of a node's node-wide procfs files (meminfo, stat...), raw.
+    fn node_file(
+        &self,
+        node: &str,
+        file: mosix_proto::proc::NodeFile,
+    ) -> BoxFuture<FsResult<Vec<u8>>>;
     /// One per-process file, rendered on the process's node.
     fn proc_read(
         &self,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mosix_proto::fs::FileKind;
-use mosix_proto::proc::{gpid, ProcEntry, ProcFile};
+use mosix_proto::proc::{gpid, NodeFile, ProcEntry, ProcFile};
 
 use crate::error::{FsError, FsResult};
 use crate::namespace::{Caller, ListEntry, MosixFs, NodeAttr, INO_PROC, INO_ROOT};
@@ -35,6 +35,8 @@ enum Entry {
     Nmigs,
     /// MOSIX: empty, or why it cannot migrate.
     Cantmove,
+    /// /mosix/proc/{stat,meminfo,...}: the whole cluster as one machine.
+    Node(NodeFile),
 }
 
 const CONTROL: [(&str, Entry); 4] = [
@@ -53,6 +55,7 @@ impl Entry {
             Entry::Home => 21,
             Entry::Nmigs => 22,
             Entry::Cantmove => 23,
+            Entry::Node(f) => 24 + NodeFile::ALL.iter().position(|x| *x == f).unwrap_or(0) as u64,
         }
     }
 
@@ -64,6 +67,7 @@ impl Entry {
             21 => Some(Entry::Home),
             22 => Some(Entry::Nmigs),
             23 => Some(Entry::Cantmove),
+            24..=28 => NodeFile::ALL.get(i as usize - 24).map(|f| Entry::Node(*f)),
             _ => None,
         }
     }
@@ -207,6 +211,15 @@ impl MosixFs {
         name: &[u8],
     ) -> FsResult<NodeAttr> {
         if parent == INO_PROC {
+            if let Some(f) = NodeFile::ALL.iter().find(|f| f.name().as_bytes() == name) {
+                // gpid 0 belongs to no process: node ids start at 1.
+                return Ok(self.virtual_attr(
+                    proc_ino(0, Entry::Node(*f)),
+                    FileKind::File,
+                    0o444,
+                    0,
+                ));
+            }
             if name == b"self" {
                 let len = self.proc_self_target(caller).len() as u64;
                 return Ok(self.virtual_attr(INO_PROC_SELF, FileKind::Symlink, 0o777, len));
@@ -229,6 +242,9 @@ impl MosixFs {
             return self.proc_lookup(caller, INO_PROC, b"self").await;
         }
         let (g, e) = decode(ino).ok_or(FsError::Os(libc::ENOENT))?;
+        if let Entry::Node(_) = e {
+            return Ok(self.virtual_attr(ino, FileKind::File, 0o444, 0));
+        }
         let p = self.proc_of(g).await?;
         Ok(self.proc_attr(g, e, &p))
     }
@@ -239,6 +255,13 @@ impl MosixFs {
             names.push((INO_PROC, FileKind::Dir, b".".to_vec()));
             names.push((INO_ROOT, FileKind::Dir, b"..".to_vec()));
             names.push((INO_PROC_SELF, FileKind::Symlink, b"self".to_vec()));
+            for f in NodeFile::ALL {
+                names.push((
+                    proc_ino(0, Entry::Node(f)),
+                    FileKind::File,
+                    f.name().as_bytes().to_vec(),
+                ));
+            }
             for g in self.proc_listing(offset == 0).await.by_gpid.keys() {
                 names.push((
                     proc_ino(*g, Entry::Dir),
@@ -278,6 +301,13 @@ impl MosixFs {
         }
         let (g, e) = decode(ino).ok_or(FsError::Os(libc::ENOENT))?;
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if let Entry::Node(f) = e {
+            if writing {
+                return Err(FsError::Os(libc::EACCES));
+            }
+            let content = self.cluster_file(f).await;
+            return Ok(self.keep_generated(content));
+        }
         if writing && e != Entry::Where {
             return Err(FsError::Os(libc::EACCES));
         }
@@ -298,8 +328,35 @@ impl MosixFs {
             }
             Entry::Nmigs => b"0\n".to_vec(),
             Entry::Cantmove => Vec::new(),
+            Entry::Node(_) => return Err(FsError::Os(libc::EINVAL)),
         };
         Ok(self.keep_generated(content))
+    }
+
+    /// A node-wide file for the whole cluster: every live node's own, asked
+    /// for at once and combined in node order.
+    async fn cluster_file(&self, f: NodeFile) -> Vec<u8> {
+        let mut nodes = self.cluster.alive_nodes();
+        if !nodes.iter().any(|n| n == self.self_name()) {
+            nodes.push(self.self_name().to_string());
+        }
+        nodes.sort();
+        nodes.dedup();
+        let mut set = tokio::task::JoinSet::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let call = self.cluster.node_file(n, f);
+            set.spawn(async move { (i, call.await) });
+        }
+        let mut parts: Vec<(usize, Vec<u8>)> = Vec::new();
+        while let Some(r) = set.join_next().await {
+            // Unanswered nodes count for nothing, as their processes do.
+            if let Ok((i, Ok(p))) = r {
+                parts.push((i, p));
+            }
+        }
+        parts.sort_by_key(|(i, _)| *i);
+        let parts: Vec<Vec<u8>> = parts.into_iter().map(|(_, p)| p).collect();
+        mosix_procview::aggregate(f, &parts)
     }
 
     /// Keeps one open's snapshot of a generated file; reads are served from it.

@@ -112,6 +112,33 @@ fn processes_of_every_node_show_in_mosix_proc() {
         );
     }
 
+    // Cluster-wide totals: one machine with every node's CPUs and memory (the
+    // nodes of a local cluster share one kernel, so each counts it once).
+    let total = |f: &str| -> u64 {
+        c.sh("n1", &format!("awk '/^MemTotal:/ {{print $2}}' {f}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(total("/mosix/proc/meminfo"), 3 * total("/proc/meminfo"));
+    let cpus = |f: &str| -> usize {
+        c.sh("n1", &format!("grep -c ^processor {f}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(cpus("/mosix/proc/cpuinfo"), 3 * cpus("/proc/cpuinfo"));
+    let stat = c.sh("n1", "cat /mosix/proc/stat");
+    assert_eq!(
+        stat.lines()
+            .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+            .count(),
+        3 * cpus("/proc/cpuinfo")
+    );
+    assert!(stat.lines().any(|l| l.starts_with("btime ")), "{stat}");
+    let load = c.sh("n1", "cat /mosix/proc/loadavg");
+    assert_eq!(load.split_whitespace().count(), 5, "{load}");
+
     // /mosix/cluster: members and each node's load, as files.
     let members = c.sh("n1", "cat /mosix/cluster/members");
     assert_eq!(

@@ -5,7 +5,7 @@
 use std::os::unix::fs::MetadataExt;
 
 use mosix_proto::fs::Creds;
-use mosix_proto::proc::{gpid, ProcEntry, ProcFile};
+use mosix_proto::proc::{gpid, NodeFile, ProcEntry, ProcFile};
 
 /// This node's processes, by its own /proc.
 pub fn list() -> Vec<ProcEntry> {
@@ -75,6 +75,169 @@ pub fn kill(creds: &Creds, pid: u32, sig: i32) -> Result<(), i32> {
             .unwrap_or(libc::EINVAL));
     }
     Ok(())
+}
+
+/// This node's `/proc/<file>` as it is.
+pub fn node_file(file: NodeFile) -> Result<Vec<u8>, i32> {
+    std::fs::read(format!("/proc/{}", file.name()))
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// The cluster's version of a node-wide file, from each node's own (in node
+/// order): what one machine with all the nodes' CPUs, memory and processes
+/// would show.
+pub fn aggregate(file: NodeFile, parts: &[Vec<u8>]) -> Vec<u8> {
+    let texts: Vec<String> = parts
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    match file {
+        NodeFile::Meminfo => aggregate_meminfo(&texts),
+        NodeFile::Loadavg => aggregate_loadavg(&texts),
+        NodeFile::Uptime => aggregate_uptime(&texts),
+        NodeFile::Stat => aggregate_stat(&texts),
+        NodeFile::Cpuinfo => aggregate_cpuinfo(&texts),
+    }
+    .into_bytes()
+}
+
+/// `Key:   value [kB]` lines: values summed per key, in the first node's order.
+fn aggregate_meminfo(texts: &[String]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut sums: std::collections::HashMap<String, (u64, bool)> = Default::default();
+    for t in texts {
+        for line in t.lines() {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            let mut it = v.split_whitespace();
+            let Some(n) = it.next().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            let kb = it.next() == Some("kB");
+            let e = sums.entry(k.to_string()).or_insert_with(|| {
+                order.push(k.to_string());
+                (0, kb)
+            });
+            e.0 += n;
+        }
+    }
+    let mut out = String::new();
+    for k in order {
+        let (n, kb) = sums[&k];
+        let label = format!("{k}:");
+        if kb {
+            out.push_str(&format!("{label:<16}{n:>8} kB\n"));
+        } else {
+            out.push_str(&format!("{label:<16}{n:>8}\n"));
+        }
+    }
+    out
+}
+
+/// `1m 5m 15m running/total lastpid`: loads and counts summed.
+fn aggregate_loadavg(texts: &[String]) -> String {
+    let (mut l, mut run, mut total) = ([0f64; 3], 0u64, 0u64);
+    for t in texts {
+        let f: Vec<&str> = t.split_whitespace().collect();
+        for (i, x) in l.iter_mut().enumerate() {
+            *x += f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        }
+        if let Some((r, n)) = f.get(3).and_then(|s| s.split_once('/')) {
+            run += r.parse::<u64>().unwrap_or(0);
+            total += n.parse::<u64>().unwrap_or(0);
+        }
+    }
+    format!("{:.2} {:.2} {:.2} {run}/{total} 0\n", l[0], l[1], l[2])
+}
+
+/// `uptime idle`: the longest uptime, the idle time of all CPUs summed.
+fn aggregate_uptime(texts: &[String]) -> String {
+    let (mut up, mut idle) = (0f64, 0f64);
+    for t in texts {
+        let f: Vec<f64> = t
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        up = up.max(f.first().copied().unwrap_or(0.0));
+        idle += f.get(1).copied().unwrap_or(0.0);
+    }
+    format!("{up:.2} {idle:.2}\n")
+}
+
+/// /proc/stat: the `cpu` line summed, `cpuN` lines renumbered across nodes,
+/// counters summed, `btime` the earliest.
+fn aggregate_stat(texts: &[String]) -> String {
+    let mut cpu_total: Vec<u64> = Vec::new();
+    let mut cpus: Vec<String> = Vec::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut sums: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    let mut btime: Option<u64> = None;
+    for t in texts {
+        for line in t.lines() {
+            let mut f = line.split_whitespace();
+            let Some(key) = f.next() else { continue };
+            let vals: Vec<u64> = f.filter_map(|v| v.parse().ok()).collect();
+            if key == "cpu" {
+                if cpu_total.len() < vals.len() {
+                    cpu_total.resize(vals.len(), 0);
+                }
+                for (a, v) in cpu_total.iter_mut().zip(&vals) {
+                    *a += v;
+                }
+            } else if key.starts_with("cpu") {
+                let vals: Vec<String> = vals.iter().map(u64::to_string).collect();
+                cpus.push(format!("cpu{} {}", cpus.len(), vals.join(" ")));
+            } else if key == "btime" {
+                let b = vals.first().copied().unwrap_or(0);
+                btime = Some(btime.map_or(b, |x: u64| x.min(b)));
+            } else {
+                let e = sums.entry(key.to_string()).or_insert_with(|| {
+                    order.push(key.to_string());
+                    Vec::new()
+                });
+                if e.len() < vals.len() {
+                    e.resize(vals.len(), 0);
+                }
+                for (a, v) in e.iter_mut().zip(&vals) {
+                    *a += v;
+                }
+            }
+        }
+    }
+    let join = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+    let mut out = format!("cpu  {}\n", join(&cpu_total));
+    for c in cpus {
+        out.push_str(&c);
+        out.push('\n');
+    }
+    for k in order {
+        out.push_str(&format!("{k} {}\n", join(&sums[&k])));
+        if k == "ctxt" {
+            if let Some(b) = btime {
+                out.push_str(&format!("btime {b}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// Every node's processors, numbered on from one node to the next.
+fn aggregate_cpuinfo(texts: &[String]) -> String {
+    let mut n = 0;
+    let mut out = String::new();
+    for t in texts {
+        for line in t.lines() {
+            if line.starts_with("processor") {
+                out.push_str(&format!("processor\t: {n}\n"));
+                n += 1;
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 fn g(node_id: u16, field: &str) -> String {
@@ -163,6 +326,54 @@ mod tests {
         );
         assert!(out.contains(&format!("NSpid:\t{g}\n")));
         assert!(out.contains("Uid:\t0\t0\t0\t0\n"));
+    }
+
+    #[test]
+    fn aggregates_sum_like_one_machine() {
+        let m = aggregate(
+            NodeFile::Meminfo,
+            &[
+                b"MemTotal:  100 kB\nHugePages_Total: 0\n".to_vec(),
+                b"MemTotal:  50 kB\nHugePages_Total: 2\n".to_vec(),
+            ],
+        );
+        let m = String::from_utf8(m).unwrap();
+        assert!(m.contains("MemTotal:") && m.contains(" 150 kB\n"), "{m}");
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("HugePages_Total:") && l.ends_with(" 2")),
+            "{m}"
+        );
+        let l = aggregate(
+            NodeFile::Loadavg,
+            &[
+                b"0.50 0.25 0.10 1/100 42\n".to_vec(),
+                b"1.00 0.50 0.20 2/50 7\n".to_vec(),
+            ],
+        );
+        assert_eq!(String::from_utf8(l).unwrap(), "1.50 0.75 0.30 3/150 0\n");
+        let s = aggregate(
+            NodeFile::Stat,
+            &[
+                b"cpu  1 2 3\ncpu0 1 2 3\nctxt 10\nbtime 500\nprocesses 5\n".to_vec(),
+                b"cpu  4 5 6\ncpu0 4 5 6\nctxt 1\nbtime 400\nprocesses 1\n".to_vec(),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8(s).unwrap(),
+            "cpu  5 7 9\ncpu0 1 2 3\ncpu1 4 5 6\nctxt 11\nbtime 400\nprocesses 6\n"
+        );
+        let c = aggregate(
+            NodeFile::Cpuinfo,
+            &[
+                b"processor\t: 0\nx\n".to_vec(),
+                b"processor\t: 0\ny\n".to_vec(),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8(c).unwrap(),
+            "processor\t: 0\nx\nprocessor\t: 1\ny\n"
+        );
     }
 
     #[test]

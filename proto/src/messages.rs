@@ -76,6 +76,10 @@ pub enum Request {
     },
     /// The serving node's processes.
     ProcList,
+    /// One of the serving node's node-wide procfs files, raw.
+    NodeFile {
+        file: crate::proc::NodeFile,
+    },
     /// kill(2) of a process of the serving node, on behalf of `creds`.
     Kill {
         creds: crate::fs::Creds,

@@ -74,3 +74,33 @@ impl ProcFile {
         matches!(self, ProcFile::Environ | ProcFile::Io)
     }
 }
+
+/// Node-wide procfs files, which /mosix/proc aggregates over the cluster.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeFile {
+    Stat,
+    Meminfo,
+    Loadavg,
+    Uptime,
+    Cpuinfo,
+}
+
+impl NodeFile {
+    pub const ALL: [NodeFile; 5] = [
+        NodeFile::Stat,
+        NodeFile::Meminfo,
+        NodeFile::Loadavg,
+        NodeFile::Uptime,
+        NodeFile::Cpuinfo,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeFile::Stat => "stat",
+            NodeFile::Meminfo => "meminfo",
+            NodeFile::Loadavg => "loadavg",
+            NodeFile::Uptime => "uptime",
+            NodeFile::Cpuinfo => "cpuinfo",
+        }
+    }
+}
