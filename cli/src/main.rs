@@ -86,6 +86,14 @@ enum Cmd {
         #[arg(long, default_value = "/mosix")]
         mosix: PathBuf,
     },
+    /// Run a shell (or CMD) in which /proc is the whole cluster, so that
+    /// unmodified ps, top, pgrep and pstree show every node's processes (root).
+    Shell {
+        #[arg(long, default_value = "/mosix")]
+        mosix: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
     /// Send a signal to processes anywhere in the cluster: mosix kill [-SIG] GPID...
     Kill {
         #[arg(long, default_value = "/run/mosix/control.sock")]
@@ -205,6 +213,7 @@ fn main() {
             timeout,
         } => runtime().block_on(status::run(&control, json, wait_alive, timeout)),
         Cmd::Ps { user, node, mosix } => procs::ps(&mosix, user.as_deref(), node.as_deref()),
+        Cmd::Shell { mosix, cmd } => procs::shell(&mosix, &cmd),
         Cmd::Kill { control, args } => runtime().block_on(procs::kill(&control, &args)),
         Cmd::Supervise { state, nodes } => {
             init_tracing("info");

@@ -156,3 +156,69 @@ pub async fn kill(control: &Path, args: &[String]) -> anyhow::Result<i32> {
     }
     Ok(if failed > 0 { 1 } else { 0 })
 }
+
+/// A private mount namespace where /proc is the cluster's (`/mosix/proc`),
+/// with this node's own /proc/sys and /proc/tty mounted inside it for the
+/// tools that read them, then CMD (default: $SHELL) in it.
+pub fn shell(mosix: &Path, cmd: &[String]) -> anyhow::Result<i32> {
+    use nix::mount::{mount, MsFlags};
+    use std::os::unix::process::ExitStatusExt;
+    if !nix::unistd::geteuid().is_root() {
+        bail!("mosix shell needs root: it mounts the cluster's /proc in a private mount namespace");
+    }
+    let cluster_proc = mosix.join("proc");
+    std::fs::read_dir(&cluster_proc)
+        .with_context(|| format!("{} (is the mosix daemon running?)", cluster_proc.display()))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("new mount namespace")?;
+    // Our mounts stay ours; the node's later mounts still reach us.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .context("making mounts private")?;
+    let real = Path::new("/run/mosix-shell-proc");
+    std::fs::create_dir_all(real)?;
+    mount(
+        Some("proc"),
+        real,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .context("mounting this node's /proc")?;
+    mount(
+        Some(&cluster_proc),
+        "/proc",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .context("mounting the cluster's /proc")?;
+    for d in ["sys", "tty"] {
+        mount(
+            Some(&real.join(d)),
+            &Path::new("/proc").join(d),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting /proc/{d}"))?;
+    }
+    let (prog, args) = match cmd.split_first() {
+        Some((p, a)) => (p.clone(), a.to_vec()),
+        None => (
+            std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into()),
+            Vec::new(),
+        ),
+    };
+    let status = std::process::Command::new(&prog)
+        .args(&args)
+        .status()
+        .with_context(|| format!("cannot run {prog}"))?;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}

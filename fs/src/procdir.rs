@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mosix_proto::fs::FileKind;
-use mosix_proto::proc::{gpid, NodeFile, ProcEntry, ProcFile};
+use mosix_proto::proc::{gpid, NodeFile, ProcEntry, ProcFile, GPID_PID_BITS};
 
 use crate::error::{FsError, FsResult};
 use crate::namespace::{Caller, ListEntry, MosixFs, NodeAttr, INO_PROC, INO_ROOT};
@@ -17,6 +17,9 @@ use crate::namespace::{Caller, ListEntry, MosixFs, NodeAttr, INO_PROC, INO_ROOT}
 pub const PROC_BASE: u64 = 1 << 40;
 /// /mosix/proc/self.
 pub const INO_PROC_SELF: u64 = 7;
+/// Empty directories `sys` and `tty`: where `mosix shell` mounts the node's
+/// own /proc/sys and /proc/tty, which tools read beside the process list.
+pub const MOUNT_POINTS: [(&str, u64); 2] = [("sys", 10), ("tty", 11)];
 const FILE_BITS: u32 = 5;
 /// How old a listing of the cluster's processes may be when reused: a
 /// process shows up or goes away in /mosix/proc at most this late.
@@ -100,7 +103,10 @@ fn proc_ino(g: u32, e: Entry) -> u64 {
 }
 
 pub fn is_proc(ino: u64) -> bool {
-    ino >> 48 == 0 && (ino & PROC_BASE != 0 || ino == INO_PROC_SELF)
+    ino >> 48 == 0
+        && (ino & PROC_BASE != 0
+            || ino == INO_PROC_SELF
+            || MOUNT_POINTS.iter().any(|(_, i)| *i == ino))
 }
 
 /// Files whose content is rendered at open (/mosix/proc and /mosix/cluster).
@@ -220,14 +226,25 @@ impl MosixFs {
                     0,
                 ));
             }
+            if let Some((_, i)) = MOUNT_POINTS.iter().find(|(n, _)| n.as_bytes() == name) {
+                return Ok(self.virtual_attr(*i, FileKind::Dir, 0o555, 0));
+            }
             if name == b"self" {
                 let len = self.proc_self_target(caller).len() as u64;
                 return Ok(self.virtual_attr(INO_PROC_SELF, FileKind::Symlink, 0o777, len));
             }
-            let g: u32 = std::str::from_utf8(name)
+            let n: u32 = std::str::from_utf8(name)
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .ok_or(FsError::Os(libc::ENOENT))?;
+            // A plain pid (no node id) names this node's process: what
+            // getpid() returns, so `/proc/$$` and tools that look themselves
+            // up keep working. Not listed, so nothing shows twice.
+            let g = if n >> GPID_PID_BITS == 0 {
+                gpid(self.cluster.self_id(), n)
+            } else {
+                n
+            };
             let p = self.proc_of(g).await?;
             return Ok(self.proc_attr(g, Entry::Dir, &p));
         }
@@ -238,6 +255,9 @@ impl MosixFs {
     }
 
     pub async fn proc_getattr(&self, caller: Caller, ino: u64) -> FsResult<NodeAttr> {
+        if let Some((_, i)) = MOUNT_POINTS.iter().find(|(_, i)| *i == ino) {
+            return Ok(self.virtual_attr(*i, FileKind::Dir, 0o555, 0));
+        }
         if ino == INO_PROC_SELF {
             return self.proc_lookup(caller, INO_PROC, b"self").await;
         }
@@ -255,6 +275,9 @@ impl MosixFs {
             names.push((INO_PROC, FileKind::Dir, b".".to_vec()));
             names.push((INO_ROOT, FileKind::Dir, b"..".to_vec()));
             names.push((INO_PROC_SELF, FileKind::Symlink, b"self".to_vec()));
+            for (n, i) in MOUNT_POINTS {
+                names.push((i, FileKind::Dir, n.as_bytes().to_vec()));
+            }
             for f in NodeFile::ALL {
                 names.push((
                     proc_ino(0, Entry::Node(f)),
@@ -269,6 +292,9 @@ impl MosixFs {
                     g.to_string().into_bytes(),
                 ));
             }
+        } else if MOUNT_POINTS.iter().any(|(_, i)| *i == ino) {
+            names.push((ino, FileKind::Dir, b".".to_vec()));
+            names.push((INO_PROC, FileKind::Dir, b"..".to_vec()));
         } else {
             let (g, _) = decode(ino).ok_or(FsError::Os(libc::ENOENT))?;
             names.push((ino, FileKind::Dir, b".".to_vec()));

@@ -235,3 +235,71 @@ fn processes_of_every_node_show_in_mosix_proc() {
         .split_whitespace()
         .any(|x| x == gpid(2, 1).to_string()));
 }
+
+/// Every process of `node`, as gpids, from the node's own /proc.
+fn node_gpids(c: &Cluster, node: &str, id: u32) -> std::collections::BTreeSet<u32> {
+    c.sh(node, "ls /proc")
+        .split_whitespace()
+        .filter_map(|x| x.parse::<u32>().ok())
+        .map(|p| gpid(id, p))
+        .collect()
+}
+
+#[test]
+fn unmodified_ps_and_top_see_the_whole_cluster_in_mosix_shell() {
+    let c = Cluster::up(3);
+    let bin = mosix_integration::mosix_bin();
+    let bin = bin.to_str().unwrap();
+    c.sh("n2", "sleep 1000 >/dev/null 2>&1 &");
+    c.sh("n3", "sleep 1000 >/dev/null 2>&1 &");
+    let union = || {
+        (1..=3u32)
+            .flat_map(|i| node_gpids(&c, &format!("n{i}"), i))
+            .collect::<std::collections::BTreeSet<u32>>()
+    };
+    let before = union();
+    let ps: std::collections::BTreeSet<u32> = c
+        .sh("n1", &format!("{bin} shell -- ps -e -o pid="))
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let after = union();
+    // Churn: the commands of this test itself (each node's `ls`, the shell and
+    // its ps) come and go between the snapshots. Every process present in both
+    // snapshots must be in ps's list; ps may add only its own few.
+    let stable: std::collections::BTreeSet<u32> = before.intersection(&after).copied().collect();
+    let missing: Vec<&u32> = stable.difference(&ps).collect();
+    assert!(
+        missing.is_empty(),
+        "ps -e misses {missing:?}\nps: {ps:?}\nstable: {stable:?}"
+    );
+    let extra: Vec<&u32> = ps
+        .iter()
+        .filter(|p| !before.contains(p) && !after.contains(p))
+        .collect();
+    assert!(extra.len() <= 4, "ps -e lists unknown processes {extra:?}");
+    assert!(ps.iter().any(|p| p >> 22 == 2) && ps.iter().any(|p| p >> 22 == 3));
+
+    // ps aux, pgrep and top run clean on the cluster view.
+    let aux = c.sh("n1", &format!("{bin} shell -- ps aux"));
+    assert_eq!(
+        aux.lines().filter(|l| l.ends_with("sleep 1000")).count(),
+        2,
+        "{aux}"
+    );
+    let pgrep = c.sh("n1", &format!("{bin} shell -- pgrep -x sleep"));
+    let nodes: std::collections::BTreeSet<u32> = pgrep
+        .split_whitespace()
+        .map(|p| p.parse::<u32>().unwrap() >> 22)
+        .collect();
+    assert_eq!(nodes, [2, 3].into_iter().collect(), "{pgrep}");
+    let out = c.enter("n1", &[bin, "shell", "--", "top", "-b", "-n1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let top = String::from_utf8_lossy(&out.stdout);
+    assert!(top.contains("Tasks:") && top.contains("sleep"), "{top}");
+    assert!(
+        out.stderr.is_empty(),
+        "top complained: {}",
+        output_text(&out)
+    );
+}
