@@ -566,6 +566,7 @@ impl MosixFs {
             INO_HERE => return Ok(format!("nodes/{}", self.self_name).into_bytes()),
             INO_HOME => return Ok(self.home_target(caller.pid).into_bytes()),
             crate::procdir::INO_PROC_SELF => return Ok(self.proc_self_target(caller)),
+            i if crate::procdir::is_proc(i) => return self.proc_readlink(caller, i).await,
             _ if ino >> NODE_SHIFT == 0 => return Err(FsError::Os(libc::EINVAL)),
             _ => {}
         }

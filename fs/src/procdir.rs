@@ -40,6 +40,8 @@ enum Entry {
     Cantmove,
     /// /mosix/proc/{stat,meminfo,...}: the whole cluster as one machine.
     Node(NodeFile),
+    /// `cwd` and `exe`: symlinks into /mosix/nodes/<node>/.
+    Link(ProcFile),
 }
 
 const CONTROL: [(&str, Entry); 4] = [
@@ -59,6 +61,7 @@ impl Entry {
             Entry::Nmigs => 22,
             Entry::Cantmove => 23,
             Entry::Node(f) => 24 + NodeFile::ALL.iter().position(|x| *x == f).unwrap_or(0) as u64,
+            Entry::Link(f) => 12 + ProcFile::LINKS.iter().position(|x| *x == f).unwrap_or(0) as u64,
         }
     }
 
@@ -66,6 +69,9 @@ impl Entry {
         match i {
             0 => Some(Entry::Dir),
             1..=9 => ProcFile::ALL.get(i as usize - 1).map(|f| Entry::File(*f)),
+            12..=13 => ProcFile::LINKS
+                .get(i as usize - 12)
+                .map(|f| Entry::Link(*f)),
             20 => Some(Entry::Where),
             21 => Some(Entry::Home),
             22 => Some(Entry::Nmigs),
@@ -86,6 +92,12 @@ impl Entry {
                     .find(|(n, _)| n.as_bytes() == name)
                     .map(|(_, e)| *e)
             })
+            .or_else(|| {
+                ProcFile::LINKS
+                    .iter()
+                    .find(|f| f.name().as_bytes() == name)
+                    .map(|f| Entry::Link(*f))
+            })
     }
 
     fn names() -> Vec<(&'static str, Entry)> {
@@ -94,6 +106,7 @@ impl Entry {
             .map(|f| (f.name(), Entry::File(*f)))
             .collect();
         v.extend(CONTROL);
+        v.extend(ProcFile::LINKS.iter().map(|f| (f.name(), Entry::Link(*f))));
         v
     }
 }
@@ -196,6 +209,7 @@ impl MosixFs {
             Entry::Dir => (FileKind::Dir, 0o555),
             Entry::File(f) if f.private() => (FileKind::File, 0o400),
             Entry::Where => (FileKind::File, 0o644),
+            Entry::Link(_) => (FileKind::Symlink, 0o777),
             _ => (FileKind::File, 0o444),
         };
         let mut a = self.virtual_attr(proc_ino(g, e), kind, perm, 0);
@@ -300,7 +314,12 @@ impl MosixFs {
             names.push((ino, FileKind::Dir, b".".to_vec()));
             names.push((INO_PROC, FileKind::Dir, b"..".to_vec()));
             for (n, e) in Entry::names() {
-                names.push((proc_ino(g, e), FileKind::File, n.as_bytes().to_vec()));
+                let kind = if matches!(e, Entry::Link(_)) {
+                    FileKind::Symlink
+                } else {
+                    FileKind::File
+                };
+                names.push((proc_ino(g, e), kind, n.as_bytes().to_vec()));
             }
         }
         Ok(names
@@ -355,6 +374,7 @@ impl MosixFs {
             Entry::Nmigs => b"0\n".to_vec(),
             Entry::Cantmove => Vec::new(),
             Entry::Node(_) => return Err(FsError::Os(libc::EINVAL)),
+            Entry::Link(_) => return Err(FsError::Os(libc::ELOOP)),
         };
         Ok(self.keep_generated(content))
     }
@@ -394,6 +414,22 @@ impl MosixFs {
             .expect("proc handles")
             .insert(fh, content);
         fh
+    }
+
+    /// `cwd` and `exe`: where they point on the process's node, as a path
+    /// under /mosix, so they resolve the same on every node.
+    pub async fn proc_readlink(&self, caller: Caller, ino: u64) -> FsResult<Vec<u8>> {
+        let Some((g, Entry::Link(f))) = decode(ino) else {
+            return Err(FsError::Os(libc::EINVAL));
+        };
+        let p = self.proc_of(g).await?;
+        let target = self
+            .cluster
+            .proc_read(&p.node, self.creds(caller), p.entry.pid, f)
+            .await?;
+        let mut out = format!("/mosix/nodes/{}", p.node).into_bytes();
+        out.extend_from_slice(&target);
+        Ok(out)
     }
 
     pub fn proc_read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {

@@ -13,7 +13,10 @@ fn processes_of_every_node_show_in_mosix_proc() {
     let c = Cluster::up(3);
     // A process on n2 (node id 2), running as nobody.
     let pid: u32 = c
-        .sh("n2", "setpriv --reuid=65534 --regid=65534 --clear-groups sleep 1000 >/dev/null 2>&1 & echo $!")
+        .sh(
+            "n2",
+            "cd /tmp && setpriv --reuid=65534 --regid=65534 --clear-groups sleep 1000 >/dev/null 2>&1 & echo $!",
+        )
         .trim()
         .parse()
         .unwrap();
@@ -60,6 +63,22 @@ fn processes_of_every_node_show_in_mosix_proc() {
     // The same bytes n2's own /proc gives, but for the pid fields.
     let local = c.sh("n2", &format!("cut -d' ' -f3 /proc/{pid}/stat"));
     assert_eq!(format!("{}\n", fields[2]), local);
+
+    // cwd and exe point into the process's node's tree under /mosix.
+    assert_eq!(
+        c.sh("n1", &format!("readlink {dir}/cwd")),
+        "/mosix/nodes/n2/tmp\n"
+    );
+    let exe = c.sh("n1", &format!("readlink {dir}/exe"));
+    assert!(
+        exe.starts_with("/mosix/nodes/n2/") && exe.trim_end().ends_with("/sleep"),
+        "{exe}"
+    );
+    c.sh("n2", "echo in-n2-tmp > /tmp/cwd-probe");
+    assert_eq!(
+        c.sh("n1", &format!("cat {dir}/cwd/cwd-probe")),
+        "in-n2-tmp\n"
+    );
 
     // /mosix/proc/self is the caller's own gpid.
     let me = c.sh("n3", "readlink /mosix/proc/self");

@@ -40,8 +40,14 @@ pub fn read(node_id: u16, creds: &Creds, pid: u32, file: ProcFile) -> Result<Vec
     if file.private() && creds.uid != 0 && creds.uid != owner {
         return Err(libc::EACCES);
     }
-    let raw = std::fs::read(format!("{base}/{}", file.name()))
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    let path = format!("{base}/{}", file.name());
+    let raw = if ProcFile::LINKS.contains(&file) {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::read_link(&path).map(|t| t.as_os_str().as_bytes().to_vec())
+    } else {
+        std::fs::read(&path)
+    }
+    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
     Ok(match file {
         ProcFile::Stat => rewrite_stat(node_id, &raw),
         ProcFile::Status => rewrite_status(node_id, &raw),

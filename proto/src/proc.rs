@@ -40,6 +40,9 @@ pub enum ProcFile {
     Io,
     Limits,
     Wchan,
+    /// Links (their target is the content): `cwd` and `exe`.
+    Cwd,
+    Exe,
 }
 
 impl ProcFile {
@@ -66,13 +69,20 @@ impl ProcFile {
             ProcFile::Io => "io",
             ProcFile::Limits => "limits",
             ProcFile::Wchan => "wchan",
+            ProcFile::Cwd => "cwd",
+            ProcFile::Exe => "exe",
         }
     }
 
     /// Files that, as in procfs, only the owner and root may read.
     pub fn private(self) -> bool {
-        matches!(self, ProcFile::Environ | ProcFile::Io)
+        matches!(
+            self,
+            ProcFile::Environ | ProcFile::Io | ProcFile::Cwd | ProcFile::Exe
+        )
     }
+
+    pub const LINKS: [ProcFile; 2] = [ProcFile::Cwd, ProcFile::Exe];
 }
 
 /// Node-wide procfs files, which /mosix/proc aggregates over the cluster.

@@ -10,7 +10,10 @@ fn main() {
     let mut bytes = 0;
     for e in std::fs::read_dir(&dir).expect("listing").flatten() {
         let name = e.file_name();
-        if !name.to_str().is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit())) {
+        if !name
+            .to_str()
+            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        {
             continue;
         }
         // A process may end in between: that is not an error.
@@ -21,5 +24,8 @@ fn main() {
             bytes += a.len() + b.len();
         }
     }
-    println!("{n} processes ({bytes} bytes) in {:.4} seconds", start.elapsed().as_secs_f64());
+    println!(
+        "{n} processes ({bytes} bytes) in {:.4} seconds",
+        start.elapsed().as_secs_f64()
+    );
 }
