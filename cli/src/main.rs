@@ -1,5 +1,6 @@
 //! `mosix`: one binary for the node daemon and every user command.
 mod local;
+mod mon;
 mod ns;
 mod procs;
 mod status;
@@ -85,6 +86,14 @@ enum Cmd {
         /// Where /mosix is mounted.
         #[arg(long, default_value = "/mosix")]
         mosix: PathBuf,
+    },
+    /// Watch every node's load, memory and processes live (q quits).
+    Mon {
+        #[arg(long, default_value = "/run/mosix/control.sock")]
+        control: PathBuf,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
     },
     /// Run a shell (or CMD) in which /proc is the whole cluster, so that
     /// unmodified ps, top, pgrep and pstree show every node's processes (root).
@@ -213,6 +222,10 @@ fn main() {
             timeout,
         } => runtime().block_on(status::run(&control, json, wait_alive, timeout)),
         Cmd::Ps { user, node, mosix } => procs::ps(&mosix, user.as_deref(), node.as_deref()),
+        Cmd::Mon { control, interval } => runtime().block_on(mon::run(
+            &control,
+            std::time::Duration::from_secs_f64(interval.max(0.1)),
+        )),
         Cmd::Shell { mosix, cmd } => procs::shell(&mosix, &cmd),
         Cmd::Kill { control, args } => runtime().block_on(procs::kill(&control, &args)),
         Cmd::Supervise { state, nodes } => {
