@@ -46,6 +46,7 @@ pub enum DaemonError {
 struct Node {
     name: String,
     node_id: u16,
+    pins: Arc<mount::Pins>,
     membership: Membership,
     export: Arc<mosix_fs::export::Export>,
 }
@@ -87,6 +88,18 @@ impl mosix_net::Handler for Node {
                 },
                 Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
             },
+            Request::SetLock { creds, pid, on } => {
+                let pins = self.pins.clone();
+                Response::Killed(
+                    tokio::task::spawn_blocking(move || pins.set(&creds, pid, on))
+                        .await
+                        .unwrap_or(Err(libc::EIO)),
+                )
+            }
+            Request::ProcRead { creds, pid, file } if mount::Pins::renders(file) => {
+                let _ = creds;
+                Response::ProcData(self.pins.render(pid, file).map(serde_bytes::ByteBuf::from))
+            }
             Request::ProcRead { creds, pid, file } => {
                 let id = self.node_id;
                 match tokio::task::spawn_blocking(move || {
@@ -186,9 +199,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             source,
         })?,
     );
+    let pins = Arc::new(mount::Pins::default());
     let node = Arc::new(Node {
         name: cfg.name.clone(),
         node_id: cfg.node_id(),
+        pins: pins.clone(),
         membership: membership.clone(),
         export: export.clone(),
     });
@@ -211,6 +226,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             cfg.name.clone(),
             export,
             Arc::new(mount::ClusterLink {
+                pins,
                 name: cfg.name.clone(),
                 node_id: cfg.node_id(),
                 membership,

@@ -34,7 +34,46 @@ pub fn open_export(cfg: &Config) -> std::io::Result<Export> {
 
 /// How the namespace reaches other nodes: through membership (who is alive,
 /// where) and the peer connections.
+/// Processes pinned to this node (`/mosix/proc/<gpid>/lock`): the migrator
+/// must leave them here.
+#[derive(Default)]
+pub struct Pins(std::sync::Mutex<std::collections::HashSet<u32>>);
+
+impl Pins {
+    /// The per-process files this node's daemon renders itself.
+    pub fn renders(file: ProcFile) -> bool {
+        matches!(file, ProcFile::Lock | ProcFile::Cantmove)
+    }
+
+    pub fn render(&self, pid: u32, file: ProcFile) -> Result<Vec<u8>, i32> {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(libc::ENOENT);
+        }
+        let pinned = self.0.lock().expect("pins").contains(&pid);
+        Ok(match (file, pinned) {
+            (ProcFile::Lock, p) => format!("{}\n", p as u8),
+            (_, true) => "locked to its node (lock = 1)\n".to_string(),
+            (_, false) => String::new(),
+        }
+        .into_bytes())
+    }
+
+    pub fn set(&self, creds: &Creds, pid: u32, on: bool) -> Result<(), i32> {
+        mosix_procview::check_owner(creds, pid)?;
+        let mut p = self.0.lock().expect("pins");
+        // Pins of processes that are gone go with them.
+        p.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if on {
+            p.insert(pid);
+        } else {
+            p.remove(&pid);
+        }
+        Ok(())
+    }
+}
+
 pub struct ClusterLink {
+    pub pins: Arc<Pins>,
     pub name: String,
     pub node_id: u16,
     pub membership: Membership,
@@ -127,6 +166,29 @@ impl mosix_fs::Cluster for ClusterLink {
         })
     }
 
+    fn set_lock(
+        &self,
+        node: &str,
+        creds: Creds,
+        pid: u32,
+        on: bool,
+    ) -> mosix_fs::namespace::BoxFuture<Result<(), FsError>> {
+        let (target, node, pins) = (self.target(node), node.to_string(), self.pins.clone());
+        Box::pin(async move {
+            match target? {
+                None => pins.set(&creds, pid, on).map_err(FsError::Os),
+                Some((peers, addr)) => match peers
+                    .request(addr, &Request::SetLock { creds, pid, on })
+                    .await
+                {
+                    Ok(Response::Killed(r)) => r.map_err(FsError::Os),
+                    Ok(other) => Err(FsError::Transport(format!("unexpected response {other:?}"))),
+                    Err(e) => Err(net_error(&node, e)),
+                },
+            }
+        })
+    }
+
     fn node_file(
         &self,
         node: &str,
@@ -157,8 +219,10 @@ impl mosix_fs::Cluster for ClusterLink {
         file: ProcFile,
     ) -> mosix_fs::namespace::BoxFuture<Result<Vec<u8>, FsError>> {
         let (target, node, id) = (self.target(node), node.to_string(), self.node_id);
+        let pins = self.pins.clone();
         Box::pin(async move {
             match target? {
+                None if Pins::renders(file) => pins.render(pid, file).map_err(FsError::Os),
                 None => {
                     tokio::task::spawn_blocking(move || mosix_procview::read(id, &creds, pid, file))
                         .await

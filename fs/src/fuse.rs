@@ -735,10 +735,16 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        if crate::procdir::is_generated(ino.0) {
-            return reply.error(errno(&self.fs.proc_write(ino.0)));
-        }
         let (fs, c, data) = (self.fs.clone(), caller(req), data.to_vec());
+        if crate::procdir::is_generated(ino.0) {
+            self.spawn(async move {
+                match fs.proc_write(c, ino.0, &data).await {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            });
+            return;
+        }
         self.run(self.is_local(ino.0), async move {
             match fs
                 .on_handle(

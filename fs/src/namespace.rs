@@ -109,6 +109,8 @@ pub trait Cluster: Send + Sync + 'static {
     fn members(&self) -> Vec<mosix_proto::MemberInfo>;
     /// A node's id and its processes (this node's too).
     fn proc_list(&self, node: &str) -> BoxFuture<FsResult<(u16, Vec<ProcEntry>)>>;
+    /// Pins process `pid` of `node` to it, or frees it (`lock`).
+    fn set_lock(&self, node: &str, creds: Creds, pid: u32, on: bool) -> BoxFuture<FsResult<()>>;
     /// One of a node's node-wide procfs files (meminfo, stat...), raw.
     fn node_file(
         &self,

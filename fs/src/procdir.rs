@@ -38,13 +38,16 @@ enum Entry {
     Nmigs,
     /// MOSIX: empty, or why it cannot migrate.
     Cantmove,
+    /// MOSIX: 1 pins the process to its node.
+    Lock,
     /// /mosix/proc/{stat,meminfo,...}: the whole cluster as one machine.
     Node(NodeFile),
     /// `cwd` and `exe`: symlinks into /mosix/nodes/<node>/.
     Link(ProcFile),
 }
 
-const CONTROL: [(&str, Entry); 4] = [
+const CONTROL: [(&str, Entry); 5] = [
+    ("lock", Entry::Lock),
     ("where", Entry::Where),
     ("home", Entry::Home),
     ("nmigs", Entry::Nmigs),
@@ -60,6 +63,7 @@ impl Entry {
             Entry::Home => 21,
             Entry::Nmigs => 22,
             Entry::Cantmove => 23,
+            Entry::Lock => 14,
             Entry::Node(f) => 24 + NodeFile::ALL.iter().position(|x| *x == f).unwrap_or(0) as u64,
             Entry::Link(f) => 12 + ProcFile::LINKS.iter().position(|x| *x == f).unwrap_or(0) as u64,
         }
@@ -72,6 +76,7 @@ impl Entry {
             12..=13 => ProcFile::LINKS
                 .get(i as usize - 12)
                 .map(|f| Entry::Link(*f)),
+            14 => Some(Entry::Lock),
             20 => Some(Entry::Where),
             21 => Some(Entry::Home),
             22 => Some(Entry::Nmigs),
@@ -208,7 +213,7 @@ impl MosixFs {
         let (kind, perm) = match e {
             Entry::Dir => (FileKind::Dir, 0o555),
             Entry::File(f) if f.private() => (FileKind::File, 0o400),
-            Entry::Where => (FileKind::File, 0o644),
+            Entry::Where | Entry::Lock => (FileKind::File, 0o644),
             Entry::Link(_) => (FileKind::Symlink, 0o777),
             _ => (FileKind::File, 0o444),
         };
@@ -353,7 +358,7 @@ impl MosixFs {
             let content = self.cluster_file(f).await;
             return Ok(self.keep_generated(content));
         }
-        if writing && e != Entry::Where {
+        if writing && e != Entry::Where && e != Entry::Lock {
             return Err(FsError::Os(libc::EACCES));
         }
         let p = self.proc_of(g).await?;
@@ -372,7 +377,17 @@ impl MosixFs {
                 format!("{}\n", p.node).into_bytes()
             }
             Entry::Nmigs => b"0\n".to_vec(),
-            Entry::Cantmove => Vec::new(),
+            Entry::Cantmove | Entry::Lock => {
+                let f = if e == Entry::Lock {
+                    ProcFile::Lock
+                } else {
+                    ProcFile::Cantmove
+                };
+                let creds = self.creds(caller);
+                self.cluster
+                    .proc_read(&p.node, creds, p.entry.pid, f)
+                    .await?
+            }
             Entry::Node(_) => return Err(FsError::Os(libc::EINVAL)),
             Entry::Link(_) => return Err(FsError::Os(libc::ELOOP)),
         };
@@ -444,13 +459,30 @@ impl MosixFs {
         self.procs.handles.lock().expect("proc handles").remove(&fh);
     }
 
-    /// Writing `where` asks for a migration, which does not exist yet.
-    pub fn proc_write(&self, ino: u64) -> FsError {
-        match decode(ino) {
-            Some((_, Entry::Where)) => {
-                FsError::Unsupported("process migration is not available yet")
+    /// A write to a control file: `lock` takes 1 or 0; `where` asks for a
+    /// migration, which does not exist yet.
+    pub async fn proc_write(&self, caller: Caller, ino: u64, data: &[u8]) -> FsResult<u32> {
+        let Some((g, e)) = decode(ino) else {
+            return Err(FsError::Os(libc::EBADF));
+        };
+        match e {
+            Entry::Where => Err(FsError::Unsupported(
+                "process migration is not available yet",
+            )),
+            Entry::Lock => {
+                let on = match std::str::from_utf8(data).map(str::trim) {
+                    Ok("1") => true,
+                    Ok("0") => false,
+                    _ => return Err(FsError::Os(libc::EINVAL)),
+                };
+                let p = self.proc_of(g).await?;
+                let creds = self.creds(caller);
+                self.cluster
+                    .set_lock(&p.node, creds, p.entry.pid, on)
+                    .await?;
+                Ok(data.len() as u32)
             }
-            _ => FsError::Os(libc::EBADF),
+            _ => Err(FsError::Os(libc::EBADF)),
         }
     }
 }

@@ -107,6 +107,38 @@ fn processes_of_every_node_show_in_mosix_proc() {
     );
     c.sh("n1", &format!("cat {dir}/environ > /dev/null"));
 
+    // lock pins the process to its node: its owner (or root) may set it, it
+    // shows in cantmove, another user may not touch it.
+    assert_eq!(c.sh("n1", &format!("cat {dir}/lock")), "0\n");
+    assert_eq!(c.sh("n1", &format!("cat {dir}/cantmove")), "");
+    c.sh(
+        "n1",
+        &format!("setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'echo 1 > {dir}/lock'"),
+    );
+    assert_eq!(c.sh("n3", &format!("cat {dir}/lock")), "1\n");
+    assert!(c
+        .sh("n3", &format!("cat {dir}/cantmove"))
+        .contains("locked"));
+    let out = c.enter(
+        "n1",
+        &[
+            "setpriv",
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "sh",
+            "-c",
+            &format!("echo 0 > {dir}/lock"),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "another user unpinned it: {}",
+        output_text(&out)
+    );
+    c.sh("n1", &format!("echo 0 > {dir}/lock"));
+    assert_eq!(c.sh("n2", &format!("cat {dir}/lock")), "0\n");
+
     // Migration does not exist yet: asking for it fails clearly.
     let out = c.enter(
         "n1",

@@ -55,10 +55,9 @@ pub fn read(node_id: u16, creds: &Creds, pid: u32, file: ProcFile) -> Result<Vec
     })
 }
 
-/// Sends `sig` to process `pid` of this node on behalf of `creds`, with the
-/// kernel's rule for kill(2): root, or a caller whose uid is the target's
-/// real or saved uid (EPERM otherwise; ESRCH if it is gone).
-pub fn kill(creds: &Creds, pid: u32, sig: i32) -> Result<(), i32> {
+/// Whether `creds` may control process `pid` (root, or its real or saved
+/// uid, as kill(2) decides): Ok, EPERM, or ESRCH if it is gone.
+pub fn check_owner(creds: &Creds, pid: u32) -> Result<(), i32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| libc::ESRCH)?;
     let uids: Vec<u32> = status
         .lines()
@@ -73,6 +72,14 @@ pub fn kill(creds: &Creds, pid: u32, sig: i32) -> Result<(), i32> {
     if creds.uid != 0 && Some(creds.uid) != real && Some(creds.uid) != saved {
         return Err(libc::EPERM);
     }
+    Ok(())
+}
+
+/// Sends `sig` to process `pid` of this node on behalf of `creds`, with the
+/// kernel's rule for kill(2): root, or a caller whose uid is the target's
+/// real or saved uid (EPERM otherwise; ESRCH if it is gone).
+pub fn kill(creds: &Creds, pid: u32, sig: i32) -> Result<(), i32> {
+    check_owner(creds, pid)?;
     let pid = i32::try_from(pid).map_err(|_| libc::ESRCH)?;
     // SAFETY: plain syscall.
     if unsafe { libc::kill(pid, sig) } != 0 {

@@ -76,6 +76,12 @@ pub enum Request {
     },
     /// The serving node's processes.
     ProcList,
+    /// Pins a process of the serving node to it (`lock` = 1) or frees it.
+    SetLock {
+        creds: crate::fs::Creds,
+        pid: u32,
+        on: bool,
+    },
     /// One of the serving node's node-wide procfs files, raw.
     NodeFile {
         file: crate::proc::NodeFile,

@@ -43,6 +43,10 @@ pub enum ProcFile {
     /// Links (their target is the content): `cwd` and `exe`.
     Cwd,
     Exe,
+    /// MOSIX control state kept by the process's node: `1` if pinned there.
+    Lock,
+    /// MOSIX: empty, or why the process cannot migrate.
+    Cantmove,
 }
 
 impl ProcFile {
@@ -71,6 +75,8 @@ impl ProcFile {
             ProcFile::Wchan => "wchan",
             ProcFile::Cwd => "cwd",
             ProcFile::Exe => "exe",
+            ProcFile::Lock => "lock",
+            ProcFile::Cantmove => "cantmove",
         }
     }
 
