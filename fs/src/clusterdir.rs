@@ -12,7 +12,7 @@ use mosix_proto::fs::FileKind;
 use mosix_proto::MemberInfo;
 
 use crate::error::{FsError, FsResult};
-use crate::namespace::{Caller, ListEntry, MosixFs, NodeAttr, INO_CLUSTER};
+use crate::namespace::{listing, Caller, ListEntry, MosixFs, NodeAttr, INO_CLUSTER};
 
 pub const CLUSTER_BASE: u64 = 1 << 39;
 pub const INO_MEMBERS: u64 = 8;
@@ -129,17 +129,7 @@ impl MosixFs {
                 }
             }
         }
-        Ok(names
-            .into_iter()
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, (ino, kind, name))| ListEntry {
-                ino,
-                next_offset: i as u64 + 1,
-                kind,
-                name,
-            })
-            .collect())
+        Ok(listing(names, offset))
     }
 
     /// The content of a file of /mosix/cluster, rendered now.

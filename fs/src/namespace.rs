@@ -197,13 +197,18 @@ fn to_systime(t: Timespec) -> SystemTime {
     }
 }
 
+/// (pid, uid, gid) -> when read, and the supplementary groups.
+type GroupsCache = lru::LruCache<(u32, u32, u32), (Instant, Vec<u32>)>;
+
 pub struct MosixFs {
     pub(crate) procs: crate::procdir::ProcState,
     self_name: String,
     local: Arc<Export>,
     pub(crate) cluster: Arc<dyn Cluster>,
     nodes: Mutex<NodeTable>,
-    groups: Mutex<lru::LruCache<u32, (Instant, Vec<u32>)>>,
+    /// Keyed by (pid, uid, gid): a reused pid of another user never gets
+    /// the previous process's groups.
+    groups: Mutex<GroupsCache>,
     started: SystemTime,
 }
 
@@ -245,11 +250,12 @@ impl MosixFs {
             Vec::new()
         } else {
             let mut cache = self.groups.lock().expect("groups cache");
-            match cache.get(&c.pid) {
+            let key = (c.pid, c.uid, c.gid);
+            match cache.get(&key) {
                 Some((at, g)) if at.elapsed() < GROUPS_TTL => g.clone(),
                 _ => {
                     let g = read_groups(c.pid);
-                    cache.put(c.pid, (Instant::now(), g.clone()));
+                    cache.put(key, (Instant::now(), g.clone()));
                     g
                 }
             }
@@ -435,6 +441,15 @@ impl MosixFs {
             FsReply::Entry(a) | FsReply::Attr(a) => Ok(self.node_attr(loc.index, &a)),
             other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    /// Every live node, this one included, in name order.
+    pub(crate) fn live_nodes(&self) -> Vec<String> {
+        let mut v = self.cluster.alive_nodes();
+        v.push(self.self_name.clone());
+        v.sort();
+        v.dedup();
+        v
     }
 
     fn node_alive(&self, name: &str) -> bool {
@@ -761,11 +776,7 @@ impl MosixFs {
                 names.push((INO_PROC, FileKind::Dir, b"proc".to_vec()));
             }
             INO_NODES => {
-                let mut alive = self.cluster.alive_nodes();
-                if !alive.contains(&self.self_name) {
-                    alive.push(self.self_name.clone());
-                }
-                alive.sort();
+                let alive = self.live_nodes();
                 let mut nodes = self.nodes.lock().expect("node table");
                 for n in alive {
                     let i = nodes.index_of(&n);
@@ -774,17 +785,7 @@ impl MosixFs {
             }
             _ => {}
         }
-        names
-            .into_iter()
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, (ino, kind, name))| ListEntry {
-                ino,
-                next_offset: i as u64 + 1,
-                kind,
-                name,
-            })
-            .collect()
+        listing(names, offset)
     }
 
     pub async fn release_handle(&self, ino: u64, op: FsRequest) {
@@ -849,6 +850,22 @@ impl MosixFs {
         let loc = self.locate(ino)?;
         self.call_at(caller, &loc, build(loc.id)).await
     }
+}
+
+/// A directory listing from `names`, starting after cookie `offset` (the
+/// cookies of generated directories are positions).
+pub(crate) fn listing(names: Vec<(u64, FileKind, Vec<u8>)>, offset: u64) -> Vec<ListEntry> {
+    names
+        .into_iter()
+        .enumerate()
+        .skip(offset as usize)
+        .map(|(i, (ino, kind, name))| ListEntry {
+            ino,
+            next_offset: i as u64 + 1,
+            kind,
+            name,
+        })
+        .collect()
 }
 
 /// Supplementary groups of `pid` from /proc; empty if it is gone.

@@ -11,7 +11,7 @@ use mosix_proto::fs::FileKind;
 use mosix_proto::proc::{gpid, NodeFile, ProcEntry, ProcFile, GPID_PID_BITS};
 
 use crate::error::{FsError, FsResult};
-use crate::namespace::{Caller, ListEntry, MosixFs, NodeAttr, INO_PROC, INO_ROOT};
+use crate::namespace::{listing, Caller, ListEntry, MosixFs, NodeAttr, INO_PROC, INO_ROOT};
 
 /// Inode numbers of /mosix/proc entries: this bit, the gpid, and the file.
 pub const PROC_BASE: u64 = 1 << 40;
@@ -161,12 +161,8 @@ impl MosixFs {
                 return l.clone();
             }
         }
-        let mut nodes = self.cluster.alive_nodes();
-        if !nodes.iter().any(|n| n == self.self_name()) {
-            nodes.push(self.self_name().to_string());
-        }
         let mut set = tokio::task::JoinSet::new();
-        for n in nodes {
+        for n in self.live_nodes() {
             let call = self.cluster.proc_list(&n);
             set.spawn(async move { (n, call.await) });
         }
@@ -327,17 +323,7 @@ impl MosixFs {
                 names.push((proc_ino(g, e), kind, n.as_bytes().to_vec()));
             }
         }
-        Ok(names
-            .into_iter()
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, (ino, kind, name))| ListEntry {
-                ino,
-                next_offset: i as u64 + 1,
-                kind,
-                name,
-            })
-            .collect())
+        Ok(listing(names, offset))
     }
 
     /// Renders the file now, once for this open; reads are served from it.
@@ -397,12 +383,7 @@ impl MosixFs {
     /// A node-wide file for the whole cluster: every live node's own, asked
     /// for at once and combined in node order.
     async fn cluster_file(&self, f: NodeFile) -> Vec<u8> {
-        let mut nodes = self.cluster.alive_nodes();
-        if !nodes.iter().any(|n| n == self.self_name()) {
-            nodes.push(self.self_name().to_string());
-        }
-        nodes.sort();
-        nodes.dedup();
+        let nodes = self.live_nodes();
         let mut set = tokio::task::JoinSet::new();
         for (i, n) in nodes.iter().enumerate() {
             let call = self.cluster.node_file(n, f);

@@ -201,6 +201,13 @@ fn processes_of_every_node_show_in_mosix_proc() {
         "{members}"
     );
     assert_eq!(c.sh("n1", "cat /mosix/cluster/nodes/n2/status"), "alive\n");
+    // Load records arrive about once a second ("-" until the first one).
+    let known = Cluster::wait_for(Duration::from_secs(5), || {
+        ["n2", "n3"]
+            .iter()
+            .all(|n| c.sh("n1", &format!("cat /mosix/cluster/nodes/{n}/cpus")) != "-\n")
+    });
+    assert!(known.is_some(), "no load record from n2 or n3");
     let cpus: u32 = c
         .sh("n1", "cat /mosix/cluster/nodes/n2/cpus")
         .trim()
