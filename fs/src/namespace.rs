@@ -883,3 +883,148 @@ fn read_groups(pid: u32) -> Vec<u32> {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::ExportConfig;
+
+    /// Node "n2" served in-process by a real export, which the test can
+    /// replace to simulate a restart of n2's daemon. The epoch check is the
+    /// daemon's (see daemon/src/lib.rs).
+    struct FakeCluster {
+        n2: Mutex<Arc<Export>>,
+    }
+
+    impl Cluster for FakeCluster {
+        fn alive_nodes(&self) -> Vec<String> {
+            vec!["n1".into(), "n2".into()]
+        }
+        fn call(&self, _node: &str, epoch: Option<u64>, creds: Creds, op: FsRequest) -> RemoteCall {
+            let e = self.n2.lock().unwrap().clone();
+            Box::pin(async move {
+                if epoch.is_some_and(|x| x != e.epoch()) {
+                    return Ok((e.epoch(), Err(libc::ESTALE)));
+                }
+                Ok((e.epoch(), e.handle(&creds, op)))
+            })
+        }
+        fn home_node(&self, _pid: u32) -> Option<String> {
+            None
+        }
+        fn self_id(&self) -> u16 {
+            1
+        }
+        fn members(&self) -> Vec<mosix_proto::MemberInfo> {
+            Vec::new()
+        }
+        fn proc_list(&self, _node: &str) -> BoxFuture<FsResult<(u16, Vec<ProcEntry>)>> {
+            Box::pin(async { Ok((2, Vec::new())) })
+        }
+        fn set_lock(&self, _: &str, _: Creds, _: u32, _: bool) -> BoxFuture<FsResult<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn node_file(
+            &self,
+            _: &str,
+            _: mosix_proto::proc::NodeFile,
+        ) -> BoxFuture<FsResult<Vec<u8>>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn proc_read(
+            &self,
+            _: &str,
+            _: Creds,
+            _: u32,
+            _: ProcFile,
+        ) -> BoxFuture<FsResult<Vec<u8>>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    fn export(dir: &std::path::Path) -> Arc<Export> {
+        Arc::new(
+            Export::open(ExportConfig {
+                root: dir.to_path_buf(),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+
+    #[tokio::test]
+    async fn a_restarted_node_never_aliases_old_inodes() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(d2.path().join("f"), b"one").unwrap();
+        let cluster = Arc::new(FakeCluster {
+            n2: Mutex::new(export(d2.path())),
+        });
+        let fs = MosixFs::new("n1".into(), export(d1.path()), cluster.clone());
+
+        let root = fs.lookup(ROOT, INO_NODES, b"n2").await.unwrap();
+        let f = fs.lookup(ROOT, root.ino, b"f").await.unwrap();
+        assert_eq!(f.size, 3);
+        assert_eq!(fs.getattr(ROOT, f.ino).await.unwrap().ino, f.ino);
+
+        // n2's daemon restarts: its ids start over.
+        *cluster.n2.lock().unwrap() = export(d2.path());
+        assert_eq!(fs.getattr(ROOT, f.ino).await, Err(FsError::Stale));
+        assert_eq!(fs.lookup(ROOT, root.ino, b"f").await, Err(FsError::Stale));
+
+        // A fresh walk works, under new inode numbers.
+        let root2 = fs.lookup(ROOT, INO_NODES, b"n2").await.unwrap();
+        assert_ne!(root2.ino, root.ino);
+        let f2 = fs.lookup(ROOT, root2.ino, b"f").await.unwrap();
+        assert_ne!(f2.ino, f.ino);
+        assert_eq!(fs.getattr(ROOT, f2.ino).await.unwrap().size, 3);
+        // And the old numbers stay dead.
+        assert_eq!(fs.getattr(ROOT, f.ino).await, Err(FsError::Stale));
+    }
+
+    #[tokio::test]
+    async fn virtual_part_is_read_only_and_routes_here() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cluster = Arc::new(FakeCluster {
+            n2: Mutex::new(export(d2.path())),
+        });
+        let fs = MosixFs::new("n1".into(), export(d1.path()), cluster);
+        assert_eq!(fs.readlink(ROOT, INO_HERE).await.unwrap(), b"nodes/n1");
+        assert_eq!(fs.readlink(ROOT, INO_HOME).await.unwrap(), b"nodes/n1");
+        assert_eq!(
+            fs.make(ROOT, INO_ROOT, |p| FsRequest::Mkdir {
+                parent: p,
+                name: b"x".to_vec(),
+                mode: 0o755,
+                umask: 0
+            })
+            .await,
+            Err(FsError::ReadOnly)
+        );
+        assert_eq!(
+            fs.lookup(ROOT, INO_NODES, b"n9").await,
+            Err(FsError::Os(libc::ENOENT))
+        );
+        let names: Vec<Vec<u8>> = fs
+            .readdir(ROOT, INO_NODES, 0, 0, 4096)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                b".".to_vec(),
+                b"..".to_vec(),
+                b"n1".to_vec(),
+                b"n2".to_vec()
+            ]
+        );
+    }
+}
