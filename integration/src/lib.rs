@@ -49,6 +49,16 @@ pub fn output_text(o: &Output) -> String {
     )
 }
 
+/// Asserts that a command failed and said `needle` on stderr.
+#[track_caller]
+pub fn assert_fails_saying(out: &Output, needle: &str) {
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(needle),
+        "expected a failure saying {needle:?}: {}",
+        output_text(out)
+    );
+}
+
 pub struct Cluster {
     pub nodes: usize,
     state: tempfile::TempDir,

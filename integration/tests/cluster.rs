@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use mosix_integration::{mosix_bin, output_text, Cluster};
+use mosix_integration::{assert_fails_saying, mosix_bin, output_text, Cluster};
 use mosix_proto::MemberState;
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -148,11 +148,7 @@ fn enter_passes_exit_codes_and_up_refuses_a_running_state_dir() {
     assert_eq!(c.enter("n1", &["true"]).status.code(), Some(0));
     let missing = c.enter("n9", &["true"]);
     assert!(!missing.status.success());
-    assert!(
-        String::from_utf8_lossy(&missing.stderr).contains("n9 is not running"),
-        "{}",
-        output_text(&missing)
-    );
+    assert_fails_saying(&missing, "n9 is not running");
 
     let again = std::process::Command::new(mosix_bin())
         .args(["up", "--nodes", "1", "--state"])
@@ -160,11 +156,7 @@ fn enter_passes_exit_codes_and_up_refuses_a_running_state_dir() {
         .output()
         .unwrap();
     assert!(!again.status.success());
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("already up"),
-        "{}",
-        output_text(&again)
-    );
+    assert_fails_saying(&again, "already up");
 }
 
 #[test]

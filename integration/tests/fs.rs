@@ -2,7 +2,7 @@
 //! node onto another node's files, checked against the serving node's own view.
 use std::time::{Duration, Instant};
 
-use mosix_integration::{output_text, Cluster};
+use mosix_integration::{assert_fails_saying, output_text, Cluster};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_fsprobe");
 
@@ -47,11 +47,7 @@ fn namespace_layout() {
     );
     // The virtual part is read-only.
     let out = c.enter("n1", &["mkdir", "/mosix/newdir"]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Read-only"),
-        "{}",
-        output_text(&out)
-    );
+    assert_fails_saying(&out, "Read-only");
 }
 
 #[test]
@@ -189,20 +185,12 @@ fn permissions_follow_the_caller() {
         &["sh", "-c", &nobody("cat /mosix/nodes/n2/tmp/secret")],
     );
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-        "{}",
-        output_text(&out)
-    );
+    assert_fails_saying(&out, "Permission denied");
     let out = c.enter(
         "n1",
         &["sh", "-c", &nobody("touch /mosix/nodes/n2/tmp/rootdir/x")],
     );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-        "{}",
-        output_text(&out)
-    );
+    assert_fails_saying(&out, "Permission denied");
     // ...and what it creates is owned by it on the serving node.
     c.sh(
         "n1",
@@ -261,11 +249,7 @@ fn dead_nodes_fail_fast_and_a_dead_daemon_leaves_enotconn() {
 
     // On n3 itself, the mount of the dead daemon answers ENOTCONN.
     let out = c.enter("n3", &["ls", "/mosix"]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Transport endpoint is not connected"),
-        "{}",
-        output_text(&out)
-    );
+    assert_fails_saying(&out, "Transport endpoint is not connected");
 }
 
 #[test]
@@ -341,11 +325,7 @@ fn mount_helper_mounts_and_umount_stops_the_daemon() {
         ],
     );
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("did not mount"),
-        "{}",
-        output_text(&out)
-    );
+    assert_fails_saying(&out, "did not mount");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! /mosix/proc: every process of every node, in procfs formats, with gpids.
 use std::time::Duration;
 
-use mosix_integration::{output_text, Cluster};
+use mosix_integration::{assert_fails_saying, output_text, Cluster};
 
 /// gpid of pid `pid` whose home is node `id` (see docs/SEMANTICS.md).
 fn gpid(id: u32, pid: u32) -> u32 {
@@ -96,11 +96,7 @@ fn processes_of_every_node_show_in_mosix_proc() {
             &format!("{dir}/environ"),
         ],
     );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-        "{}",
-        output_text(&out)
-    );
+    assert_fails_saying(&out, "Permission denied");
     c.sh(
         "n1",
         &format!("setpriv --reuid=65534 --regid=65534 --clear-groups cat {dir}/environ >/dev/null"),
@@ -148,11 +144,7 @@ fn processes_of_every_node_show_in_mosix_proc() {
             &format!("printf n3 | dd of={dir}/where conv=notrunc"),
         ],
     );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Operation not supported"),
-        "{}",
-        output_text(&out)
-    );
+    assert_fails_saying(&out, "Operation not supported");
 
     // Processes of every node are there: each node's init (pid 1).
     let all = c.sh("n1", "ls /mosix/proc");
@@ -252,11 +244,7 @@ fn processes_of_every_node_show_in_mosix_proc() {
         ],
     );
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
-        "{}",
-        output_text(&out)
-    );
+    assert_fails_saying(&out, "Operation not permitted");
     c.sh(
         "n1",
         &format!("setpriv --reuid=65534 --regid=65534 --clear-groups {bin} kill -KILL {g}"),
@@ -269,11 +257,7 @@ fn processes_of_every_node_show_in_mosix_proc() {
     });
     assert!(dead.is_some(), "mosix kill did not stop pid {pid} on n2");
     let out = c.enter("n1", &[bin, "kill", &gpid(9, 1).to_string()]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no node with id 9"),
-        "{}",
-        output_text(&out)
-    );
+    assert_fails_saying(&out, "no node with id 9");
 
     // A dead node's processes disappear within the membership bound.
     c.kill_daemon("n3");
