@@ -17,7 +17,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -326,13 +326,7 @@ pub fn enter(state: &Path, node: &str, cmd: &[String]) -> anyhow::Result<i32> {
     if cwd.is_none_or(|d| std::env::set_current_dir(d).is_err()) {
         std::env::set_current_dir("/")?;
     }
-    let status = Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .status()
-        .with_context(|| format!("cannot run {:?} in node {node}", cmd[0]))?;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    ns::run_status(&cmd[0], &cmd[1..], &format!("in node {node}"))
 }
 
 pub fn supervise(state: &Path, n: usize) -> anyhow::Result<()> {

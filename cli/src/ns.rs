@@ -122,6 +122,19 @@ pub fn write_pid(path: &Path, pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `prog` with `args` and returns its exit code as a shell reports it
+/// (128 + signal number when a signal ended it).
+pub fn run_status(prog: &str, args: &[String], what: &str) -> anyhow::Result<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let status = std::process::Command::new(prog)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {prog:?} {what}"))?;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
 pub fn raw_fd_path(f: &File) -> String {
     format!("/proc/self/fd/{}", f.as_raw_fd())
 }

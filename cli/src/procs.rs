@@ -162,7 +162,6 @@ pub async fn kill(control: &Path, args: &[String]) -> anyhow::Result<i32> {
 /// tools that read them, then CMD (default: $SHELL) in it.
 pub fn shell(mosix: &Path, cmd: &[String]) -> anyhow::Result<i32> {
     use nix::mount::{mount, MsFlags};
-    use std::os::unix::process::ExitStatusExt;
     if !nix::unistd::geteuid().is_root() {
         bail!("mosix shell needs root: it mounts the cluster's /proc in a private mount namespace");
     }
@@ -214,11 +213,5 @@ pub fn shell(mosix: &Path, cmd: &[String]) -> anyhow::Result<i32> {
             Vec::new(),
         ),
     };
-    let status = std::process::Command::new(&prog)
-        .args(&args)
-        .status()
-        .with_context(|| format!("cannot run {prog}"))?;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    crate::ns::run_status(&prog, &args, "in the cluster shell")
 }
