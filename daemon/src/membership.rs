@@ -192,6 +192,9 @@ pub struct Membership {
     /// Wakes the load sender early, so a member that just came up hears our
     /// load at once instead of up to a period later.
     load_now: Arc<Notify>,
+    /// This node's latest load record, sampled by the load loop: reading it
+    /// costs nothing, while a fresh sample walks all of /proc.
+    own_load: Arc<Mutex<Option<LoadRecord>>>,
 }
 
 fn foca_config() -> foca::Config {
@@ -250,6 +253,7 @@ impl Membership {
             table,
             probe,
             load_now,
+            own_load: Arc::default(),
         };
         tokio::spawn(m.clone().join_loop(!seeds.is_empty()));
         tokio::spawn(m.clone().load_loop(name, peers));
@@ -305,8 +309,11 @@ impl Membership {
         v
     }
 
+    /// The members table, with this node's load as of at most
+    /// [`LOAD_INTERVAL`] ago.
     pub fn snapshot(&self) -> Vec<MemberInfo> {
-        let own = self.probe.sample();
+        let cached = self.own_load.lock().expect("own load").clone();
+        let own = cached.unwrap_or_else(|| self.probe.sample());
         self.table.lock().expect("table lock").snapshot(&own)
     }
 
@@ -340,6 +347,7 @@ impl Membership {
             let Ok(record) = tokio::task::spawn_blocking(move || probe.sample()).await else {
                 continue;
             };
+            *self.own_load.lock().expect("own load") = Some(record.clone());
             let targets = self.table.lock().expect("table lock").alive_peers();
             let bytes = Bytes::from(
                 Datagram::Load {
