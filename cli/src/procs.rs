@@ -108,9 +108,17 @@ pub fn ps(mosix: &Path, user: Option<&str>, node: Option<&str>) -> anyhow::Resul
             .get(&r.uid)
             .cloned()
             .unwrap_or_else(|| r.uid.to_string());
+        // The cluster root (gpid 1) runs on no node in particular.
+        let node_or_dash = |n: &str| if n.is_empty() { "-" } else { n }.to_string();
         println!(
             "{:>10} {:<10} {:<4} {:<8} {:<8} {:>5} {}",
-            r.gpid, user, r.state, r.where_, r.home, r.nmigs, r.cmd
+            r.gpid,
+            user,
+            r.state,
+            node_or_dash(&r.where_),
+            node_or_dash(&r.home),
+            r.nmigs,
+            r.cmd
         );
     }
     Ok(0)

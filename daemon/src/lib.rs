@@ -100,17 +100,12 @@ impl mosix_net::Handler for Node {
             Request::ProcRead { pid, file, .. } if mount::Pins::renders(file) => {
                 Response::ProcData(self.pins.render(pid, file).map(serde_bytes::ByteBuf::from))
             }
-            Request::ProcRead { creds, pid, file } => {
-                let id = self.node_id;
-                match tokio::task::spawn_blocking(move || {
-                    mosix_procview::read(id, &creds, pid, file)
-                })
-                .await
-                {
-                    Ok(r) => Response::ProcData(r.map(serde_bytes::ByteBuf::from)),
-                    Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
-                }
-            }
+            // Inline: /proc is read from memory in microseconds, less than a
+            // hop to the blocking pool and back.
+            Request::ProcRead { creds, pid, file } => Response::ProcData(
+                mosix_procview::read(self.node_id, &creds, pid, file)
+                    .map(serde_bytes::ByteBuf::from),
+            ),
             Request::Fs {
                 creds,
                 op,

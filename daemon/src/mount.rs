@@ -223,12 +223,9 @@ impl mosix_fs::Cluster for ClusterLink {
         Box::pin(async move {
             match target? {
                 None if Pins::renders(file) => pins.render(pid, file).map_err(FsError::Os),
-                None => {
-                    tokio::task::spawn_blocking(move || mosix_procview::read(id, &creds, pid, file))
-                        .await
-                        .map_err(|e| FsError::Transport(e.to_string()))?
-                        .map_err(FsError::Os)
-                }
+                // Reading /proc is served from memory and takes microseconds;
+                // a hop to the blocking pool would cost more than the read.
+                None => mosix_procview::read(id, &creds, pid, file).map_err(FsError::Os),
                 Some((peers, addr)) => {
                     match peers
                         .request(addr, &Request::ProcRead { creds, pid, file })

@@ -458,14 +458,17 @@ impl Export {
     /// read-write where possible; each open's own access was already checked
     /// by [`Export::open_file`] as the caller, and the kernel enforces that
     /// open's mode (O_APPEND, read-only...) on the FUSE file.
-    pub fn open_backing(&self, ino: RemoteIno) -> Result<File, i32> {
+    pub fn open_backing(&self, ino: RemoteIno, writable: bool) -> Result<File, i32> {
         let inode = self.inode(ino)?;
         if inode.kind != FileKind::File {
             return Err(libc::EINVAL);
         }
-        let fd = self
-            .reopen(&inode, libc::O_RDWR)
-            .or_else(|_| self.reopen(&inode, libc::O_RDONLY))?;
+        let mode = if writable {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        };
+        let fd = self.reopen(&inode, mode)?;
         Ok(File::from(fd))
     }
 

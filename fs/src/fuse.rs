@@ -52,6 +52,11 @@ struct Backing {
     ino: u64,
     id: BackingId,
     file: std::fs::File,
+    /// Opened read-write. A backing file is opened with the access its
+    /// first open asked for: a read-write one would make exec of the same
+    /// file by its real path fail with ETXTBSY while only readers have it
+    /// open through /mosix.
+    writable: bool,
 }
 
 /// The kernel allows one backing file per inode, shared by all its
@@ -60,22 +65,31 @@ struct Backing {
 struct Passthrough {
     by_ino: Mutex<HashMap<u64, Weak<Backing>>>,
     by_fh: Mutex<HashMap<u64, Arc<Backing>>>,
+    /// Daemon-served handles (a writer beside a read-only backing file)
+    /// that name the inode's backing file, keeping it registered.
+    beside: Mutex<HashMap<u64, Arc<Backing>>>,
 }
 
 impl Passthrough {
     fn backing(
         &self,
         ino: u64,
-        open: impl FnOnce() -> Result<std::fs::File, i32>,
+        writable: bool,
+        open: impl FnOnce(bool) -> Result<std::fs::File, i32>,
         register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
     ) -> Result<Arc<Backing>, i32> {
         let mut m = self.by_ino.lock().expect("backing table");
         if let Some(b) = m.get(&ino).and_then(Weak::upgrade) {
             return Ok(b);
         }
-        let file = open()?;
+        let file = open(writable)?;
         let id = register(&file).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-        let b = Arc::new(Backing { ino, id, file });
+        let b = Arc::new(Backing {
+            ino,
+            id,
+            file,
+            writable,
+        });
         m.insert(ino, Arc::downgrade(&b));
         Ok(b)
     }
@@ -85,7 +99,12 @@ impl Passthrough {
     }
 
     fn release(&self, fh: u64) {
-        let Some(b) = self.by_fh.lock().expect("backing table").remove(&fh) else {
+        let held = if fh & PASSTHROUGH_FH != 0 {
+            self.by_fh.lock().expect("backing table").remove(&fh)
+        } else {
+            self.beside.lock().expect("backing table").remove(&fh)
+        };
+        let Some(b) = held else {
             return;
         };
         let mut m = self.by_ino.lock().expect("backing table");
@@ -93,6 +112,10 @@ impl Passthrough {
             m.remove(&b.ino);
         }
     }
+}
+
+fn writes(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY
 }
 
 fn caller(req: &Request) -> Caller {
@@ -196,7 +219,10 @@ impl FuseAdapter {
     }
 
     fn is_local(&self, ino: u64) -> bool {
-        // /mosix/proc asks every node.
+        // /mosix/proc asks every node, except for this node's processes.
+        if crate::procdir::is_proc(ino) {
+            return self.fs.proc_is_local(ino, None);
+        }
         if ino == crate::namespace::INO_PROC || crate::procdir::is_generated(ino) {
             return false;
         }
@@ -226,6 +252,10 @@ impl FuseAdapter {
         }
         if parent == crate::namespace::INO_NODES {
             name == self.fs.self_name().as_bytes()
+        } else if crate::procdir::is_proc(parent) || parent == crate::namespace::INO_PROC {
+            // Names of processes come from the listing: while it is fresh,
+            // no node is asked.
+            self.fs.proc_is_local(parent, Some(name)) || self.fs.proc_listing_fresh()
         } else {
             self.is_local(parent)
         }
@@ -355,7 +385,9 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.run(self.is_local(ino.0), async move {
+        let local = self.is_local(ino.0)
+            || (crate::procdir::is_proc(ino.0) && self.fs.proc_listing_fresh());
+        self.run(local, async move {
             match fs.getattr(c, ino.0).await {
                 Ok(a) => reply.attr(&crate::namespace::ttls(0, a.ino).0, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -552,9 +584,13 @@ impl Filesystem for FuseAdapter {
         if crate::procdir::is_generated(ino.0) {
             // Generated content: its size is unknown until read, so the
             // kernel must not cache or trust st_size (lxcfs does the same).
-            self.spawn(async move {
+            // Nothing to flush and no locks: close costs no round trip.
+            self.run(self.is_local(ino.0), async move {
                 match fs.proc_open(c, ino.0, flags.0).await {
-                    Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                    Ok(fh) => reply.opened(
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
+                    ),
                     Err(e) => reply.error(errno(&e)),
                 }
             });
@@ -586,10 +622,31 @@ impl Filesystem for FuseAdapter {
             }
             let backing = pt.backing(
                 ino.0,
-                || export.open_backing(loc.id),
+                writes(flags.0),
+                |w| export.open_backing(loc.id, w),
                 |f| reply.open_backing(f),
             );
             match backing {
+                Ok(b) if writes(flags.0) && !b.writable => {
+                    // Every open of an inode with a backing file must name
+                    // it, but this one writes and the readers' backing file
+                    // does not: its reads and writes go through the daemon
+                    // (direct I/O), only its mmap uses the backing file.
+                    match rt.block_on(fs.open(c, ino.0, flags.0)) {
+                        Ok(rfh) => {
+                            pt.beside
+                                .lock()
+                                .expect("backing table")
+                                .insert(rfh, b.clone());
+                            reply.opened_passthrough(
+                                FileHandle(rfh),
+                                FopenFlags::FOPEN_DIRECT_IO,
+                                &b.id,
+                            );
+                        }
+                        Err(e) => reply.error(errno(&e)),
+                    }
+                }
                 Ok(b) => {
                     pt.by_fh
                         .lock()
@@ -649,9 +706,25 @@ impl Filesystem for FuseAdapter {
                 let export = fs2.local_export().clone();
                 match pt.backing(
                     a.ino,
-                    || export.open_backing(loc.id),
+                    writes(flags),
+                    |w| export.open_backing(loc.id, w),
                     |f| reply.open_backing(f),
                 ) {
+                    Ok(b) if writes(flags) && !b.writable => {
+                        // As in open: a writer beside read-only passthrough.
+                        pt.beside
+                            .lock()
+                            .expect("backing table")
+                            .insert(rfh, b.clone());
+                        reply.created_passthrough(
+                            &TTL,
+                            &attr,
+                            Generation(0),
+                            FileHandle(rfh),
+                            FopenFlags::FOPEN_DIRECT_IO,
+                            &b.id,
+                        );
+                    }
                     Ok(b) => {
                         pt.by_fh
                             .lock()
@@ -830,8 +903,8 @@ impl Filesystem for FuseAdapter {
                 }
             });
         }
+        self.pt.release(fh.0);
         if fh.0 & PASSTHROUGH_FH != 0 {
-            self.pt.release(fh.0);
             return reply.ok();
         }
         if crate::procdir::is_generated(ino.0) {

@@ -64,9 +64,15 @@ pub const NODE_ENTRY_TTL: Duration = Duration::from_secs(1);
 /// in `parent`. Files of nodes get zero: nothing tells this node when another
 /// node changes them (coherent caching is a later step).
 pub fn ttls(parent: u64, ino: u64) -> (Duration, Duration) {
-    if crate::procdir::is_proc(ino) || crate::clusterdir::is_cluster(ino) {
-        // Processes come and go; nodes and their loads change.
+    if ino == crate::procdir::INO_PROC_SELF || crate::clusterdir::is_cluster(ino) {
+        // The caller's own gpid; nodes and their loads change.
         (Duration::ZERO, Duration::ZERO)
+    } else if crate::procdir::is_proc(ino) {
+        // Processes come and go, but the listing that says so may already
+        // be this old: caching names as long saves a round trip per path
+        // component (a scan of /proc walks every process's directory).
+        let t = crate::procdir::PROC_LIST_TTL;
+        (t, t)
     } else if ino >> NODE_SHIFT == 0 {
         // /mosix/home's target, and so its size, depends on the caller.
         let attr = if ino == INO_HOME {

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mosix_proto::fs::FileKind;
-use mosix_proto::proc::{gpid, NodeFile, ProcEntry, ProcFile, GPID_PID_BITS};
+use mosix_proto::proc::{
+    gpid, split_gpid, NodeFile, ProcEntry, ProcFile, CLUSTER_ROOT_GPID, GPID_PID_BITS,
+};
 
 use crate::error::{FsError, FsResult};
 use crate::namespace::{listing, Caller, ListEntry, MosixFs, NodeAttr, INO_PROC, INO_ROOT};
@@ -152,6 +154,37 @@ pub struct ProcState {
 }
 
 impl MosixFs {
+    /// Whether `ino` belongs to a process of this node (or is /mosix/proc's
+    /// lookup of one, by `name`): its files are read from this node's /proc
+    /// without the network, so the FUSE thread can answer at once.
+    pub fn proc_is_local(&self, ino: u64, name: Option<&[u8]>) -> bool {
+        let g = match name {
+            Some(name) if ino == INO_PROC => {
+                match std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|s| s.parse::<u32>().ok())
+                {
+                    Some(n) if n >> GPID_PID_BITS == 0 => return true,
+                    Some(n) => n,
+                    None => return false,
+                }
+            }
+            _ => match decode(ino) {
+                Some((g, e)) if !matches!(e, Entry::Node(_)) => g,
+                _ => return false,
+            },
+        };
+        split_gpid(g).0 == self.cluster.self_id()
+    }
+
+    /// Whether the cached listing can answer a lookup without the network.
+    pub fn proc_listing_fresh(&self) -> bool {
+        self.procs.listing.try_lock().is_ok_and(|l| {
+            l.as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < PROC_LIST_TTL)
+        })
+    }
+
     /// The cluster's processes: one request per live node, all at once;
     /// reused for [`PROC_LIST_TTL`].
     async fn proc_listing(&self, refresh: bool) -> Arc<Listing> {
@@ -187,6 +220,17 @@ impl MosixFs {
                 Err(e) => tracing::warn!(error = %e, "process list task failed"),
             }
         }
+        listing.by_gpid.insert(
+            CLUSTER_ROOT_GPID,
+            Proc {
+                node: self.self_name().to_string(),
+                entry: ProcEntry {
+                    pid: CLUSTER_ROOT_GPID,
+                    uid: 0,
+                    gid: 0,
+                },
+            },
+        );
         let l = Arc::new(listing);
         *cached = Some((Instant::now(), l.clone()));
         l
@@ -255,7 +299,7 @@ impl MosixFs {
             // A plain pid (no node id) names this node's process: what
             // getpid() returns, so `/proc/$$` and tools that look themselves
             // up keep working. Not listed, so nothing shows twice.
-            let g = if n >> GPID_PID_BITS == 0 {
+            let g = if n >> GPID_PID_BITS == 0 && n != CLUSTER_ROOT_GPID {
                 gpid(self.cluster.self_id(), n)
             } else {
                 n
@@ -347,6 +391,11 @@ impl MosixFs {
         if writing && e != Entry::Where && e != Entry::Lock {
             return Err(FsError::Os(libc::EACCES));
         }
+        if g == CLUSTER_ROOT_GPID {
+            return self
+                .cluster_root_open(e, writing)
+                .map(|c| self.keep_generated(c));
+        }
         let p = self.proc_of(g).await?;
         let content = match e {
             Entry::Dir => return Err(FsError::Os(libc::EISDIR)),
@@ -378,6 +427,24 @@ impl MosixFs {
             Entry::Link(_) => return Err(FsError::Os(libc::ELOOP)),
         };
         Ok(self.keep_generated(content))
+    }
+
+    /// The cluster root's files: it runs nowhere and never moves.
+    fn cluster_root_open(&self, e: Entry, writing: bool) -> FsResult<Vec<u8>> {
+        if writing {
+            return Err(FsError::Os(libc::EPERM));
+        }
+        let file = match e {
+            Entry::File(f) => f,
+            Entry::Cantmove => ProcFile::Cantmove,
+            Entry::Lock => ProcFile::Lock,
+            Entry::Nmigs => return Ok(b"0\n".to_vec()),
+            Entry::Where | Entry::Home => return Ok(b"\n".to_vec()),
+            Entry::Dir => return Err(FsError::Os(libc::EISDIR)),
+            Entry::Node(_) => return Err(FsError::Os(libc::EINVAL)),
+            Entry::Link(_) => return Err(FsError::Os(libc::ELOOP)),
+        };
+        mosix_procview::cluster_root(file).map_err(FsError::Os)
     }
 
     /// A node-wide file for the whole cluster: every live node's own, asked
@@ -418,6 +485,14 @@ impl MosixFs {
         let Some((g, Entry::Link(f))) = decode(ino) else {
             return Err(FsError::Os(libc::EINVAL));
         };
+        if g == CLUSTER_ROOT_GPID {
+            // Its cwd is the cluster's root; like a kernel thread, it has no
+            // executable.
+            return match f {
+                ProcFile::Cwd => Ok(b"/mosix".to_vec()),
+                _ => Err(FsError::Os(libc::ENOENT)),
+            };
+        }
         let p = self.proc_of(g).await?;
         let target = self
             .cluster
@@ -446,6 +521,9 @@ impl MosixFs {
         let Some((g, e)) = decode(ino) else {
             return Err(FsError::Os(libc::EBADF));
         };
+        if g == CLUSTER_ROOT_GPID {
+            return Err(FsError::Os(libc::EPERM));
+        }
         match e {
             Entry::Where => Err(FsError::Unsupported(
                 "process migration is not available yet",

@@ -51,6 +51,41 @@ fn namespace_layout() {
 }
 
 #[test]
+fn local_passthrough_shares_files_with_native_users() {
+    let c = Cluster::up(1);
+    c.sh("n1", "cp /bin/true /tmp/prog && chmod 755 /tmp/prog");
+    // Reading a program through /mosix/here does not stop anyone from
+    // running it by its real path.
+    assert_eq!(
+        c.sh("n1", "exec 3</mosix/here/tmp/prog; /tmp/prog && echo ran"),
+        "ran\n"
+    );
+    // A writer through /mosix/here does, as a native writer would.
+    let out = c.enter(
+        "n1",
+        &["sh", "-c", "exec 3>>/mosix/here/tmp/prog; /tmp/prog"],
+    );
+    assert_fails_saying(&out, "Text file busy");
+    // A writer beside a passthrough reader: every view sees its data at once.
+    assert_eq!(
+        c.sh(
+            "n1",
+            "printf old > /tmp/shared; exec 3</mosix/here/tmp/shared; \
+             printf new > /mosix/here/tmp/shared && cat /tmp/shared /mosix/here/tmp/shared - <&3"
+        ),
+        "newnewnew"
+    );
+    // And a native writer's data shows through /mosix/here.
+    assert_eq!(
+        c.sh(
+            "n1",
+            "exec 3</mosix/here/tmp/shared; printf native > /tmp/shared; cat - <&3"
+        ),
+        "native"
+    );
+}
+
+#[test]
 fn remote_operations_match_the_serving_node() {
     let c = Cluster::up(3);
     let r = "/mosix/nodes/n2/tmp/t";

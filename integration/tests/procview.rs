@@ -300,12 +300,14 @@ fn unmodified_ps_and_top_see_the_whole_cluster_in_mosix_shell() {
             .collect::<std::collections::BTreeSet<u32>>()
     };
     let before = union();
-    let ps: std::collections::BTreeSet<u32> = c
+    let mut ps: std::collections::BTreeSet<u32> = c
         .sh("n1", &format!("{bin} shell -- ps -e -o pid="))
         .split_whitespace()
         .map(|p| p.parse().unwrap())
         .collect();
     let after = union();
+    // Besides the nodes' processes: the cluster root, gpid 1.
+    assert!(ps.remove(&1), "no cluster root in ps -e: {ps:?}");
     // Churn: the commands of this test itself (each node's `ls`, the shell and
     // its ps) come and go between the snapshots. Every process present in both
     // snapshots must be in ps's list; ps may add only its own few.
@@ -335,6 +337,21 @@ fn unmodified_ps_and_top_see_the_whole_cluster_in_mosix_shell() {
         .map(|p| p.parse::<u32>().unwrap() >> 22)
         .collect();
     assert_eq!(nodes, [2, 3].into_iter().collect(), "{pgrep}");
+    // pstree draws one tree: the cluster root, each node's init under it, and
+    // the sleepers of n2 and n3 below those.
+    let tree = c.sh("n1", &format!("{bin} shell -- pstree -p -A"));
+    assert!(tree.starts_with("mosix(1)"), "{tree}");
+    for id in 1..=3 {
+        assert!(tree.contains(&format!("({})", gpid(id, 1))), "{tree}");
+    }
+    let sleepers = pgrep.split_whitespace().collect::<Vec<_>>();
+    for s in &sleepers {
+        assert!(tree.contains(&format!("sleep({s})")), "{tree}");
+    }
+    assert!(
+        tree.lines().skip(1).all(|l| l.starts_with(' ')),
+        "more than one tree:\n{tree}"
+    );
     let out = c.enter("n1", &[bin, "shell", "--", "top", "-b", "-n1"]);
     assert!(out.status.success(), "{}", output_text(&out));
     let top = String::from_utf8_lossy(&out.stdout);

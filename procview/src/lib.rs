@@ -5,7 +5,7 @@
 use std::os::unix::fs::MetadataExt;
 
 use mosix_proto::fs::Creds;
-use mosix_proto::proc::{gpid, NodeFile, ProcEntry, ProcFile};
+use mosix_proto::proc::{gpid, NodeFile, ProcEntry, ProcFile, CLUSTER_ROOT_GPID};
 
 /// This node's processes, by its own /proc.
 pub fn list() -> Vec<ProcEntry> {
@@ -260,6 +260,62 @@ fn g(node_id: u16, field: &str) -> String {
     }
 }
 
+/// A parent pid as a gpid: a node's roots (its init, kthreadd), whose
+/// parent is 0, hang under the cluster root.
+fn parent(node_id: u16, field: &str) -> String {
+    match field.parse::<i64>() {
+        Ok(0) => CLUSTER_ROOT_GPID.to_string(),
+        _ => g(node_id, field),
+    }
+}
+
+/// The cluster root's files, in procfs formats: a sleeping root-owned
+/// process named `mosix` with no memory, no time and parent 0, like an init
+/// seen from outside. `limits` are this node's own init's.
+pub fn cluster_root(file: ProcFile) -> Result<Vec<u8>, i32> {
+    let name = "mosix";
+    Ok(match file {
+        ProcFile::Stat => {
+            // Fields 3 to 52 of proc_pid_stat(5): state, ppid, pgrp, session,
+            // tty, tpgid, flags, then counters, times and addresses at 0,
+            // except priority 20, threads 1, rsslim unlimited, exit_signal 17.
+            let mut f = vec!["0".to_string(); 50];
+            f[0] = "S".into();
+            f[2] = "1".into();
+            f[3] = "1".into();
+            f[5] = "-1".into();
+            f[6] = "4194560".into();
+            f[15] = "20".into();
+            f[17] = "1".into();
+            f[22] = u64::MAX.to_string();
+            f[35] = "17".into();
+            format!("{CLUSTER_ROOT_GPID} ({name}) {}\n", f.join(" ")).into_bytes()
+        }
+        ProcFile::Status => format!(
+            "Name:\t{name}\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t1\nNgid:\t0\n\
+             Pid:\t1\nPPid:\t0\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n\
+             FDSize:\t0\nGroups:\t\nNStgid:\t1\nNSpid:\t1\nNSpgid:\t1\nNSsid:\t1\n\
+             Threads:\t1\n"
+        )
+        .into_bytes(),
+        ProcFile::Statm => b"0 0 0 0 0 0 0\n".to_vec(),
+        ProcFile::Cmdline => format!("{name}\0").into_bytes(),
+        ProcFile::Comm => format!("{name}\n").into_bytes(),
+        ProcFile::Environ => Vec::new(),
+        ProcFile::Io => b"rchar: 0\nwchar: 0\nsyscr: 0\nsyscw: 0\nread_bytes: 0\n\
+                          write_bytes: 0\ncancelled_write_bytes: 0\n"
+            .to_vec(),
+        ProcFile::Limits => {
+            std::fs::read("/proc/1/limits").map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?
+        }
+        ProcFile::Wchan => b"0".to_vec(),
+        // Links are the namespace's business (the root's cwd is /mosix).
+        ProcFile::Cwd | ProcFile::Exe => return Err(libc::ENOENT),
+        ProcFile::Lock => b"1\n".to_vec(),
+        ProcFile::Cantmove => b"the cluster itself\n".to_vec(),
+    })
+}
+
 /// `pid (comm) state ppid pgrp session ...`: pid, ppid, pgrp and session
 /// become gpids. comm may hold spaces and parentheses, so it ends at the
 /// last ')'.
@@ -278,7 +334,11 @@ pub fn rewrite_stat(node_id: u16, raw: &[u8]) -> Vec<u8> {
     // ppid, pgrp, session.
     for i in 2..=4 {
         if let Some(f) = fields.get_mut(i) {
-            *f = g(node_id, f);
+            *f = if i == 2 {
+                parent(node_id, f)
+            } else {
+                g(node_id, f)
+            };
         }
     }
     format!("{} {}{}", g(node_id, pid), comm, fields.join(" ")).into_bytes()
@@ -295,7 +355,16 @@ pub fn rewrite_status(node_id: u16, raw: &[u8]) -> Vec<u8> {
             "Tgid" | "Pid" | "PPid" | "TracerPid" | "NStgid" | "NSpid" | "NSpgid" | "NSsid"
         ) {
             let (k, v) = line.split_once(':').unwrap_or((line, ""));
-            let vals: Vec<String> = v.split_whitespace().map(|f| g(node_id, f)).collect();
+            let vals: Vec<String> = v
+                .split_whitespace()
+                .map(|f| {
+                    if key == "PPid" {
+                        parent(node_id, f)
+                    } else {
+                        g(node_id, f)
+                    }
+                })
+                .collect();
             out.push_str(k);
             out.push_str(":\t");
             out.push_str(&vals.join("\t"));
@@ -334,11 +403,28 @@ mod tests {
         let out = String::from_utf8(rewrite_status(3, raw)).unwrap();
         let g = gpid(3, 77);
         assert!(
-            out.contains(&format!("Tgid:\t{g}\nPid:\t{g}\nPPid:\t0\nTracerPid:\t0\n")),
+            out.contains(&format!("Tgid:\t{g}\nPid:\t{g}\nPPid:\t1\nTracerPid:\t0\n")),
             "{out}"
         );
         assert!(out.contains(&format!("NSpid:\t{g}\n")));
         assert!(out.contains("Uid:\t0\t0\t0\t0\n"));
+    }
+
+    #[test]
+    fn a_nodes_roots_hang_under_the_cluster_root() {
+        let out = String::from_utf8(rewrite_stat(2, b"1 (init) S 0 1 1 0 -1 0\n")).unwrap();
+        let g = gpid(2, 1);
+        assert_eq!(
+            out,
+            format!("{g} (init) S {CLUSTER_ROOT_GPID} {g} {g} 0 -1 0\n")
+        );
+        // The root itself: 52 fields as proc_pid_stat(5) has them, parent 0.
+        let stat = String::from_utf8(cluster_root(ProcFile::Stat).unwrap()).unwrap();
+        let fields: Vec<&str> = stat.split_whitespace().collect();
+        assert_eq!(fields.len(), 52, "{stat}");
+        assert_eq!(&fields[..6], ["1", "(mosix)", "S", "0", "1", "1"]);
+        let status = String::from_utf8(cluster_root(ProcFile::Status).unwrap()).unwrap();
+        assert!(status.contains("\nPid:\t1\nPPid:\t0\n"), "{status}");
     }
 
     #[test]

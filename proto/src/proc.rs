@@ -7,6 +7,11 @@ pub const GPID_PID_BITS: u32 = 22;
 /// Largest node id; ids share a gpid with the pid and keep it below 2^31.
 pub const MAX_NODE_ID: u16 = 511;
 
+/// The cluster itself, shown as process 1 at the root of every node's tree
+/// (node id 0 belongs to no node, so no process has this gpid): tools that
+/// draw the process tree from pid 1, as `pstree` does, see the whole cluster.
+pub const CLUSTER_ROOT_GPID: u32 = 1;
+
 /// The cluster-wide pid of process `pid` whose home is node `node_id`.
 pub fn gpid(node_id: u16, pid: u32) -> u32 {
     ((node_id as u32) << GPID_PID_BITS) | (pid & ((1 << GPID_PID_BITS) - 1))
