@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use mosix_net::{Peers, Tls, TlsFiles};
+use mosix_proto::fs::FsReply;
 use mosix_proto::{Datagram, RemoteError, Request, Response};
 
 pub use config::Config;
@@ -132,6 +133,27 @@ impl mosix_net::Handler for Node {
             Ok(Datagram::Swim(p)) => self.membership.receive_swim(Bytes::from(p)),
             Ok(Datagram::Load { node, record }) => self.membership.receive_load(&node, record),
             Err(e) => tracing::warn!(error = %e, len = data.len(), "malformed datagram dropped"),
+        }
+    }
+
+    /// Read data goes raw after its reply frame: encoding it would copy
+    /// every byte twice more on each side.
+    async fn handle_bulk(&self, req: Request) -> (Response, Option<Bytes>) {
+        match self.handle(req).await {
+            Response::Fs {
+                epoch,
+                result: Ok(FsReply::Data(data)),
+            } => match u32::try_from(data.len()) {
+                Ok(len) => (Response::FsData { epoch, len }, Some(Bytes::from(data))),
+                Err(_) => (
+                    Response::Fs {
+                        epoch,
+                        result: Err(libc::EIO),
+                    },
+                    None,
+                ),
+            },
+            other => (other, None),
         }
     }
 }

@@ -1230,12 +1230,12 @@ impl Export {
         let h = self.handle_of(fh)?;
         let off = offset(off)?;
         let size = (size as usize).min(MAX_IO);
-        let mut buf = vec![0u8; size];
-        let mut done = 0;
-        while done < size {
-            let at = off.checked_add(done as i64).ok_or(libc::EINVAL)?;
-            let rest = &mut buf[done..];
-            // SAFETY: rest is valid for rest.len() bytes.
+        // Not zeroed first: pread fills it, and only what it filled counts.
+        let mut buf: Vec<u8> = Vec::with_capacity(size);
+        while buf.len() < size {
+            let at = off.checked_add(buf.len() as i64).ok_or(libc::EINVAL)?;
+            let rest = buf.spare_capacity_mut();
+            // SAFETY: rest is valid for writes of rest.len() bytes.
             let n = retry(|| {
                 cvt_size(unsafe {
                     libc::pread(h.file.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), at)
@@ -1243,12 +1243,12 @@ impl Export {
             });
             match n {
                 Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if done == 0 => return Err(e),
+                // SAFETY: pread initialized the n bytes after the current length.
+                Ok(n) => unsafe { buf.set_len(buf.len() + n) },
+                Err(e) if buf.is_empty() => return Err(e),
                 Err(_) => break,
             }
         }
-        buf.truncate(done);
         Ok(buf)
     }
 

@@ -106,11 +106,41 @@ pub async fn request(
         send.finish()?;
         match mosix_proto::read_frame(&mut recv, mosix_proto::MAX_FRAME).await? {
             Some(mosix_proto::Response::Error(e)) => Err(NetError::Remote(e)),
+            Some(mosix_proto::Response::FsData { epoch, len }) => {
+                let data = read_body(&mut recv, len as usize).await?;
+                Ok(mosix_proto::Response::Fs {
+                    epoch,
+                    result: Ok(mosix_proto::fs::FsReply::Data(data)),
+                })
+            }
             Some(resp) => Ok(resp),
             None => Err(NetError::NoResponse),
         }
     })
     .await
+}
+
+/// The `len` raw bytes after a response frame, gathered with one copy.
+async fn read_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>> {
+    if len > mosix_proto::MAX_FRAME {
+        return Err(mosix_proto::FrameError::TooLarge {
+            len,
+            max: mosix_proto::MAX_FRAME,
+        }
+        .into());
+    }
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        let chunk = recv
+            .read_chunk(len - data.len(), true)
+            .await
+            .map_err(|e| mosix_proto::FrameError::Io(e.into()))?;
+        match chunk {
+            Some(chunk) => data.extend_from_slice(&chunk.bytes),
+            None => return Err(mosix_proto::FrameError::Truncated.into()),
+        }
+    }
+    Ok(data)
 }
 
 pub(crate) async fn with_timeout<T>(

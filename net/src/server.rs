@@ -16,6 +16,12 @@ pub const ERR_PROTOCOL: u32 = 1;
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> impl Future<Output = Response> + Send;
     fn datagram(&self, data: Bytes);
+    /// Like `handle`, but may answer with raw bytes to send after the
+    /// response frame (see [`Response::FsData`]).
+    fn handle_bulk(&self, req: Request) -> impl Future<Output = (Response, Option<Bytes>)> + Send {
+        let reply = self.handle(req);
+        async move { (reply.await, None) }
+    }
 }
 
 /// Accepts connections until the endpoint closes.
@@ -102,21 +108,29 @@ async fn handle_stream<H: Handler>(
             return;
         }
     };
-    let resp = match req {
+    let (resp, body) = match req {
         Request::Discard { len } => match discard(&mut recv, len).await {
-            Ok(bytes) => Response::Discarded { bytes },
+            Ok(bytes) => (Response::Discarded { bytes }, None),
             Err(e) => {
                 tracing::warn!(error = %e, "discard stream failed");
                 let _ = send.reset(ERR_PROTOCOL.into());
                 return;
             }
         },
-        req => handler.handle(req).await,
+        req => handler.handle_bulk(req).await,
     };
     if let Err(e) = write_frame(&mut send, &resp, MAX_FRAME).await {
         tracing::warn!(error = %e, "cannot send response");
         let _ = send.reset(ERR_PROTOCOL.into());
         return;
+    }
+    // Handed to quinn as it is: no copy into the stream's buffer.
+    if let Some(body) = body {
+        if let Err(e) = send.write_chunk(body).await {
+            tracing::warn!(error = %e, "cannot send response body");
+            let _ = send.reset(ERR_PROTOCOL.into());
+            return;
+        }
     }
     let _ = send.finish();
     // Let the peer read the response before the stream state is dropped.

@@ -125,6 +125,14 @@ pub enum Response {
         epoch: u64,
         result: crate::fs::FsResult,
     },
+    /// A successful read's reply: `len` raw bytes follow this frame on the
+    /// same stream, not MessagePack-encoded, so a 1 MiB read is not copied
+    /// into and out of an encoding on its way. The receiver hands it on as
+    /// `Fs { epoch, result: Ok(FsReply::Data(..)) }`.
+    FsData {
+        epoch: u64,
+        len: u32,
+    },
     Error(RemoteError),
 }
 
