@@ -66,8 +66,9 @@ struct Passthrough {
     by_ino: Mutex<HashMap<u64, Weak<Backing>>>,
     by_fh: Mutex<HashMap<u64, Arc<Backing>>>,
     /// Daemon-served handles (a writer beside a read-only backing file)
-    /// that name the inode's backing file, keeping it registered.
-    beside: Mutex<HashMap<u64, Arc<Backing>>>,
+    /// that name the inode's backing file, keeping it registered. Keyed by
+    /// (inode, handle): handles of different nodes' exports may coincide.
+    beside: Mutex<HashMap<(u64, u64), Arc<Backing>>>,
 }
 
 impl Passthrough {
@@ -98,11 +99,14 @@ impl Passthrough {
         self.by_fh.lock().expect("backing table").get(&fh).cloned()
     }
 
-    fn release(&self, fh: u64) {
+    fn release(&self, ino: u64, fh: u64) {
         let held = if fh & PASSTHROUGH_FH != 0 {
             self.by_fh.lock().expect("backing table").remove(&fh)
         } else {
-            self.beside.lock().expect("backing table").remove(&fh)
+            self.beside
+                .lock()
+                .expect("backing table")
+                .remove(&(ino, fh))
         };
         let Some(b) = held else {
             return;
@@ -637,7 +641,7 @@ impl Filesystem for FuseAdapter {
                             pt.beside
                                 .lock()
                                 .expect("backing table")
-                                .insert(rfh, b.clone());
+                                .insert((ino.0, rfh), b.clone());
                             reply.opened_passthrough(
                                 FileHandle(rfh),
                                 FopenFlags::FOPEN_DIRECT_IO,
@@ -715,7 +719,7 @@ impl Filesystem for FuseAdapter {
                         pt.beside
                             .lock()
                             .expect("backing table")
-                            .insert(rfh, b.clone());
+                            .insert((a.ino, rfh), b.clone());
                         reply.created_passthrough(
                             &TTL,
                             &attr,
@@ -903,7 +907,7 @@ impl Filesystem for FuseAdapter {
                 }
             });
         }
-        self.pt.release(fh.0);
+        self.pt.release(ino.0, fh.0);
         if fh.0 & PASSTHROUGH_FH != 0 {
             return reply.ok();
         }

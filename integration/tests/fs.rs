@@ -66,6 +66,16 @@ fn local_passthrough_shares_files_with_native_users() {
         &["sh", "-c", "exec 3>>/mosix/here/tmp/prog; /tmp/prog"],
     );
     assert_fails_saying(&out, "Text file busy");
+    // Once it closed (the kernel tells the daemon a moment later), the
+    // read-write backing file goes with it.
+    assert!(
+        Cluster::wait_for(Duration::from_secs(5), || c
+            .enter("n1", &["/tmp/prog"])
+            .status
+            .success())
+        .is_some(),
+        "/tmp/prog stays busy after its /mosix writer closed"
+    );
     // A writer beside a passthrough reader: every view sees its data at once.
     assert_eq!(
         c.sh(
