@@ -66,11 +66,12 @@ impl mosix_net::Handler for Node {
                     Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
                 }
             }
-            // The transport answers Discard itself; reaching here is a bug
-            // in the peer's framing, not ours to crash on.
-            Request::Discard { .. } => Response::Error(RemoteError::BadRequest(
-                "discard must carry its payload on the stream".into(),
-            )),
+            // The transport answers Discard and unpacks FsWrite itself;
+            // reaching here is a bug in the peer's framing, not ours to
+            // crash on.
+            Request::Discard { .. } | Request::FsWrite { .. } => Response::Error(
+                RemoteError::BadRequest("payload must follow on the stream".into()),
+            ),
             Request::NodeFile { file } => Response::ProcData(
                 tokio::task::spawn_blocking(move || mosix_procview::node_file(file))
                     .await

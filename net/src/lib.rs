@@ -102,7 +102,26 @@ pub async fn request(
 ) -> Result<mosix_proto::Response> {
     with_timeout("request", REQUEST_TIMEOUT, async {
         let (mut send, mut recv) = conn.open_bi().await?;
-        mosix_proto::write_frame(&mut send, req, mosix_proto::MAX_FRAME).await?;
+        match req {
+            // Write data goes raw after a small frame: no encoding copy here,
+            // no decoding copy there.
+            mosix_proto::Request::Fs {
+                creds,
+                op: mosix_proto::fs::FsRequest::Write { fh, offset, data },
+                epoch,
+            } if data.len() <= mosix_proto::MAX_FRAME => {
+                let head = mosix_proto::Request::FsWrite {
+                    creds: creds.clone(),
+                    fh: *fh,
+                    offset: *offset,
+                    len: data.len() as u32,
+                    epoch: *epoch,
+                };
+                mosix_proto::write_frame(&mut send, &head, mosix_proto::MAX_FRAME).await?;
+                send.write_all(data).await?;
+            }
+            req => mosix_proto::write_frame(&mut send, req, mosix_proto::MAX_FRAME).await?,
+        }
         send.finish()?;
         match mosix_proto::read_frame(&mut recv, mosix_proto::MAX_FRAME).await? {
             Some(mosix_proto::Response::Error(e)) => Err(NetError::Remote(e)),
@@ -121,7 +140,7 @@ pub async fn request(
 }
 
 /// The `len` raw bytes after a response frame, gathered with one copy.
-async fn read_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>> {
+pub(crate) async fn read_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>> {
     if len > mosix_proto::MAX_FRAME {
         return Err(mosix_proto::FrameError::TooLarge {
             len,

@@ -117,6 +117,33 @@ async fn handle_stream<H: Handler>(
                 return;
             }
         },
+        Request::FsWrite {
+            creds,
+            fh,
+            offset,
+            len,
+            epoch,
+        } => {
+            let body =
+                tokio::time::timeout(REQUEST_TIMEOUT, crate::read_body(&mut recv, len as usize))
+                    .await;
+            match body {
+                Ok(Ok(data)) => {
+                    let op = mosix_proto::fs::FsRequest::Write { fh, offset, data };
+                    handler.handle_bulk(Request::Fs { creds, op, epoch }).await
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "bad write body");
+                    reject(&mut send, &mut recv, e.to_string()).await;
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("write body not received in time; closing stream");
+                    reject(&mut send, &mut recv, "request timed out".into()).await;
+                    return;
+                }
+            }
+        }
         req => handler.handle_bulk(req).await,
     };
     if let Err(e) = write_frame(&mut send, &resp, MAX_FRAME).await {

@@ -1,13 +1,13 @@
-//! Read replies whose bytes follow the frame raw: what a client makes of
-//! them, good or bad, over a real QUIC connection with mutual TLS.
+//! Reads and writes whose bytes follow their frame raw: what each end makes
+//! of them, good or bad, over a real QUIC connection with mutual TLS.
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mosix_net::{pki, NetError, Peers, Tls, TlsFiles};
-use mosix_proto::fs::FsReply;
-use mosix_proto::{FrameError, Request, Response, MAX_FRAME};
+use mosix_proto::fs::{Creds, FsReply, FsRequest};
+use mosix_proto::{read_frame, write_frame, FrameError, RemoteError, Request, Response, MAX_FRAME};
 
 /// Answers Ping { nonce } with a raw reply chosen by the nonce.
 struct Server;
@@ -18,6 +18,21 @@ impl mosix_net::Handler for Server {
     }
     fn datagram(&self, _data: Bytes) {}
     async fn handle_bulk(&self, req: Request) -> (Response, Option<Bytes>) {
+        // A write arrives whole, as an ordinary Fs request: echo its length
+        // and first byte.
+        if let Request::Fs {
+            op: FsRequest::Write { data, offset, .. },
+            epoch,
+            ..
+        } = req
+        {
+            let first = data.first().copied().unwrap_or(0) as u64;
+            let reply = Response::Fs {
+                epoch: epoch.unwrap_or(0) + offset + first,
+                result: Ok(FsReply::Written(data.len() as u32)),
+            };
+            return (reply, None);
+        }
         let Request::Ping { nonce } = req else {
             return (
                 Response::Error(mosix_proto::RemoteError::BadRequest("?".into())),
@@ -84,4 +99,45 @@ async fn raw_read_replies_arrive_whole_or_fail_at_once() {
     // The connection is still good for the next request.
     let r = peers.request(b_addr, &Request::Ping { nonce: 1 }).await;
     assert!(r.is_ok(), "{r:?}");
+
+    // A 1 MiB write goes raw and arrives whole.
+    let write = Request::Fs {
+        creds: Creds::default(),
+        op: FsRequest::Write {
+            fh: 1,
+            offset: 10,
+            data: vec![3u8; 1 << 20],
+        },
+        epoch: Some(100),
+    };
+    assert_eq!(
+        peers.request(b_addr, &write).await.unwrap(),
+        Response::Fs {
+            epoch: 113,
+            result: Ok(FsReply::Written(1 << 20))
+        }
+    );
+    // A write body shorter than announced, or longer than a frame may be,
+    // is refused; the server answers instead of waiting.
+    let conn = peers.connection(b_addr).await.unwrap();
+    for (len, body) in [(10u32, &b"short"[..]), (MAX_FRAME as u32 + 1, &b""[..])] {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let head = Request::FsWrite {
+            creds: Creds::default(),
+            fh: 1,
+            offset: 0,
+            len,
+            epoch: None,
+        };
+        write_frame(&mut send, &head, MAX_FRAME).await.unwrap();
+        send.write_all(body).await.unwrap();
+        send.finish().unwrap();
+        let start = Instant::now();
+        let r = read_frame::<_, Response>(&mut recv, MAX_FRAME).await;
+        assert!(
+            matches!(r, Ok(Some(Response::Error(RemoteError::BadRequest(_))))),
+            "{len}: {r:?}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
 }

@@ -74,6 +74,16 @@ pub enum Request {
         /// an ended run never reach files of the new one.
         epoch: Option<u64>,
     },
+    /// A write whose `len` data bytes follow this frame raw on the same
+    /// stream (as [`Response::FsData`] does for reads); the server hands it
+    /// on as `Fs { op: Write }`.
+    FsWrite {
+        creds: crate::fs::Creds,
+        fh: crate::fs::RemoteFh,
+        offset: u64,
+        len: u32,
+        epoch: Option<u64>,
+    },
     /// The serving node's processes.
     ProcList,
     /// Pins a process of the serving node to it (`lock` = 1) or frees it.
