@@ -89,22 +89,16 @@ async fn handle_stream<H: Handler>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let req = match tokio::time::timeout(
-        REQUEST_TIMEOUT,
+    let req = match in_time(
+        "request frame",
         read_frame::<_, Request>(&mut recv, MAX_FRAME),
     )
     .await
     {
-        Ok(Ok(Some(req))) => req,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "bad request frame; closing stream");
-            reject(&mut send, &mut recv, e.to_string()).await;
-            return;
-        }
-        Err(_) => {
-            tracing::warn!("request frame not received in time; closing stream");
-            reject(&mut send, &mut recv, "request timed out".into()).await;
+        Ok(Some(req)) => req,
+        Ok(None) => return,
+        Err(why) => {
+            reject(&mut send, &mut recv, why).await;
             return;
         }
     };
@@ -123,27 +117,16 @@ async fn handle_stream<H: Handler>(
             offset,
             len,
             epoch,
-        } => {
-            let body =
-                tokio::time::timeout(REQUEST_TIMEOUT, crate::read_body(&mut recv, len as usize))
-                    .await;
-            match body {
-                Ok(Ok(data)) => {
-                    let op = mosix_proto::fs::FsRequest::Write { fh, offset, data };
-                    handler.handle_bulk(Request::Fs { creds, op, epoch }).await
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "bad write body");
-                    reject(&mut send, &mut recv, e.to_string()).await;
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!("write body not received in time; closing stream");
-                    reject(&mut send, &mut recv, "request timed out".into()).await;
-                    return;
-                }
+        } => match in_time("write body", crate::read_body(&mut recv, len as usize)).await {
+            Ok(data) => {
+                let op = mosix_proto::fs::FsRequest::Write { fh, offset, data };
+                handler.handle_bulk(Request::Fs { creds, op, epoch }).await
             }
-        }
+            Err(why) => {
+                reject(&mut send, &mut recv, why).await;
+                return;
+            }
+        },
         req => handler.handle_bulk(req).await,
     };
     if let Err(e) = write_frame(&mut send, &resp, MAX_FRAME).await {
@@ -162,6 +145,25 @@ async fn handle_stream<H: Handler>(
     let _ = send.finish();
     // Let the peer read the response before the stream state is dropped.
     let _ = send.stopped().await;
+}
+
+/// What a peer sends, within [`REQUEST_TIMEOUT`]; on failure, the reason to
+/// refuse the stream with.
+async fn in_time<T, E: std::fmt::Display>(
+    what: &'static str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, what, "bad input; closing stream");
+            Err(e.to_string())
+        }
+        Err(_) => {
+            tracing::warn!(what, "not received in time; closing stream");
+            Err("request timed out".into())
+        }
+    }
 }
 
 /// Answers a protocol violation with an error and stops reading, so the peer
