@@ -71,28 +71,70 @@ struct Passthrough {
     beside: Mutex<HashMap<(u64, u64), Arc<Backing>>>,
 }
 
+/// How a local open is served.
+enum Serve {
+    /// The kernel reads and writes the backing file.
+    Through(Arc<Backing>),
+    /// Every open of an inode with a backing file must name it, but this one
+    /// writes and the readers' backing file does not: its reads and writes
+    /// go through the daemon (direct I/O), only its mmap uses the backing.
+    Beside(Arc<Backing>),
+    /// No passthrough (refused by the kernel): the daemon serves it.
+    Daemon,
+}
+
 impl Passthrough {
-    fn backing(
+    /// The inode's backing file, opened with the first open's access.
+    fn serve(
         &self,
         ino: u64,
-        writable: bool,
+        writes: bool,
         open: impl FnOnce(bool) -> Result<std::fs::File, i32>,
         register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
-    ) -> Result<Arc<Backing>, i32> {
+    ) -> Serve {
         let mut m = self.by_ino.lock().expect("backing table");
         if let Some(b) = m.get(&ino).and_then(Weak::upgrade) {
-            return Ok(b);
+            return if writes && !b.writable {
+                Serve::Beside(b)
+            } else {
+                Serve::Through(b)
+            };
         }
-        let file = open(writable)?;
-        let id = register(&file).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-        let b = Arc::new(Backing {
-            ino,
-            id,
-            file,
-            writable,
+        let registered = open(writes).and_then(|file| {
+            let id = register(&file).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+            Ok((file, id))
         });
-        m.insert(ino, Arc::downgrade(&b));
-        Ok(b)
+        match registered {
+            Ok((file, id)) => {
+                let b = Arc::new(Backing {
+                    ino,
+                    id,
+                    file,
+                    writable: writes,
+                });
+                m.insert(ino, Arc::downgrade(&b));
+                Serve::Through(b)
+            }
+            Err(e) => {
+                tracing::debug!(errno = e, "passthrough refused; serving through the daemon");
+                Serve::Daemon
+            }
+        }
+    }
+
+    /// Keeps `b` registered while open file `fh` of `ino` names it.
+    fn keep(&self, ino: u64, fh: u64, b: &Arc<Backing>) {
+        if fh & PASSTHROUGH_FH != 0 {
+            self.by_fh
+                .lock()
+                .expect("backing table")
+                .insert(fh, b.clone());
+        } else {
+            self.beside
+                .lock()
+                .expect("backing table")
+                .insert((ino, fh), b.clone());
+        }
     }
 
     fn get(&self, fh: u64) -> Option<Arc<Backing>> {
@@ -624,47 +666,26 @@ impl Filesystem for FuseAdapter {
             if let Err(e) = export.open_file(&fs.creds(c), loc.id, flags.0) {
                 return reply.error(Errno::from_i32(e));
             }
-            let backing = pt.backing(
+            let serve = pt.serve(
                 ino.0,
                 writes(flags.0),
                 |w| export.open_backing(loc.id, w),
                 |f| reply.open_backing(f),
             );
-            match backing {
-                Ok(b) if writes(flags.0) && !b.writable => {
-                    // Every open of an inode with a backing file must name
-                    // it, but this one writes and the readers' backing file
-                    // does not: its reads and writes go through the daemon
-                    // (direct I/O), only its mmap uses the backing file.
-                    match rt.block_on(fs.open(c, ino.0, flags.0)) {
-                        Ok(rfh) => {
-                            pt.beside
-                                .lock()
-                                .expect("backing table")
-                                .insert((ino.0, rfh), b.clone());
-                            reply.opened_passthrough(
-                                FileHandle(rfh),
-                                FopenFlags::FOPEN_DIRECT_IO,
-                                &b.id,
-                            );
-                        }
-                        Err(e) => reply.error(errno(&e)),
-                    }
+            if let Serve::Through(b) = &serve {
+                pt.keep(ino.0, fh, b);
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b.id);
+            }
+            let rfh = match rt.block_on(fs.open(c, ino.0, flags.0)) {
+                Ok(rfh) => rfh,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            match serve {
+                Serve::Beside(b) => {
+                    pt.keep(ino.0, rfh, &b);
+                    reply.opened_passthrough(FileHandle(rfh), FopenFlags::FOPEN_DIRECT_IO, &b.id);
                 }
-                Ok(b) => {
-                    pt.by_fh
-                        .lock()
-                        .expect("backing table")
-                        .insert(fh, b.clone());
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b.id);
-                }
-                Err(e) => {
-                    tracing::debug!(errno = e, "passthrough refused; serving through the daemon");
-                    match rt.block_on(fs.open(c, ino.0, flags.0)) {
-                        Ok(rfh) => reply.opened(FileHandle(rfh), FopenFlags::empty()),
-                        Err(e) => reply.error(errno(&e)),
-                    }
-                }
+                _ => reply.opened(FileHandle(rfh), FopenFlags::empty()),
             }
         });
     }
@@ -708,56 +729,33 @@ impl Filesystem for FuseAdapter {
                     return reply.error(Errno::ESTALE);
                 };
                 let export = fs2.local_export().clone();
-                match pt.backing(
+                let serve = pt.serve(
                     a.ino,
                     writes(flags),
                     |w| export.open_backing(loc.id, w),
                     |f| reply.open_backing(f),
-                ) {
-                    Ok(b) if writes(flags) && !b.writable => {
-                        // As in open: a writer beside read-only passthrough.
-                        pt.beside
-                            .lock()
-                            .expect("backing table")
-                            .insert((a.ino, rfh), b.clone());
-                        reply.created_passthrough(
-                            &TTL,
-                            &attr,
-                            Generation(0),
-                            FileHandle(rfh),
-                            FopenFlags::FOPEN_DIRECT_IO,
-                            &b.id,
-                        );
-                    }
-                    Ok(b) => {
-                        pt.by_fh
-                            .lock()
-                            .expect("backing table")
-                            .insert(fh, b.clone());
+                );
+                let (handle, fopen, backing) = match serve {
+                    Serve::Through(b) => {
+                        // The daemon's own open is not needed after all.
                         let _ = export.handle(&Default::default(), FsRequest::Release { fh: rfh });
-                        reply.created_passthrough(
-                            &TTL,
-                            &attr,
-                            Generation(0),
-                            FileHandle(fh),
-                            FopenFlags::empty(),
-                            &b.id,
-                        );
+                        (fh, FopenFlags::empty(), b)
                     }
-                    Err(e) => {
-                        tracing::debug!(
-                            errno = e,
-                            "passthrough refused; serving through the daemon"
-                        );
-                        reply.created(
-                            &TTL,
-                            &attr,
-                            Generation(0),
-                            FileHandle(rfh),
-                            FopenFlags::empty(),
-                        );
+                    Serve::Beside(b) => (rfh, FopenFlags::FOPEN_DIRECT_IO, b),
+                    Serve::Daemon => {
+                        let h = FileHandle(rfh);
+                        return reply.created(&TTL, &attr, Generation(0), h, FopenFlags::empty());
                     }
-                }
+                };
+                pt.keep(a.ino, handle, &backing);
+                reply.created_passthrough(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(handle),
+                    fopen,
+                    &backing.id,
+                );
             });
         });
     }
