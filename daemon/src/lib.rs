@@ -99,13 +99,9 @@ impl mosix_net::Handler for Node {
                 )
             }
             // lock and cantmove are public, as the control files are in MOSIX.
-            Request::ProcRead { pid, file, .. } if mount::Pins::renders(file) => {
-                Response::ProcData(self.pins.render(pid, file).map(serde_bytes::ByteBuf::from))
-            }
-            // Inline: /proc is read from memory in microseconds, less than a
-            // hop to the blocking pool and back.
             Request::ProcRead { creds, pid, file } => Response::ProcData(
-                mosix_procview::read(self.node_id, &creds, pid, file)
+                self.pins
+                    .read(self.node_id, &creds, pid, file)
                     .map(serde_bytes::ByteBuf::from),
             ),
             Request::Fs {

@@ -45,7 +45,24 @@ impl Pins {
         matches!(file, ProcFile::Lock | ProcFile::Cantmove)
     }
 
-    pub fn render(&self, pid: u32, file: ProcFile) -> Result<Vec<u8>, i32> {
+    /// One per-process file of this node, as its daemon serves it: the
+    /// control files it keeps itself, or /proc read inline (served from
+    /// memory in microseconds, less than a hop to the blocking pool).
+    pub fn read(
+        &self,
+        node_id: u16,
+        creds: &Creds,
+        pid: u32,
+        file: ProcFile,
+    ) -> Result<Vec<u8>, i32> {
+        if Self::renders(file) {
+            self.render(pid, file)
+        } else {
+            mosix_procview::read(node_id, creds, pid, file)
+        }
+    }
+
+    fn render(&self, pid: u32, file: ProcFile) -> Result<Vec<u8>, i32> {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             return Err(libc::ENOENT);
         }
@@ -222,10 +239,7 @@ impl mosix_fs::Cluster for ClusterLink {
         let pins = self.pins.clone();
         Box::pin(async move {
             match target? {
-                None if Pins::renders(file) => pins.render(pid, file).map_err(FsError::Os),
-                // Reading /proc is served from memory and takes microseconds;
-                // a hop to the blocking pool would cost more than the read.
-                None => mosix_procview::read(id, &creds, pid, file).map_err(FsError::Os),
+                None => pins.read(id, &creds, pid, file).map_err(FsError::Os),
                 Some((peers, addr)) => {
                     match peers
                         .request(addr, &Request::ProcRead { creds, pid, file })
