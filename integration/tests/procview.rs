@@ -228,6 +228,14 @@ fn processes_of_every_node_show_in_mosix_proc() {
         !ps.contains("node-init"),
         "-u nobody showed root's processes: {ps}"
     );
+    // The cluster root runs on no node in particular.
+    let all = c.sh("n1", &format!("{bin} ps"));
+    let root = all
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("1"))
+        .unwrap_or_else(|| panic!("no cluster root in mosix ps:\n{all}"));
+    let cols: Vec<&str> = root.split_whitespace().collect();
+    assert_eq!(cols, ["1", "root", "S", "-", "-", "0", "mosix"], "{root}");
 
     // mosix kill: another user may not, the owner may, wherever it runs.
     let out = c.enter(

@@ -100,6 +100,20 @@ async fn raw_read_replies_arrive_whole_or_fail_at_once() {
     let r = peers.request(b_addr, &Request::Ping { nonce: 1 }).await;
     assert!(r.is_ok(), "{r:?}");
 
+    // On loopback, path-MTU discovery takes packets past the 1452-byte
+    // default, up to the cap that keeps a GSO batch within one datagram.
+    let conn = peers.connection(b_addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while conn.stats().path.current_mtu <= 1452 && Instant::now() < deadline {
+        let _ = peers.request(b_addr, &Request::Ping { nonce: 1 }).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mtu = conn.stats().path.current_mtu;
+    assert!(
+        mtu > 1452 && mtu <= mosix_net::MAX_UDP_PAYLOAD,
+        "path MTU {mtu}"
+    );
+
     // A 1 MiB write goes raw and arrives whole.
     let write = Request::Fs {
         creds: Creds::default(),
