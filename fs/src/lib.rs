@@ -13,6 +13,7 @@ pub mod export;
 pub mod fuse;
 pub mod namespace;
 pub mod procdir;
+pub mod service;
 
 pub use error::FsError;
 pub use namespace::{Caller, Cluster, MosixFs};
