@@ -8,31 +8,18 @@
 //! ```
 //! Content comes from this node's membership table (load records are at most
 //! about a second old) and is rendered once per open.
-use mosix_proto::fs::FileKind;
+use std::sync::{Arc, Mutex};
+
 use mosix_proto::MemberInfo;
 
+use crate::attr::{listing, Kind, ListEntry, NodeAttr};
 use crate::error::{FsError, FsResult};
-use crate::namespace::{listing, Caller, ListEntry, MosixFs, NodeAttr, INO_CLUSTER};
+use crate::ino::{self, ClusterIno, Ino};
+use crate::reach::Reach;
 
-pub const CLUSTER_BASE: u64 = 1 << 39;
-pub const INO_MEMBERS: u64 = 8;
-pub const INO_CLUSTER_NODES: u64 = 9;
 const FILES: [&str; 8] = [
     "status", "cpus", "load", "mem", "freemem", "speed", "procs", "uptime",
 ];
-
-pub fn is_cluster(ino: u64) -> bool {
-    ino >> 48 == 0 && (ino & CLUSTER_BASE != 0 || ino == INO_MEMBERS || ino == INO_CLUSTER_NODES)
-}
-
-fn node_ino(slot: usize, file: usize) -> u64 {
-    CLUSTER_BASE | ((slot as u64) << 8) | file as u64
-}
-
-fn decode(ino: u64) -> Option<(usize, usize)> {
-    (ino & CLUSTER_BASE != 0)
-        .then_some((((ino & !CLUSTER_BASE) >> 8) as usize, (ino & 0xff) as usize))
-}
 
 fn render(m: &MemberInfo, file: &str) -> String {
     let l = m.load.as_ref();
@@ -50,102 +37,146 @@ fn render(m: &MemberInfo, file: &str) -> String {
     }
 }
 
-impl MosixFs {
+fn classify(i: u64) -> Option<ClusterIno> {
+    match ino::classify(i) {
+        Ino::Cluster(c) => Some(c),
+        _ => None,
+    }
+}
+
+pub struct ClusterDir {
+    reach: Arc<Reach>,
+    /// Node names by slot (0 unused): a node keeps its directory's inode
+    /// number for the life of the daemon.
+    slots: Mutex<Vec<String>>,
+}
+
+impl ClusterDir {
+    pub fn new(reach: Arc<Reach>) -> Self {
+        ClusterDir {
+            reach,
+            slots: Mutex::new(vec![String::new()]),
+        }
+    }
+
+    fn slot_of(&self, name: &str) -> usize {
+        let mut s = self.slots.lock().expect("cluster slots");
+        if let Some(i) = s.iter().position(|n| n == name) {
+            return i;
+        }
+        s.push(name.to_string());
+        s.len() - 1
+    }
+
     fn member_by_slot(&self, slot: usize) -> FsResult<MemberInfo> {
-        let name = self.node_name_of(slot).ok_or(FsError::Os(libc::ENOENT))?;
-        self.cluster
+        let name = self
+            .slots
+            .lock()
+            .expect("cluster slots")
+            .get(slot)
+            .cloned()
+            .filter(|n| !n.is_empty())
+            .ok_or(FsError::Os(libc::ENOENT))?;
+        self.reach
+            .view
             .members()
             .into_iter()
             .find(|m| m.name == name)
             .ok_or(FsError::Os(libc::ENOENT))
     }
 
-    pub fn cluster_lookup(&self, parent: u64, name: &[u8]) -> FsResult<NodeAttr> {
-        let file = |ino| self.virtual_attr(ino, FileKind::File, 0o444, 0);
-        let dir = |ino| self.virtual_attr(ino, FileKind::Dir, 0o555, 0);
-        match parent {
-            INO_CLUSTER => match name {
-                b"members" => Ok(file(INO_MEMBERS)),
-                b"nodes" => Ok(dir(INO_CLUSTER_NODES)),
+    fn file(&self, i: u64) -> NodeAttr {
+        self.reach.virtual_attr(i, Kind::File, 0o444, 0)
+    }
+
+    fn dir(&self, i: u64) -> NodeAttr {
+        self.reach.virtual_attr(i, Kind::Dir, 0o555, 0)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<NodeAttr> {
+        match classify(parent).ok_or(FsError::Os(libc::ENOENT))? {
+            ClusterIno::Top => match name {
+                b"members" => Ok(self.file(ino::CLUSTER_MEMBERS)),
+                b"nodes" => Ok(self.dir(ino::CLUSTER_NODES)),
                 _ => Err(FsError::Os(libc::ENOENT)),
             },
-            INO_CLUSTER_NODES => {
+            ClusterIno::Nodes => {
                 let name = std::str::from_utf8(name).map_err(|_| FsError::Os(libc::ENOENT))?;
-                if !self.cluster.members().iter().any(|m| m.name == name) {
+                if !self.reach.view.members().iter().any(|m| m.name == name) {
                     return Err(FsError::Os(libc::ENOENT));
                 }
-                Ok(dir(node_ino(self.node_slot(name), 0)))
+                Ok(self.dir(ino::cluster_node(self.slot_of(name), 0)))
             }
-            p => {
-                let (slot, 0) = decode(p).ok_or(FsError::Os(libc::ENOENT))? else {
-                    return Err(FsError::Os(libc::ENOTDIR));
-                };
+            ClusterIno::Node { slot, file: 0 } => {
                 let i = FILES
                     .iter()
                     .position(|f| f.as_bytes() == name)
                     .ok_or(FsError::Os(libc::ENOENT))?;
-                Ok(file(node_ino(slot, i + 1)))
+                Ok(self.file(ino::cluster_node(slot, i + 1)))
             }
+            ClusterIno::Members | ClusterIno::Node { .. } => Err(FsError::Os(libc::ENOTDIR)),
         }
     }
 
-    pub fn cluster_getattr(&self, ino: u64) -> FsResult<NodeAttr> {
-        match ino {
-            INO_MEMBERS => Ok(self.virtual_attr(ino, FileKind::File, 0o444, 0)),
-            INO_CLUSTER_NODES => Ok(self.virtual_attr(ino, FileKind::Dir, 0o555, 0)),
-            _ => {
-                let (slot, f) = decode(ino).ok_or(FsError::Os(libc::ENOENT))?;
+    pub fn getattr(&self, i: u64) -> FsResult<NodeAttr> {
+        match classify(i).ok_or(FsError::Os(libc::ENOENT))? {
+            ClusterIno::Top | ClusterIno::Nodes => Ok(self.dir(i)),
+            ClusterIno::Members => Ok(self.file(i)),
+            ClusterIno::Node { slot, file } => {
                 self.member_by_slot(slot)?;
-                let kind = if f == 0 {
-                    FileKind::Dir
-                } else {
-                    FileKind::File
-                };
-                Ok(self.virtual_attr(ino, kind, if f == 0 { 0o555 } else { 0o444 }, 0))
+                Ok(if file == 0 { self.dir(i) } else { self.file(i) })
             }
         }
     }
 
-    pub fn cluster_readdir(&self, ino: u64, offset: u64) -> FsResult<Vec<ListEntry>> {
-        let mut names: Vec<(u64, FileKind, Vec<u8>)> = vec![
-            (ino, FileKind::Dir, b".".to_vec()),
-            (INO_CLUSTER, FileKind::Dir, b"..".to_vec()),
+    pub fn readdir(&self, i: u64, offset: u64) -> FsResult<Vec<ListEntry>> {
+        let mut names: Vec<(u64, Kind, Vec<u8>)> = vec![
+            (i, Kind::Dir, b".".to_vec()),
+            (ino::CLUSTER, Kind::Dir, b"..".to_vec()),
         ];
-        match ino {
-            INO_CLUSTER => {
-                names.push((INO_MEMBERS, FileKind::File, b"members".to_vec()));
-                names.push((INO_CLUSTER_NODES, FileKind::Dir, b"nodes".to_vec()));
+        match classify(i).ok_or(FsError::Os(libc::ENOENT))? {
+            ClusterIno::Top => {
+                names[1].0 = ino::ROOT;
+                names.push((ino::CLUSTER_MEMBERS, Kind::File, b"members".to_vec()));
+                names.push((ino::CLUSTER_NODES, Kind::Dir, b"nodes".to_vec()));
             }
-            INO_CLUSTER_NODES => {
-                for m in self.cluster.members() {
-                    let slot = self.node_slot(&m.name);
-                    names.push((node_ino(slot, 0), FileKind::Dir, m.name.into_bytes()));
+            ClusterIno::Nodes => {
+                for m in self.reach.view.members() {
+                    let slot = self.slot_of(&m.name);
+                    names.push((ino::cluster_node(slot, 0), Kind::Dir, m.name.into_bytes()));
                 }
             }
-            _ => {
-                let (slot, _) = decode(ino).ok_or(FsError::Os(libc::ENOENT))?;
-                for (i, f) in FILES.iter().enumerate() {
-                    names.push((node_ino(slot, i + 1), FileKind::File, f.as_bytes().to_vec()));
+            ClusterIno::Node { slot, file: 0 } => {
+                for (n, f) in FILES.iter().enumerate() {
+                    names.push((ino::cluster_node(slot, n + 1), Kind::File, f.as_bytes().to_vec()));
                 }
+            }
+            ClusterIno::Members | ClusterIno::Node { .. } => {
+                return Err(FsError::Os(libc::ENOTDIR))
             }
         }
         Ok(listing(names, offset))
     }
 
     /// The content of a file of /mosix/cluster, rendered now.
-    pub fn cluster_render(&self, _caller: Caller, ino: u64) -> FsResult<Vec<u8>> {
-        if ino == INO_MEMBERS {
-            let mut out = String::new();
-            for m in self.cluster.members() {
-                out.push_str(&format!("{} {} {}\n", m.name, m.state, m.addr));
+    pub fn render(&self, i: u64, flags: i32) -> FsResult<Vec<u8>> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(FsError::Os(libc::EACCES));
+        }
+        match classify(i).ok_or(FsError::Os(libc::ENOENT))? {
+            ClusterIno::Members => {
+                let mut out = String::new();
+                for m in self.reach.view.members() {
+                    out.push_str(&format!("{} {} {}\n", m.name, m.state, m.addr));
+                }
+                Ok(out.into_bytes())
             }
-            return Ok(out.into_bytes());
+            ClusterIno::Node { slot, file } if file > 0 => {
+                let m = self.member_by_slot(slot)?;
+                let f = FILES.get(file - 1).copied().unwrap_or("");
+                Ok(format!("{}\n", render(&m, f)).into_bytes())
+            }
+            _ => Err(FsError::Os(libc::EISDIR)),
         }
-        let (slot, f) = decode(ino).ok_or(FsError::Os(libc::ENOENT))?;
-        if f == 0 {
-            return Err(FsError::Os(libc::EISDIR));
-        }
-        let m = self.member_by_slot(slot)?;
-        Ok(format!("{}\n", render(&m, FILES.get(f - 1).copied().unwrap_or(""))).into_bytes())
     }
 }

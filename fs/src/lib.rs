@@ -1,19 +1,50 @@
 //! The `/mosix` namespace.
 //!
+//! Where things live:
+//! - [`ino`]: the inode number space, and the one classifier of numbers.
+//! - [`namespace`]: [`MosixFs`], what each operation means and which part
+//!   of the tree (or which node's [`service::FileService`]) answers it.
+//! - [`root`], [`procdir`], [`clusterdir`]: the virtual top, `/mosix/proc`
+//!   and `/mosix/cluster`; [`snapshots`] keeps their per-open contents.
+//! - [`nodes`]: which inode slot stands for which run of which node.
+//! - [`reach`]: who is alive and how to reach each node's services;
+//!   [`procs`]: the process service of one node.
+//! - [`service`]: the typed file service of one node; [`local`] serves this
+//!   node's files from the [`export`] in-process; [`faulty`] injects
+//!   failures for tests.
 //! - [`export`]: the serving side. Runs file operations on this node's
 //!   exported tree, with the caller's credentials, never resolving a path
 //!   outside the export.
-//! - [`namespace`]: what `/mosix` means, without FUSE: the virtual root,
-//!   `nodes/`, `here`, `home`, and where each operation goes.
+//! - [`callers`]: the caller's credentials; [`attr`]: attributes and
+//!   entries; [`ttl`]: the one kernel-cache lifetime policy.
+//! - [`passthrough`], [`posix_locks`], [`invalidate`]: the fuser-free logic
+//!   behind kernel passthrough, close-time lock release and kernel cache
+//!   invalidation.
 //! - [`fuse`]: the thin FUSE adapter over [`namespace`].
+pub mod attr;
+pub mod callers;
 pub mod clusterdir;
 pub mod creds;
 pub mod error;
 pub mod export;
+pub mod faulty;
 pub mod fuse;
+pub mod ino;
+pub mod invalidate;
+pub mod local;
 pub mod namespace;
+pub mod nodes;
+pub mod passthrough;
+pub mod posix_locks;
 pub mod procdir;
+pub mod procs;
+pub mod reach;
+pub mod remote;
+pub mod root;
 pub mod service;
+pub mod snapshots;
+pub mod ttl;
 
+pub use callers::Caller;
 pub use error::FsError;
-pub use namespace::{Caller, Cluster, MosixFs};
+pub use namespace::MosixFs;

@@ -1,328 +1,167 @@
-//! The `/mosix` namespace, without FUSE: what each operation means and where
-//! it goes. The FUSE adapter (`fuse.rs`) only translates to and from this.
+//! The `/mosix` namespace, without FUSE: what each operation means and which
+//! node serves it. The FUSE adapter (`fuse.rs`) only translates to and from
+//! this.
 //!
 //! ```text
-//! /mosix/             virtual, read-only
-//!   nodes/<node>/     the export of each live node (served by that node)
+//! /mosix/             virtual, read-only                  (root.rs)
+//!   nodes/<node>/     the export of each live node        (served by that node's FileService)
 //!   here  -> nodes/<this node>
 //!   home  -> nodes/<home node of the calling process>
-//!   cluster/  proc/   reserved (empty for now)
+//!   proc/             every process of the cluster        (procdir.rs)
+//!   cluster/          members and their load              (clusterdir.rs)
 //! ```
 //!
-//! Inode numbers: virtual entries are small constants. A file served by a node
-//! is `node_index << 48 | id`, where `id` is the serving node's stable id for
-//! the file and `node_index` names one run of one node (a restarted node gets a
-//! new index, so ids from its previous run can never alias new files).
+//! Every operation classifies its inode number once ([`crate::ino`]) and
+//! goes to the part of the tree that owns it. Files of nodes go to the
+//! [`FileService`] of the node that serves them: this node's export
+//! in-process, or another node's over the transport, with no difference
+//! here.
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
-use mosix_proto::fs::{
-    Attr, Creds, DirEntry, FileKind, FsReply, FsRequest, RemoteFh, RemoteIno, SetAttr, StatFs,
-    Timespec, ROOT_INO,
-};
+use mosix_procview::node::LocalNode;
+use mosix_proto::fs::{Attr, RemoteFh, RemoteIno};
 
-use mosix_proto::proc::{ProcEntry, ProcFile};
-
+use crate::attr::{Change, Entry, FsStats, ListEntry, NodeAttr};
+use crate::callers::Caller;
+use crate::clusterdir::ClusterDir;
 use crate::error::{FsError, FsResult};
 use crate::export::Export;
+use crate::ino::{self, Ino};
+use crate::invalidate::Invalidator;
+use crate::local::LocalService;
+use crate::nodes::{Located, Nodes};
+use crate::posix_locks::LockOwners;
+use crate::procdir::ProcDir;
+use crate::reach::{ClusterView, Connector, Reach};
+use crate::service::{At, FileService, Lock, LockInfo, Xattr};
+use crate::snapshots::Snapshots;
+use crate::ttl;
 
-pub const INO_ROOT: u64 = 1;
-pub const INO_NODES: u64 = 2;
-pub const INO_HERE: u64 = 3;
-pub const INO_HOME: u64 = 4;
-pub const INO_CLUSTER: u64 = 5;
-pub const INO_PROC: u64 = 6;
-const NODE_SHIFT: u32 = 48;
-const ID_MASK: u64 = (1 << NODE_SHIFT) - 1;
+/// How often a blocked F_SETLKW asks again: starting fast for short
+/// critical sections, backing off for long ones.
+const LOCK_RETRY_MIN: Duration = Duration::from_millis(5);
+const LOCK_RETRY_MAX: Duration = Duration::from_millis(200);
 
-thread_local! {
-    static INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// How an open is served: the handle, and what the kernel may do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// Generated content: its size is unknown until read, so the kernel
+    /// must not cache or trust st_size (lxcfs does the same).
+    pub direct_io: bool,
+    /// Nothing to flush and no locks: close costs no round trip.
+    pub noflush: bool,
 }
 
-/// Runs `f` with this node's own file operations done inline on the current
-/// thread instead of on the blocking pool. For threads that may block (the
-/// FUSE threads), never for runtime workers.
-pub fn inline<R>(f: impl FnOnce() -> R) -> R {
-    INLINE.with(|i| i.set(true));
-    let r = f();
-    INLINE.with(|i| i.set(false));
-    r
+/// A node file bound to the service that serves it.
+struct Bound {
+    svc: Arc<dyn FileService>,
+    at: At,
+    slot: usize,
 }
-
-/// Kernel cache lifetime of the virtual entries (the root's children):
-/// they never change while the daemon runs.
-pub const VIRTUAL_TTL: Duration = Duration::from_secs(60);
-/// Kernel cache lifetime of the `nodes/<node>` names. Membership changes are
-/// seen at most this late in path walks; operations on a dead node's files
-/// fail at once regardless.
-pub const NODE_ENTRY_TTL: Duration = Duration::from_secs(1);
-
-/// (attribute, entry) cache lifetimes the kernel may use for `ino`, found
-/// in `parent`. Files of nodes get zero: nothing tells this node when another
-/// node changes them (coherent caching is a later step).
-pub fn ttls(parent: u64, ino: u64) -> (Duration, Duration) {
-    if ino == crate::procdir::INO_PROC_SELF || crate::clusterdir::is_cluster(ino) {
-        // The caller's own gpid; nodes and their loads change.
-        (Duration::ZERO, Duration::ZERO)
-    } else if crate::procdir::is_proc(ino) {
-        // Processes come and go, but the listing that says so may already
-        // be this old: caching names as long saves a round trip per path
-        // component (a scan of /proc walks every process's directory).
-        let t = crate::procdir::PROC_LIST_TTL;
-        (t, t)
-    } else if ino >> NODE_SHIFT == 0 {
-        // /mosix/home's target, and so its size, depends on the caller.
-        let attr = if ino == INO_HOME {
-            Duration::ZERO
-        } else {
-            VIRTUAL_TTL
-        };
-        (attr, VIRTUAL_TTL)
-    } else if parent == INO_NODES {
-        (Duration::ZERO, NODE_ENTRY_TTL)
-    } else {
-        (Duration::ZERO, Duration::ZERO)
-    }
-}
-
-/// How long a process's supplementary groups are reused before /proc is read
-/// again. A `newgrp` takes effect on /mosix at most this late.
-pub const GROUPS_TTL: Duration = Duration::from_secs(1);
-
-/// A remote file operation in flight: the serving node's epoch and the
-/// operation's own result.
-pub type RemoteCall =
-    Pin<Box<dyn Future<Output = FsResult<(u64, mosix_proto::fs::FsResult)>> + Send>>;
-
-/// What the namespace needs from the rest of the daemon.
-pub trait Cluster: Send + Sync + 'static {
-    /// Names of the live members, this node included.
-    fn alive_nodes(&self) -> Vec<String>;
-    /// Runs a file operation on another node; returns that node's epoch and
-    /// the operation's result.
-    /// `epoch` is the run of the node that the ids in `op` come from (None:
-    /// no ids but the export root); the node refuses with ESTALE if it is
-    /// not its own, before it touches anything.
-    fn call(&self, node: &str, epoch: Option<u64>, creds: Creds, op: FsRequest) -> RemoteCall;
-    /// The home node of a local process (where `/mosix/home` points for it).
-    fn home_node(&self, pid: u32) -> Option<String>;
-    /// This node's id: the high bits of its processes' gpids.
-    fn self_id(&self) -> u16;
-    /// The membership table as this node sees it, with load records.
-    fn members(&self) -> Vec<mosix_proto::MemberInfo>;
-    /// A node's id and its processes (this node's too).
-    fn proc_list(&self, node: &str) -> BoxFuture<FsResult<(u16, Vec<ProcEntry>)>>;
-    /// Pins process `pid` of `node` to it, or frees it (`lock`).
-    fn set_lock(&self, node: &str, creds: Creds, pid: u32, on: bool) -> BoxFuture<FsResult<()>>;
-    /// One of a node's node-wide procfs files (meminfo, stat...), raw.
-    fn node_file(
-        &self,
-        node: &str,
-        file: mosix_proto::proc::NodeFile,
-    ) -> BoxFuture<FsResult<Vec<u8>>>;
-    /// One per-process file, rendered on the process's node.
-    fn proc_read(
-        &self,
-        node: &str,
-        creds: Creds,
-        pid: u32,
-        file: ProcFile,
-    ) -> BoxFuture<FsResult<Vec<u8>>>;
-}
-
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// Attributes as the caller sees them through /mosix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeAttr {
-    pub ino: u64,
-    pub size: u64,
-    pub blocks: u64,
-    pub atime: SystemTime,
-    pub mtime: SystemTime,
-    pub ctime: SystemTime,
-    pub kind: FileKind,
-    pub perm: u16,
-    pub nlink: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub rdev: u32,
-    pub blksize: u32,
-}
-
-/// One entry of a directory listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListEntry {
-    pub ino: u64,
-    pub next_offset: u64,
-    pub kind: FileKind,
-    pub name: Vec<u8>,
-}
-
-/// Who is asking, as the kernel reported it.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: u32,
-}
-
-#[derive(Default)]
-struct NodeTable {
-    /// index -> (node name, epoch of the run this index stands for)
-    by_index: Vec<(String, Option<u64>)>,
-    /// node name -> its current index
-    current: HashMap<String, usize>,
-    /// Runs that have ended: a late reply from one must not start yet
-    /// another index.
-    retired: std::collections::HashSet<(String, u64)>,
-}
-
-impl NodeTable {
-    fn index_of(&mut self, name: &str) -> usize {
-        if let Some(&i) = self.current.get(name) {
-            return i;
-        }
-        self.by_index.push((name.to_string(), None));
-        // Index 0 is the virtual part of the namespace.
-        let i = self.by_index.len();
-        self.current.insert(name.to_string(), i);
-        i
-    }
-}
-
-fn to_systime(t: Timespec) -> SystemTime {
-    if t.secs >= 0 {
-        UNIX_EPOCH + Duration::new(t.secs as u64, t.nsecs)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
-            + Duration::from_nanos(t.nsecs as u64)
-    }
-}
-
-/// (pid, uid, gid) -> when read, and the supplementary groups.
-type GroupsCache = lru::LruCache<(u32, u32, u32), (Instant, Vec<u32>)>;
 
 pub struct MosixFs {
-    pub(crate) procs: crate::procdir::ProcState,
-    self_name: String,
-    local: Arc<Export>,
-    pub(crate) cluster: Arc<dyn Cluster>,
-    nodes: Mutex<NodeTable>,
-    /// Keyed by (pid, uid, gid): a reused pid of another user never gets
-    /// the previous process's groups.
-    groups: Mutex<GroupsCache>,
-    started: SystemTime,
-}
-
-/// Where a file lives: which node, and that node's id for it.
-#[derive(Debug, Clone)]
-pub struct Location {
-    pub node: String,
-    pub index: usize,
-    pub id: RemoteIno,
+    reach: Arc<Reach>,
+    export: Arc<Export>,
+    nodes: Nodes,
+    procs: ProcDir,
+    cluster: ClusterDir,
+    snapshots: Snapshots,
+    pub(crate) locks: LockOwners,
+    inval: std::sync::OnceLock<Arc<dyn Invalidator>>,
 }
 
 impl MosixFs {
-    pub fn new(self_name: String, local: Arc<Export>, cluster: Arc<dyn Cluster>) -> Self {
+    pub fn new(
+        self_name: String,
+        export: Arc<Export>,
+        local_node: Arc<LocalNode>,
+        view: Arc<dyn ClusterView>,
+        connect: Arc<dyn Connector>,
+    ) -> Self {
+        let local: Arc<dyn FileService> = Arc::new(LocalService::new(export.clone()));
+        let reach = Arc::new(Reach::new(self_name, local, local_node, view, connect));
         MosixFs {
-            procs: Default::default(),
-            self_name,
-            local,
-            cluster,
-            nodes: Mutex::default(),
-            groups: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(4096).expect("nonzero"),
-            )),
-            started: SystemTime::now(),
+            procs: ProcDir::new(reach.clone()),
+            cluster: ClusterDir::new(reach.clone()),
+            reach,
+            export,
+            nodes: Nodes::default(),
+            snapshots: Snapshots::default(),
+            locks: LockOwners::default(),
+            inval: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The path to the kernel's caches (set once the mount exists).
+    pub fn set_invalidator(&self, inval: Arc<dyn Invalidator>) {
+        let _ = self.inval.set(inval);
     }
 
     pub fn self_name(&self) -> &str {
-        &self.self_name
+        &self.reach.self_name
     }
 
-    pub fn local_export(&self) -> &Arc<Export> {
-        &self.local
+    pub(crate) fn local_export(&self) -> &Arc<Export> {
+        &self.export
     }
 
-    /// The caller's full credentials: the kernel gives uid, gid and pid; the
-    /// supplementary groups come from the caller's /proc entry.
-    pub fn creds(&self, c: Caller) -> Creds {
-        let groups = if c.pid == 0 {
-            Vec::new()
-        } else {
-            let mut cache = self.groups.lock().expect("groups cache");
-            let key = (c.pid, c.uid, c.gid);
-            match cache.get(&key) {
-                Some((at, g)) if at.elapsed() < GROUPS_TTL => g.clone(),
-                _ => {
-                    let g = read_groups(c.pid);
-                    cache.put(key, (Instant::now(), g.clone()));
-                    g
-                }
+    pub(crate) fn creds(&self, c: Caller) -> mosix_proto::fs::Creds {
+        self.reach.creds(c)
+    }
+
+    /// The id of `ino` in this node's export, if it is one of this node's
+    /// files (which the kernel may then read and write directly).
+    pub fn local_id(&self, ino: u64) -> Option<RemoteIno> {
+        match ino::classify(ino) {
+            Ino::Node { slot, id } => self
+                .nodes
+                .locate(slot)
+                .ok()
+                .filter(|l| self.reach.is_self(&l.node))
+                .map(|_| id),
+            _ => None,
+        }
+    }
+
+    /// Whether the work on `ino` stays on this node: no network, only a few
+    /// syscalls or memory, so it can be done on the thread that asks. The
+    /// one place that decides it.
+    pub fn runs_here(&self, ino: u64) -> bool {
+        match ino::classify(ino) {
+            Ino::Root(_) | Ino::Cluster(_) => true,
+            Ino::Node { .. } => self.local_id(ino).is_some(),
+            Ino::ProcTop(i) => i != ino::PROC || self.procs.listing_fresh(),
+            Ino::Proc { .. } => self.procs.is_local(ino, None) || self.procs.listing_fresh(),
+            Ino::Unknown => true,
+        }
+    }
+
+    /// [`Self::runs_here`] for a lookup of `name` in `parent`.
+    pub fn lookup_runs_here(&self, parent: u64, name: &[u8]) -> bool {
+        match ino::classify(parent) {
+            Ino::Root(ino::ROOT) => true,
+            Ino::Root(ino::NODES) => self.reach.is_self_bytes(name),
+            // Names of processes come from the listing: while it is fresh,
+            // no node is asked.
+            Ino::ProcTop(ino::PROC) | Ino::Proc { .. } => {
+                self.procs.is_local(parent, Some(name)) || self.procs.listing_fresh()
             }
-        };
-        Creds {
-            uid: c.uid,
-            gid: c.gid,
-            groups,
-            pid: c.pid,
+            _ => self.runs_here(parent),
         }
     }
 
-    /// A stable small number for node `name` (also its index in inode numbers).
-    pub(crate) fn node_slot(&self, name: &str) -> usize {
-        self.nodes.lock().expect("node table").index_of(name)
-    }
-
-    pub(crate) fn node_name_of(&self, slot: usize) -> Option<String> {
-        let nodes = self.nodes.lock().expect("node table");
-        nodes
-            .by_index
-            .get(slot.checked_sub(1)?)
-            .map(|(n, _)| n.clone())
-    }
-
-    /// Decodes an inode number into the node and id it stands for.
-    pub fn locate(&self, ino: u64) -> FsResult<Location> {
-        let index = (ino >> NODE_SHIFT) as usize;
-        if index == 0 {
-            return Err(FsError::Invalid("virtual inode"));
-        }
-        let nodes = self.nodes.lock().expect("node table");
-        let (name, _) = nodes.by_index.get(index - 1).ok_or(FsError::Stale)?;
-        if nodes.current.get(name) != Some(&index) {
-            // A run of that node that has ended.
-            return Err(FsError::Stale);
-        }
-        Ok(Location {
-            node: name.clone(),
-            index,
-            id: ino & ID_MASK,
-        })
-    }
-
-    pub fn is_local(&self, loc: &Location) -> bool {
-        loc.node == self.self_name
-    }
-
-    fn ino_of(index: usize, id: RemoteIno) -> u64 {
-        ((index as u64) << NODE_SHIFT) | (id & ID_MASK)
-    }
-
-    fn node_attr(&self, index: usize, a: &Attr) -> NodeAttr {
+    fn node_attr(slot: usize, a: &Attr) -> NodeAttr {
         NodeAttr {
-            ino: Self::ino_of(index, a.ino),
+            ino: ino::node_file(slot, a.ino),
             size: a.size,
             blocks: a.blocks,
-            atime: to_systime(a.atime),
-            mtime: to_systime(a.mtime),
-            ctime: to_systime(a.ctime),
-            kind: a.kind,
+            atime: crate::attr::to_systime(a.atime),
+            mtime: crate::attr::to_systime(a.mtime),
+            ctime: crate::attr::to_systime(a.ctime),
+            kind: a.kind.into(),
             perm: a.perm,
             nlink: a.nlink,
             uid: a.uid,
@@ -332,483 +171,381 @@ impl MosixFs {
         }
     }
 
-    pub(crate) fn virtual_attr(&self, ino: u64, kind: FileKind, perm: u16, size: u64) -> NodeAttr {
-        NodeAttr {
-            ino,
-            size,
-            blocks: 0,
-            atime: self.started,
-            mtime: self.started,
-            ctime: self.started,
-            kind,
-            perm,
-            nlink: if kind == FileKind::Dir { 2 } else { 1 },
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            blksize: 4096,
-        }
+    /// First contact with node `node`'s export: its root, in the slot of
+    /// the run that answered.
+    async fn node_root(&self, caller: Caller, node: &str) -> FsResult<(usize, Attr)> {
+        let svc = self.reach.files(node)?;
+        let (run, attr) = svc.root(&self.reach.creds(caller)).await?;
+        let slot = self.nodes.bind(node, run)?;
+        Ok((slot, attr))
     }
 
-    fn home_target(&self, pid: u32) -> String {
-        let home = self
-            .cluster
-            .home_node(pid)
-            .unwrap_or_else(|| self.self_name.clone());
-        format!("nodes/{home}")
-    }
-
-    fn virtual_getattr(&self, ino: u64, pid: u32) -> FsResult<NodeAttr> {
-        match ino {
-            INO_ROOT | INO_NODES | INO_CLUSTER | INO_PROC => {
-                Ok(self.virtual_attr(ino, FileKind::Dir, 0o555, 0))
-            }
-            INO_HERE => Ok(self.virtual_attr(
-                ino,
-                FileKind::Symlink,
-                0o777,
-                format!("nodes/{}", self.self_name).len() as u64,
-            )),
-            INO_HOME => Ok(self.virtual_attr(
-                ino,
-                FileKind::Symlink,
-                0o777,
-                self.home_target(pid).len() as u64,
-            )),
-            _ => Err(FsError::Os(libc::ENOENT)),
-        }
-    }
-
-    /// Runs `op` on `node` as `creds`, on this node directly or over the
-    /// transport, and checks that the answer comes from the run of the node
-    /// that `index` stands for.
-    async fn call(
-        &self,
-        node: &str,
-        index: Option<usize>,
-        creds: Creds,
-        op: FsRequest,
-    ) -> FsResult<FsReply> {
-        let expect = {
-            let mut nodes = self.nodes.lock().expect("node table");
-            let i = index.unwrap_or_else(|| nodes.index_of(node));
-            nodes.by_index.get(i - 1).and_then(|(_, e)| *e)
-        };
-        let (epoch, result) = if node == self.self_name {
-            let export = self.local.clone();
-            let epoch = export.epoch();
-            let r = if INLINE.with(|i| i.get()) {
-                export.handle(&creds, op)
-            } else {
-                tokio::task::spawn_blocking(move || export.handle(&creds, op))
-                    .await
-                    .map_err(|e| FsError::Transport(e.to_string()))?
-            };
-            (epoch, r)
-        } else {
-            self.cluster.call(node, expect, creds, op).await?
-        };
-        {
-            let mut nodes = self.nodes.lock().expect("node table");
-            let cur = nodes.index_of(node);
-            let expected = index.unwrap_or(cur);
-            if nodes.retired.contains(&(node.to_string(), epoch)) {
-                return Err(FsError::Stale);
-            }
-            let slot = &mut nodes.by_index[cur - 1].1;
-            match slot {
-                None => *slot = Some(epoch),
-                Some(e) if *e == epoch => {}
-                Some(old) => {
-                    // The node restarted: everything it handed out before is
-                    // gone. Start a new index for its new run.
-                    let old = *old;
-                    nodes.retired.insert((node.to_string(), old));
-                    nodes.by_index.push((node.to_string(), Some(epoch)));
-                    let n = nodes.by_index.len();
-                    nodes.current.insert(node.to_string(), n);
+    /// The service and run that serve `slot`'s files.
+    async fn bind(&self, caller: Caller, slot: usize) -> FsResult<Bound> {
+        let Located { node, run, .. } = self.nodes.locate(slot)?;
+        let run = match run {
+            Some(r) => r,
+            // Listed in nodes/ but never asked yet: learn its run.
+            None => {
+                let (s, _) = self.node_root(caller, &node).await?;
+                if s != slot {
                     return Err(FsError::Stale);
                 }
+                self.nodes.locate(slot)?.run.ok_or(FsError::Stale)?
             }
-            if expected != cur {
-                return Err(FsError::Stale);
-            }
+        };
+        Ok(Bound {
+            svc: self.reach.files(&node)?,
+            at: At {
+                run,
+                creds: self.reach.creds(caller),
+            },
+            slot,
+        })
+    }
+
+    /// The node file `ino` stands for, bound to its service; the virtual
+    /// parts refuse changes with `EROFS`.
+    async fn file(&self, caller: Caller, i: u64) -> FsResult<(Bound, RemoteIno)> {
+        match ino::classify(i) {
+            Ino::Node { slot, id } => Ok((self.bind(caller, slot).await?, id)),
+            _ => Err(FsError::ReadOnly),
         }
-        result.map_err(FsError::Os)
     }
 
-    async fn call_at(&self, caller: Caller, loc: &Location, op: FsRequest) -> FsResult<FsReply> {
-        let creds = self.creds(caller);
-        self.call(&loc.node, Some(loc.index), creds, op).await
+    fn entry(parent: Option<u64>, slot: usize, a: &Attr) -> Entry {
+        ttl::entry(parent, Self::node_attr(slot, a))
     }
 
-    fn entry(&self, loc: &Location, reply: FsReply) -> FsResult<NodeAttr> {
-        match reply {
-            FsReply::Entry(a) | FsReply::Attr(a) => Ok(self.node_attr(loc.index, &a)),
-            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
-        }
-    }
-
-    /// Every live node, this one included, in name order.
-    pub(crate) fn live_nodes(&self) -> Vec<String> {
-        let mut v = self.cluster.alive_nodes();
-        v.push(self.self_name.clone());
-        v.sort();
-        v.dedup();
-        v
-    }
-
-    fn node_alive(&self, name: &str) -> bool {
-        name == self.self_name || self.cluster.alive_nodes().iter().any(|n| n == name)
-    }
-
-    pub async fn lookup(&self, caller: Caller, parent: u64, name: &[u8]) -> FsResult<NodeAttr> {
-        match parent {
-            INO_ROOT => {
-                let ino = match name {
-                    b"nodes" => INO_NODES,
-                    b"here" => INO_HERE,
-                    b"home" => INO_HOME,
-                    b"cluster" => INO_CLUSTER,
-                    b"proc" => INO_PROC,
-                    _ => return Err(FsError::Os(libc::ENOENT)),
-                };
-                self.virtual_getattr(ino, caller.pid)
+    pub async fn lookup(&self, caller: Caller, parent: u64, name: &[u8]) -> FsResult<Entry> {
+        let attr = match ino::classify(parent) {
+            Ino::Root(ino::ROOT) => {
+                let i = crate::root::child(name)?;
+                crate::root::getattr(&self.reach, i, caller.pid)?
             }
-            INO_NODES => {
+            Ino::Root(ino::NODES) => {
                 let node = std::str::from_utf8(name).map_err(|_| FsError::Os(libc::ENOENT))?;
-                if !self.node_alive(node) {
+                if !self.reach.is_alive(node) {
                     return Err(FsError::Os(libc::ENOENT));
                 }
-                let creds = self.creds(caller);
-                let reply = self
-                    .call(node, None, creds, FsRequest::GetAttr { ino: ROOT_INO })
-                    .await?;
-                let index = self.nodes.lock().expect("node table").index_of(node);
-                let loc = Location {
-                    node: node.to_string(),
-                    index,
-                    id: ROOT_INO,
-                };
-                self.entry(&loc, reply)
+                let (slot, a) = self.node_root(caller, node).await?;
+                Self::node_attr(slot, &a)
             }
-            INO_PROC => self.proc_lookup(caller, parent, name).await,
-            INO_CLUSTER => self.cluster_lookup(parent, name),
-            p if crate::clusterdir::is_cluster(p) => self.cluster_lookup(parent, name),
-            p if crate::procdir::is_proc(p) => self.proc_lookup(caller, parent, name).await,
-            INO_HERE | INO_HOME => Err(FsError::Os(libc::ENOENT)),
-            _ => {
-                let loc = self.locate(parent)?;
-                let reply = self
-                    .call_at(
-                        caller,
-                        &loc,
-                        FsRequest::Lookup {
-                            parent: loc.id,
-                            name: name.to_vec(),
-                        },
-                    )
-                    .await?;
-                self.entry(&loc, reply)
+            Ino::Root(_) => return Err(FsError::Os(libc::ENOTDIR)),
+            Ino::Node { slot, id } => {
+                let b = self.bind(caller, slot).await?;
+                let a = b.svc.lookup(&b.at, id, name).await?;
+                Self::node_attr(b.slot, &a)
             }
-        }
+            Ino::ProcTop(_) | Ino::Proc { .. } => self.procs.lookup(caller, parent, name).await?,
+            Ino::Cluster(_) => self.cluster.lookup(parent, name)?,
+            Ino::Unknown => return Err(FsError::Os(libc::ENOENT)),
+        };
+        Ok(ttl::entry(Some(parent), attr))
     }
 
-    /// The kernel dropped `n` references to `ino`. Forwarded to the serving
-    /// node in the background: nobody waits for a forget.
-    pub fn forget(self: &Arc<Self>, items: Vec<(u64, u64)>) {
-        let mut per_node: HashMap<(String, usize), Vec<(RemoteIno, u64)>> = HashMap::new();
-        for (ino, n) in items {
-            let Ok(loc) = self.locate(ino) else { continue };
+    /// The kernel dropped references to inodes. Forwarded to the serving
+    /// nodes in the background: nobody waits for a forget.
+    pub fn forget(&self, items: Vec<(u64, u64)>) {
+        let mut per_slot: HashMap<usize, Vec<(RemoteIno, u64)>> = HashMap::new();
+        for (i, n) in items {
             // Node roots are pinned on the serving side.
-            if loc.id == ROOT_INO {
-                continue;
+            if let Ino::Node { slot, id } = ino::classify(i) {
+                if id != mosix_proto::fs::ROOT_INO {
+                    per_slot.entry(slot).or_default().push((id, n));
+                }
             }
-            per_node
-                .entry((loc.node.clone(), loc.index))
-                .or_default()
-                .push((loc.id, n));
         }
-        for ((node, index), items) in per_node {
-            let me = self.clone();
+        for (slot, items) in per_slot {
+            let Ok(Located { node, run: Some(run), .. }) = self.nodes.locate(slot) else {
+                continue;
+            };
+            let Ok(svc) = self.reach.files(&node) else {
+                continue;
+            };
             tokio::spawn(async move {
-                let op = FsRequest::Forget { items };
-                if let Err(e) = me.call(&node, Some(index), Creds::default(), op).await {
+                if let Err(e) = svc.forget(run, items).await {
                     tracing::debug!(%node, error = %e, "forget not delivered");
                 }
             });
         }
     }
 
-    pub async fn getattr(&self, caller: Caller, ino: u64) -> FsResult<NodeAttr> {
-        if crate::procdir::is_proc(ino) {
-            return self.proc_getattr(caller, ino).await;
-        }
-        if crate::clusterdir::is_cluster(ino) {
-            return self.cluster_getattr(ino);
-        }
-        if ino >> NODE_SHIFT == 0 {
-            return self.virtual_getattr(ino, caller.pid);
-        }
-        let loc = self.locate(ino)?;
-        let reply = self
-            .call_at(caller, &loc, FsRequest::GetAttr { ino: loc.id })
-            .await?;
-        self.entry(&loc, reply)
+    pub async fn getattr(&self, caller: Caller, i: u64) -> FsResult<Entry> {
+        let attr = match ino::classify(i) {
+            Ino::Root(_) => crate::root::getattr(&self.reach, i, caller.pid)?,
+            Ino::Node { slot, id } => {
+                let b = self.bind(caller, slot).await?;
+                let a = b.svc.getattr(&b.at, id).await?;
+                Self::node_attr(b.slot, &a)
+            }
+            Ino::ProcTop(_) | Ino::Proc { .. } => self.procs.getattr(caller, i).await?,
+            Ino::Cluster(_) => self.cluster.getattr(i)?,
+            Ino::Unknown => return Err(FsError::Os(libc::ENOENT)),
+        };
+        Ok(ttl::entry(None, attr))
     }
 
-    pub async fn setattr(&self, caller: Caller, ino: u64, set: SetAttr) -> FsResult<NodeAttr> {
-        if crate::procdir::is_generated(ino) {
+    pub async fn setattr(&self, caller: Caller, i: u64, change: Change) -> FsResult<Entry> {
+        if ino::is_generated(i) {
             // `echo n2 > where` truncates before it writes: let that through,
             // so the caller hears about the write itself.
-            let truncate_only =
-                set.size == Some(0) && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
+            let truncate_only = change.size == Some(0)
+                && change.mode.is_none()
+                && change.uid.is_none()
+                && change.gid.is_none();
             return if truncate_only {
-                self.proc_getattr(caller, ino).await
+                self.getattr(caller, i).await
             } else {
                 Err(FsError::Os(libc::EPERM))
             };
         }
-        let loc = self.writable(ino)?;
-        let reply = self
-            .call_at(caller, &loc, FsRequest::SetAttr { ino: loc.id, set })
-            .await?;
-        self.entry(&loc, reply)
+        let (b, id) = self.file(caller, i).await?;
+        let a = b.svc.setattr(&b.at, id, change.to_wire()).await?;
+        Ok(Self::entry(None, b.slot, &a))
     }
 
-    /// Location of a file that a mutation targets; the virtual parts refuse.
-    fn writable(&self, ino: u64) -> FsResult<Location> {
-        if ino >> NODE_SHIFT == 0 {
-            return Err(FsError::ReadOnly);
-        }
-        self.locate(ino)
-    }
-
-    pub async fn readlink(&self, caller: Caller, ino: u64) -> FsResult<Vec<u8>> {
-        match ino {
-            INO_HERE => return Ok(format!("nodes/{}", self.self_name).into_bytes()),
-            INO_HOME => return Ok(self.home_target(caller.pid).into_bytes()),
-            crate::procdir::INO_PROC_SELF => return Ok(self.proc_self_target(caller)),
-            i if crate::procdir::is_proc(i) => return self.proc_readlink(caller, i).await,
-            _ if ino >> NODE_SHIFT == 0 => return Err(FsError::Os(libc::EINVAL)),
-            _ => {}
-        }
-        let loc = self.locate(ino)?;
-        match self
-            .call_at(caller, &loc, FsRequest::ReadLink { ino: loc.id })
-            .await?
-        {
-            FsReply::Data(d) => Ok(d),
-            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
+    pub async fn readlink(&self, caller: Caller, i: u64) -> FsResult<Vec<u8>> {
+        match ino::classify(i) {
+            Ino::Root(ino::HERE) => Ok(crate::root::here_target(&self.reach)),
+            Ino::Root(ino::HOME) => Ok(crate::root::home_target(&self.reach, caller.pid)),
+            Ino::ProcTop(_) | Ino::Proc { .. } => self.procs.readlink(caller, i).await,
+            Ino::Node { slot, id } => {
+                let b = self.bind(caller, slot).await?;
+                b.svc.readlink(&b.at, id).await
+            }
+            _ => Err(FsError::Os(libc::EINVAL)),
         }
     }
 
-    /// Operations that create a name in `parent` and answer with its entry.
-    pub async fn make(
-        &self,
-        caller: Caller,
-        parent: u64,
-        build: impl FnOnce(RemoteIno) -> FsRequest,
-    ) -> FsResult<NodeAttr> {
-        let loc = self.writable(parent)?;
-        let reply = self.call_at(caller, &loc, build(loc.id)).await?;
-        self.entry(&loc, reply)
+    pub async fn mknod(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, umask: u32, rdev: u32) -> FsResult<Entry> {
+        let (b, p) = self.file(caller, parent).await?;
+        let a = b.svc.mknod(&b.at, p, name, mode, rdev as u64, umask).await?;
+        Ok(Self::entry(Some(parent), b.slot, &a))
     }
 
-    /// Operations on names in `parent` that answer with nothing.
-    pub async fn change(
-        &self,
-        caller: Caller,
-        parent: u64,
-        build: impl FnOnce(RemoteIno) -> FsRequest,
-    ) -> FsResult<()> {
-        let loc = self.writable(parent)?;
-        self.call_at(caller, &loc, build(loc.id)).await.map(|_| ())
+    pub async fn mkdir(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, umask: u32) -> FsResult<Entry> {
+        let (b, p) = self.file(caller, parent).await?;
+        let a = b.svc.mkdir(&b.at, p, name, mode, umask).await?;
+        Ok(Self::entry(Some(parent), b.slot, &a))
     }
 
-    pub async fn rename(
-        &self,
-        caller: Caller,
-        parent: u64,
-        name: &[u8],
-        new_parent: u64,
-        new_name: &[u8],
-        flags: u32,
-    ) -> FsResult<()> {
-        let from = self.writable(parent)?;
-        let to = self.writable(new_parent)?;
-        if from.index != to.index {
+    pub async fn symlink(&self, caller: Caller, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Entry> {
+        let (b, p) = self.file(caller, parent).await?;
+        let a = b.svc.symlink(&b.at, p, name, target).await?;
+        Ok(Self::entry(Some(parent), b.slot, &a))
+    }
+
+    pub async fn unlink(&self, caller: Caller, parent: u64, name: &[u8]) -> FsResult<()> {
+        let (b, p) = self.file(caller, parent).await?;
+        b.svc.unlink(&b.at, p, name).await
+    }
+
+    pub async fn rmdir(&self, caller: Caller, parent: u64, name: &[u8]) -> FsResult<()> {
+        let (b, p) = self.file(caller, parent).await?;
+        b.svc.rmdir(&b.at, p, name).await
+    }
+
+    pub async fn rename(&self, caller: Caller, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> FsResult<()> {
+        let (b, p) = self.file(caller, parent).await?;
+        let (to, np) = self.file(caller, new_parent).await?;
+        if to.slot != b.slot {
             // Across nodes there is no atomic rename; the caller (mv) copies.
             return Err(FsError::Os(libc::EXDEV));
         }
-        let op = FsRequest::Rename {
-            parent: from.id,
-            name: name.to_vec(),
-            new_parent: to.id,
-            new_name: new_name.to_vec(),
-            flags,
-        };
-        self.call_at(caller, &from, op).await.map(|_| ())
+        b.svc.rename(&b.at, p, name, np, new_name, flags).await
     }
 
-    pub async fn link(
-        &self,
-        caller: Caller,
-        ino: u64,
-        new_parent: u64,
-        new_name: &[u8],
-    ) -> FsResult<NodeAttr> {
-        let src = self.writable(ino)?;
-        let dst = self.writable(new_parent)?;
-        if src.index != dst.index {
+    pub async fn link(&self, caller: Caller, i: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Entry> {
+        let (b, id) = self.file(caller, i).await?;
+        let (to, np) = self.file(caller, new_parent).await?;
+        if to.slot != b.slot {
             return Err(FsError::Os(libc::EXDEV));
         }
-        let op = FsRequest::Link {
-            ino: src.id,
-            new_parent: dst.id,
-            new_name: new_name.to_vec(),
-        };
-        let reply = self.call_at(caller, &src, op).await?;
-        self.entry(&src, reply)
+        let a = b.svc.link(&b.at, id, np, new_name).await?;
+        Ok(Self::entry(Some(new_parent), b.slot, &a))
     }
 
-    pub async fn open(&self, caller: Caller, ino: u64, flags: i32) -> FsResult<RemoteFh> {
-        if ino >> NODE_SHIFT == 0 {
-            return Err(FsError::Os(libc::EISDIR));
-        }
-        let loc = self.locate(ino)?;
-        match self
-            .call_at(caller, &loc, FsRequest::Open { ino: loc.id, flags })
-            .await?
-        {
-            FsReply::Opened { fh } => Ok(fh),
-            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
-        }
-    }
-
-    pub async fn create(
-        &self,
-        caller: Caller,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        umask: u32,
-        flags: i32,
-    ) -> FsResult<(NodeAttr, RemoteFh)> {
-        let loc = self.writable(parent)?;
-        let op = FsRequest::Create {
-            parent: loc.id,
-            name: name.to_vec(),
-            mode,
-            umask,
-            flags,
-        };
-        match self.call_at(caller, &loc, op).await? {
-            FsReply::Created { attr, fh } => Ok((self.node_attr(loc.index, &attr), fh)),
-            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
-        }
-    }
-
-    /// A request on an open handle of file `ino`.
-    pub async fn on_handle(&self, caller: Caller, ino: u64, op: FsRequest) -> FsResult<FsReply> {
-        let loc = self.locate(ino)?;
-        self.call_at(caller, &loc, op).await
-    }
-
-    pub async fn opendir(&self, caller: Caller, ino: u64) -> FsResult<RemoteFh> {
-        if ino >> NODE_SHIFT == 0 {
-            return match ino {
-                INO_ROOT | INO_NODES | INO_CLUSTER | INO_PROC => Ok(0),
-                i if crate::procdir::is_proc(i) || crate::clusterdir::is_cluster(i) => Ok(0),
-                _ => Err(FsError::Os(libc::ENOTDIR)),
-            };
-        }
-        let loc = self.locate(ino)?;
-        match self
-            .call_at(caller, &loc, FsRequest::OpenDir { ino: loc.id })
-            .await?
-        {
-            FsReply::Opened { fh } => Ok(fh),
-            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
-        }
-    }
-
-    pub async fn readdir(
-        &self,
-        caller: Caller,
-        ino: u64,
-        fh: RemoteFh,
-        offset: u64,
-        size: u32,
-    ) -> FsResult<Vec<ListEntry>> {
-        if ino == INO_PROC || crate::procdir::is_proc(ino) {
-            return self.proc_readdir(ino, offset).await;
-        }
-        if ino == INO_CLUSTER || crate::clusterdir::is_cluster(ino) {
-            return self.cluster_readdir(ino, offset);
-        }
-        if ino >> NODE_SHIFT == 0 {
-            return Ok(self.virtual_readdir(ino, offset));
-        }
-        let loc = self.locate(ino)?;
-        match self
-            .call_at(caller, &loc, FsRequest::ReadDir { fh, offset, size })
-            .await?
-        {
-            FsReply::Entries(es) => Ok(es
-                .into_iter()
-                .map(|e: DirEntry| ListEntry {
-                    ino: Self::ino_of(loc.index, e.ino),
-                    next_offset: e.next_offset,
-                    kind: e.kind,
-                    name: e.name,
-                })
-                .collect()),
-            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
-        }
-    }
-
-    fn virtual_readdir(&self, ino: u64, offset: u64) -> Vec<ListEntry> {
-        let mut names: Vec<(u64, FileKind, Vec<u8>)> = vec![
-            (ino, FileKind::Dir, b".".to_vec()),
-            (INO_ROOT, FileKind::Dir, b"..".to_vec()),
-        ];
-        match ino {
-            INO_ROOT => {
-                names.push((INO_NODES, FileKind::Dir, b"nodes".to_vec()));
-                names.push((INO_HERE, FileKind::Symlink, b"here".to_vec()));
-                names.push((INO_HOME, FileKind::Symlink, b"home".to_vec()));
-                names.push((INO_CLUSTER, FileKind::Dir, b"cluster".to_vec()));
-                names.push((INO_PROC, FileKind::Dir, b"proc".to_vec()));
+    /// An open served by the daemon (local passthrough opens are decided in
+    /// [`crate::passthrough`]).
+    pub async fn open(&self, caller: Caller, i: u64, flags: i32) -> FsResult<Opened> {
+        let content = match ino::classify(i) {
+            Ino::Node { slot, id } => {
+                let b = self.bind(caller, slot).await?;
+                let fh = b.svc.open(&b.at, id, flags).await?;
+                return Ok(Opened {
+                    fh,
+                    direct_io: false,
+                    noflush: false,
+                });
             }
-            INO_NODES => {
-                let alive = self.live_nodes();
-                let mut nodes = self.nodes.lock().expect("node table");
-                for n in alive {
-                    let i = nodes.index_of(&n);
-                    names.push((Self::ino_of(i, ROOT_INO), FileKind::Dir, n.into_bytes()));
-                }
-            }
-            _ => {}
-        }
-        listing(names, offset)
+            Ino::Proc { .. } => self.procs.render(caller, i, flags).await?,
+            Ino::Cluster(_) => self.cluster.render(i, flags)?,
+            Ino::Root(_) | Ino::ProcTop(_) | Ino::Unknown => return Err(FsError::Os(libc::EISDIR)),
+        };
+        Ok(Opened {
+            fh: self.snapshots.keep(content),
+            direct_io: true,
+            noflush: true,
+        })
     }
 
-    pub async fn release_handle(&self, ino: u64, op: FsRequest) {
-        if ino >> NODE_SHIFT == 0 {
+    pub async fn create(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, umask: u32, flags: i32) -> FsResult<(Entry, RemoteFh)> {
+        let (b, p) = self.file(caller, parent).await?;
+        let (a, fh) = b.svc.create(&b.at, p, name, mode, umask, flags).await?;
+        Ok((Self::entry(Some(parent), b.slot, &a), fh))
+    }
+
+    pub async fn read(&self, caller: Caller, i: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        if ino::is_generated(i) {
+            return self.snapshots.read(fh, offset, size);
+        }
+        let (b, _) = self.file(caller, i).await?;
+        b.svc.read(&b.at, fh, offset, size).await
+    }
+
+    pub async fn write(&self, caller: Caller, i: u64, fh: u64, offset: u64, data: Vec<u8>) -> FsResult<u32> {
+        if ino::is_generated(i) {
+            return self.procs.write(caller, i, &data).await;
+        }
+        let (b, _) = self.file(caller, i).await?;
+        b.svc.write(&b.at, fh, offset, data).await
+    }
+
+    /// close(2) of one descriptor: drops the closing process's POSIX locks
+    /// on the file (the kernel keeps no record of locks held on the serving
+    /// node, so it leaves that to us), then flushes a daemon-served handle.
+    pub async fn flush(&self, caller: Caller, i: u64, fh: u64, owner: u64) -> FsResult<()> {
+        if ino::is_generated(i) {
+            return Ok(());
+        }
+        if self.locks.closed(i, owner) {
+            self.release_locks(caller, i, owner).await;
+        }
+        if crate::passthrough::is_passthrough(fh) {
+            return Ok(());
+        }
+        let (b, _) = self.file(caller, i).await?;
+        b.svc.flush(&b.at, fh).await
+    }
+
+    /// The last close of an open file drops the locks it owns (flock and
+    /// OFD locks; fcntl locks of processes went at their close). In the
+    /// background: an unlock in transit may need retries.
+    pub fn release_locks_of(self: &Arc<Self>, caller: Caller, i: u64, fh: u64) {
+        let owners = self.locks.released(i, fh);
+        if owners.is_empty() {
             return;
         }
-        let Ok(loc) = self.locate(ino) else { return };
-        // A release cannot fail from the kernel's point of view; a node that
-        // is gone has dropped the handle anyway.
-        let _ = self
-            .call(&loc.node, Some(loc.index), Creds::default(), op)
-            .await;
+        let me = self.clone();
+        tokio::spawn(async move {
+            for owner in owners {
+                me.release_locks(caller, i, owner).await;
+            }
+        });
     }
 
-    pub async fn statfs(&self, caller: Caller, ino: u64) -> FsResult<StatFs> {
-        if ino >> NODE_SHIFT == 0 {
-            return Ok(StatFs {
+    /// The last close of an open file: its handle goes.
+    pub async fn release(&self, i: u64, fh: u64) {
+        if crate::passthrough::is_passthrough(fh) {
+            return;
+        }
+        if ino::is_generated(i) {
+            return self.snapshots.release(fh);
+        }
+        if let Ino::Node { slot, .. } = ino::classify(i) {
+            if let Ok(Located { node, run: Some(run), .. }) = self.nodes.locate(slot) {
+                if let Ok(svc) = self.reach.files(&node) {
+                    svc.release(run, fh).await;
+                }
+            }
+        }
+    }
+
+    /// Drops every lock `owner` holds on `i`. A lost unlock would block every
+    /// other node's waiter forever: keep trying while the failure is in
+    /// transit; a node that is down, or has restarted, holds no locks of
+    /// ours any more.
+    async fn release_locks(&self, caller: Caller, i: u64, owner: u64) {
+        let lock = Lock {
+            owner,
+            start: 0,
+            end: i64::MAX as u64,
+            typ: libc::F_UNLCK,
+            pid: caller.pid,
+        };
+        for attempt in 0u32.. {
+            let r = match self.file(caller, i).await {
+                Ok((b, id)) => b.svc.setlk(&b.at, id, lock).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(FsError::Transport(e)) => {
+                    if attempt % 30 == 0 {
+                        tracing::warn!(error = %e, "unlock at close not delivered yet; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    pub async fn fsync(&self, caller: Caller, i: u64, fh: u64, datasync: bool) -> FsResult<()> {
+        let (b, _) = self.file(caller, i).await?;
+        b.svc.fsync(&b.at, fh, datasync).await
+    }
+
+    pub async fn opendir(&self, caller: Caller, i: u64) -> FsResult<u64> {
+        match ino::classify(i) {
+            Ino::Node { slot, id } => {
+                let b = self.bind(caller, slot).await?;
+                b.svc.opendir(&b.at, id).await
+            }
+            Ino::Root(ino::ROOT | ino::NODES) | Ino::ProcTop(_) | Ino::Proc { .. } | Ino::Cluster(_) => Ok(0),
+            _ => Err(FsError::Os(libc::ENOTDIR)),
+        }
+    }
+
+    pub async fn readdir(&self, caller: Caller, i: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<ListEntry>> {
+        match ino::classify(i) {
+            Ino::Root(_) => crate::root::readdir(&self.reach, &self.nodes, i, offset),
+            Ino::ProcTop(_) | Ino::Proc { .. } => self.procs.readdir(i, offset).await,
+            Ino::Cluster(_) => self.cluster.readdir(i, offset),
+            Ino::Node { slot, .. } => {
+                let b = self.bind(caller, slot).await?;
+                let entries = b.svc.readdir(&b.at, fh, offset, size).await?;
+                Ok(entries
+                    .into_iter()
+                    .map(|e| ListEntry {
+                        ino: ino::node_file(b.slot, e.ino),
+                        next_offset: e.next_offset,
+                        kind: e.kind.into(),
+                        name: e.name,
+                    })
+                    .collect())
+            }
+            Ino::Unknown => Err(FsError::Os(libc::ENOENT)),
+        }
+    }
+
+    pub async fn releasedir(&self, i: u64, fh: u64) {
+        if let Ino::Node { slot, .. } = ino::classify(i) {
+            if let Ok(Located { node, run: Some(run), .. }) = self.nodes.locate(slot) {
+                if let Ok(svc) = self.reach.files(&node) {
+                    svc.releasedir(run, fh).await;
+                }
+            }
+        }
+    }
+
+    pub async fn statfs(&self, caller: Caller, i: u64) -> FsResult<FsStats> {
+        match ino::classify(i) {
+            Ino::Node { slot, id } => {
+                let b = self.bind(caller, slot).await?;
+                Ok(b.svc.statfs(&b.at, id).await?.into())
+            }
+            _ => Ok(FsStats {
                 blocks: 0,
                 bfree: 0,
                 bavail: 0,
@@ -817,220 +554,85 @@ impl MosixFs {
                 bsize: 4096,
                 namelen: 255,
                 frsize: 4096,
-            });
-        }
-        let loc = self.locate(ino)?;
-        match self
-            .call_at(caller, &loc, FsRequest::StatFs { ino: loc.id })
-            .await?
-        {
-            FsReply::StatFs(s) => Ok(s),
-            other => Err(FsError::Transport(format!("unexpected reply {other:?}"))),
+            }),
         }
     }
 
-    pub async fn access(&self, caller: Caller, ino: u64, mask: i32) -> FsResult<()> {
-        if ino >> NODE_SHIFT == 0 {
-            return if mask & libc::W_OK != 0 {
-                Err(FsError::ReadOnly)
-            } else {
-                Ok(())
-            };
+    pub async fn access(&self, caller: Caller, i: u64, mask: i32) -> FsResult<()> {
+        match ino::classify(i) {
+            Ino::Node { slot, id } => {
+                let b = self.bind(caller, slot).await?;
+                b.svc.access(&b.at, id, mask).await
+            }
+            _ if mask & libc::W_OK != 0 => Err(FsError::ReadOnly),
+            _ => Ok(()),
         }
-        let loc = self.locate(ino)?;
-        self.call_at(caller, &loc, FsRequest::Access { ino: loc.id, mask })
-            .await
-            .map(|_| ())
     }
 
-    /// An inode operation whose reply the adapter interprets (xattrs).
-    pub async fn on_inode(
-        &self,
-        caller: Caller,
-        ino: u64,
-        build: impl FnOnce(RemoteIno) -> FsRequest,
-    ) -> FsResult<FsReply> {
-        if ino >> NODE_SHIFT == 0 {
-            return Err(FsError::Os(libc::ENODATA));
+    /// A node file for an extended-attribute call; the virtual parts have
+    /// no attributes at all.
+    async fn xattr_file(&self, caller: Caller, i: u64) -> FsResult<(Bound, RemoteIno)> {
+        match ino::classify(i) {
+            Ino::Node { slot, id } => Ok((self.bind(caller, slot).await?, id)),
+            _ => Err(FsError::Os(libc::ENODATA)),
         }
-        let loc = self.locate(ino)?;
-        self.call_at(caller, &loc, build(loc.id)).await
-    }
-}
-
-/// A directory listing from `names`, starting after cookie `offset` (the
-/// cookies of generated directories are positions).
-pub(crate) fn listing(names: Vec<(u64, FileKind, Vec<u8>)>, offset: u64) -> Vec<ListEntry> {
-    names
-        .into_iter()
-        .enumerate()
-        .skip(offset as usize)
-        .map(|(i, (ino, kind, name))| ListEntry {
-            ino,
-            next_offset: i as u64 + 1,
-            kind,
-            name,
-        })
-        .collect()
-}
-
-/// Supplementary groups of `pid` from /proc; empty if it is gone.
-fn read_groups(pid: u32) -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::export::ExportConfig;
-
-    /// Node "n2" served in-process by a real export, which the test can
-    /// replace to simulate a restart of n2's daemon. The epoch check is the
-    /// daemon's (see daemon/src/lib.rs).
-    struct FakeCluster {
-        n2: Mutex<Arc<Export>>,
     }
 
-    impl Cluster for FakeCluster {
-        fn alive_nodes(&self) -> Vec<String> {
-            vec!["n1".into(), "n2".into()]
+    pub async fn setxattr(&self, caller: Caller, i: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        let (b, id) = self.xattr_file(caller, i).await?;
+        b.svc.setxattr(&b.at, id, name, value, flags).await
+    }
+
+    pub async fn getxattr(&self, caller: Caller, i: u64, name: &[u8], size: u32) -> FsResult<Xattr> {
+        let (b, id) = self.xattr_file(caller, i).await?;
+        b.svc.getxattr(&b.at, id, name, size).await
+    }
+
+    pub async fn listxattr(&self, caller: Caller, i: u64, size: u32) -> FsResult<Xattr> {
+        match self.xattr_file(caller, i).await {
+            Ok((b, id)) => b.svc.listxattr(&b.at, id, size).await,
+            Err(FsError::Os(libc::ENODATA)) if size == 0 => Ok(Xattr::Size(0)),
+            Err(e) => Err(e),
         }
-        fn call(&self, _node: &str, epoch: Option<u64>, creds: Creds, op: FsRequest) -> RemoteCall {
-            let e = self.n2.lock().unwrap().clone();
-            Box::pin(async move {
-                if epoch.is_some_and(|x| x != e.epoch()) {
-                    return Ok((e.epoch(), Err(libc::ESTALE)));
+    }
+
+    pub async fn removexattr(&self, caller: Caller, i: u64, name: &[u8]) -> FsResult<()> {
+        let (b, id) = self.xattr_file(caller, i).await?;
+        b.svc.removexattr(&b.at, id, name).await
+    }
+
+    pub async fn fallocate(&self, caller: Caller, i: u64, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        let (b, _) = self.file(caller, i).await?;
+        b.svc.fallocate(&b.at, fh, offset, length, mode).await
+    }
+
+    pub async fn getlk(&self, caller: Caller, i: u64, lock: Lock) -> FsResult<LockInfo> {
+        let (b, id) = self.xattr_file(caller, i).await?;
+        b.svc.getlk(&b.at, id, lock).await
+    }
+
+    /// F_SETLK, or F_SETLKW (`wait`): retried until granted, so no serving
+    /// thread blocks on a lock; given up with `EINTR` when the waiting
+    /// process has a signal to handle, as a local wait would be.
+    pub async fn setlk(&self, caller: Caller, i: u64, fh: u64, lock: Lock, wait: bool) -> FsResult<()> {
+        if lock.typ != libc::F_UNLCK {
+            // Recorded before asking, so that even a lock whose answer is
+            // lost in transit is released at close.
+            self.locks.took(i, fh, lock.owner);
+        }
+        let mut backoff = LOCK_RETRY_MIN;
+        loop {
+            let (b, id) = self.xattr_file(caller, i).await?;
+            match b.svc.setlk(&b.at, id, lock).await {
+                Err(FsError::Os(libc::EAGAIN)) if wait => {
+                    if caller.pid != 0 && mosix_procview::status::signal_pending(caller.pid) {
+                        return Err(FsError::Os(libc::EINTR));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(LOCK_RETRY_MAX);
                 }
-                Ok((e.epoch(), e.handle(&creds, op)))
-            })
+                r => return r,
+            }
         }
-        fn home_node(&self, _pid: u32) -> Option<String> {
-            None
-        }
-        fn self_id(&self) -> u16 {
-            1
-        }
-        fn members(&self) -> Vec<mosix_proto::MemberInfo> {
-            Vec::new()
-        }
-        fn proc_list(&self, _node: &str) -> BoxFuture<FsResult<(u16, Vec<ProcEntry>)>> {
-            Box::pin(async { Ok((2, Vec::new())) })
-        }
-        fn set_lock(&self, _: &str, _: Creds, _: u32, _: bool) -> BoxFuture<FsResult<()>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn node_file(
-            &self,
-            _: &str,
-            _: mosix_proto::proc::NodeFile,
-        ) -> BoxFuture<FsResult<Vec<u8>>> {
-            Box::pin(async { Ok(Vec::new()) })
-        }
-        fn proc_read(
-            &self,
-            _: &str,
-            _: Creds,
-            _: u32,
-            _: ProcFile,
-        ) -> BoxFuture<FsResult<Vec<u8>>> {
-            Box::pin(async { Ok(Vec::new()) })
-        }
-    }
-
-    fn export(dir: &std::path::Path) -> Arc<Export> {
-        Arc::new(
-            Export::open(ExportConfig {
-                root: dir.to_path_buf(),
-                ..Default::default()
-            })
-            .unwrap(),
-        )
-    }
-
-    const ROOT: Caller = Caller {
-        uid: 0,
-        gid: 0,
-        pid: 0,
-    };
-
-    #[tokio::test]
-    async fn a_restarted_node_never_aliases_old_inodes() {
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        std::fs::write(d2.path().join("f"), b"one").unwrap();
-        let cluster = Arc::new(FakeCluster {
-            n2: Mutex::new(export(d2.path())),
-        });
-        let fs = MosixFs::new("n1".into(), export(d1.path()), cluster.clone());
-
-        let root = fs.lookup(ROOT, INO_NODES, b"n2").await.unwrap();
-        let f = fs.lookup(ROOT, root.ino, b"f").await.unwrap();
-        assert_eq!(f.size, 3);
-        assert_eq!(fs.getattr(ROOT, f.ino).await.unwrap().ino, f.ino);
-
-        // n2's daemon restarts: its ids start over.
-        *cluster.n2.lock().unwrap() = export(d2.path());
-        assert_eq!(fs.getattr(ROOT, f.ino).await, Err(FsError::Stale));
-        assert_eq!(fs.lookup(ROOT, root.ino, b"f").await, Err(FsError::Stale));
-
-        // A fresh walk works, under new inode numbers.
-        let root2 = fs.lookup(ROOT, INO_NODES, b"n2").await.unwrap();
-        assert_ne!(root2.ino, root.ino);
-        let f2 = fs.lookup(ROOT, root2.ino, b"f").await.unwrap();
-        assert_ne!(f2.ino, f.ino);
-        assert_eq!(fs.getattr(ROOT, f2.ino).await.unwrap().size, 3);
-        // And the old numbers stay dead.
-        assert_eq!(fs.getattr(ROOT, f.ino).await, Err(FsError::Stale));
-    }
-
-    #[tokio::test]
-    async fn virtual_part_is_read_only_and_routes_here() {
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let cluster = Arc::new(FakeCluster {
-            n2: Mutex::new(export(d2.path())),
-        });
-        let fs = MosixFs::new("n1".into(), export(d1.path()), cluster);
-        assert_eq!(fs.readlink(ROOT, INO_HERE).await.unwrap(), b"nodes/n1");
-        assert_eq!(fs.readlink(ROOT, INO_HOME).await.unwrap(), b"nodes/n1");
-        assert_eq!(
-            fs.make(ROOT, INO_ROOT, |p| FsRequest::Mkdir {
-                parent: p,
-                name: b"x".to_vec(),
-                mode: 0o755,
-                umask: 0
-            })
-            .await,
-            Err(FsError::ReadOnly)
-        );
-        assert_eq!(
-            fs.lookup(ROOT, INO_NODES, b"n9").await,
-            Err(FsError::Os(libc::ENOENT))
-        );
-        let names: Vec<Vec<u8>> = fs
-            .readdir(ROOT, INO_NODES, 0, 0, 4096)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
-        assert_eq!(
-            names,
-            [
-                b".".to_vec(),
-                b"..".to_vec(),
-                b"n1".to_vec(),
-                b"n2".to_vec()
-            ]
-        );
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use peers::Peers;
-pub use server::{serve, Handler};
+pub use server::{serve, Handler, Peer};
 pub use tls::{Tls, TlsFiles};
 
 /// Longest wait for a QUIC + TLS handshake with a peer.
@@ -106,11 +106,13 @@ pub async fn request(
             // Write data goes raw after a small frame: no encoding copy here,
             // no decoding copy there.
             mosix_proto::Request::Fs {
+                client_run,
                 creds,
                 op: mosix_proto::fs::FsRequest::Write { fh, offset, data },
                 epoch,
             } if data.len() <= mosix_proto::MAX_FRAME => {
                 let head = mosix_proto::Request::FsWrite {
+                    client_run: *client_run,
                     creds: creds.clone(),
                     fh: *fh,
                     offset: *offset,

@@ -12,14 +12,45 @@ use crate::{CONNECT_TIMEOUT, MAX_CONNECTIONS, REQUEST_TIMEOUT};
 /// violation.
 pub const ERR_PROTOCOL: u32 = 1;
 
+/// Who is on the other end of a connection, as its certificate proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The node name in the certificate (its common name), signed by the
+    /// cluster CA: the only name a serving node believes.
+    pub name: std::sync::Arc<str>,
+}
+
+impl Peer {
+    /// The node a connection's client certificate names.
+    pub fn of(conn: &quinn::Connection) -> Option<Peer> {
+        let certs = conn
+            .peer_identity()?
+            .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+            .ok()?;
+        let name = common_name(certs.first()?)?;
+        Some(Peer { name: name.into() })
+    }
+}
+
+/// The subject common name of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
 /// What a node does with requests and datagrams from authenticated peers.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request) -> impl Future<Output = Response> + Send;
+    fn handle(&self, peer: &Peer, req: Request) -> impl Future<Output = Response> + Send;
     fn datagram(&self, data: Bytes);
     /// Like `handle`, but may answer with raw bytes to send after the
     /// response frame (see [`Response::FsData`]).
-    fn handle_bulk(&self, req: Request) -> impl Future<Output = (Response, Option<Bytes>)> + Send {
-        let reply = self.handle(req);
+    fn handle_bulk(
+        &self,
+        peer: &Peer,
+        req: Request,
+    ) -> impl Future<Output = (Response, Option<Bytes>)> + Send {
+        let reply = self.handle(peer, req);
         async move { (reply.await, None) }
     }
 }
@@ -60,6 +91,14 @@ pub async fn serve<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>) {
 }
 
 async fn serve_connection<H: Handler>(conn: quinn::Connection, handler: Arc<H>) {
+    // The handshake verified the chain to the cluster CA; a certificate
+    // without a node name in it names no member.
+    let Some(peer) = Peer::of(&conn) else {
+        tracing::warn!("peer certificate names no node; closing");
+        conn.close(ERR_PROTOCOL.into(), b"certificate names no node");
+        return;
+    };
+    let peer = Arc::new(peer);
     let dgram_conn = conn.clone();
     let dgram_handler = handler.clone();
     tokio::spawn(
@@ -73,8 +112,8 @@ async fn serve_connection<H: Handler>(conn: quinn::Connection, handler: Arc<H>) 
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                let handler = handler.clone();
-                tokio::spawn(handle_stream(handler, send, recv).in_current_span());
+                let (handler, peer) = (handler.clone(), peer.clone());
+                tokio::spawn(handle_stream(handler, peer, send, recv).in_current_span());
             }
             Err(e) => {
                 tracing::debug!(reason = %e, "connection ended");
@@ -86,6 +125,7 @@ async fn serve_connection<H: Handler>(conn: quinn::Connection, handler: Arc<H>) 
 
 async fn handle_stream<H: Handler>(
     handler: Arc<H>,
+    peer: Arc<Peer>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -112,6 +152,7 @@ async fn handle_stream<H: Handler>(
             }
         },
         Request::FsWrite {
+            client_run,
             creds,
             fh,
             offset,
@@ -120,14 +161,20 @@ async fn handle_stream<H: Handler>(
         } => match in_time("write body", crate::read_body(&mut recv, len as usize)).await {
             Ok(data) => {
                 let op = mosix_proto::fs::FsRequest::Write { fh, offset, data };
-                handler.handle_bulk(Request::Fs { creds, op, epoch }).await
+                let req = Request::Fs {
+                    client_run,
+                    creds,
+                    op,
+                    epoch,
+                };
+                handler.handle_bulk(&peer, req).await
             }
             Err(why) => {
                 reject(&mut send, &mut recv, why).await;
                 return;
             }
         },
-        req => handler.handle_bulk(req).await,
+        req => handler.handle_bulk(&peer, req).await,
     };
     if let Err(e) = write_frame(&mut send, &resp, MAX_FRAME).await {
         tracing::warn!(error = %e, "cannot send response");

@@ -13,11 +13,13 @@ use mosix_proto::{read_frame, write_frame, FrameError, RemoteError, Request, Res
 struct Server;
 
 impl mosix_net::Handler for Server {
-    async fn handle(&self, _req: Request) -> Response {
+    async fn handle(&self, _peer: &mosix_net::Peer, _req: Request) -> Response {
         unreachable!("handle_bulk answers everything")
     }
     fn datagram(&self, _data: Bytes) {}
-    async fn handle_bulk(&self, req: Request) -> (Response, Option<Bytes>) {
+    async fn handle_bulk(&self, peer: &mosix_net::Peer, req: Request) -> (Response, Option<Bytes>) {
+        // The server knows the client by its certificate.
+        assert_eq!(&*peer.name, "a");
         // A write arrives whole, as an ordinary Fs request: echo its length
         // and first byte.
         if let Request::Fs {
@@ -116,6 +118,7 @@ async fn raw_read_replies_arrive_whole_or_fail_at_once() {
 
     // A 1 MiB write goes raw and arrives whole.
     let write = Request::Fs {
+        client_run: 1,
         creds: Creds::default(),
         op: FsRequest::Write {
             fh: 1,
@@ -137,6 +140,7 @@ async fn raw_read_replies_arrive_whole_or_fail_at_once() {
     for (len, body) in [(10u32, &b"short"[..]), (MAX_FRAME as u32 + 1, &b""[..])] {
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         let head = Request::FsWrite {
+            client_run: 1,
             creds: Creds::default(),
             fh: 1,
             offset: 0,

@@ -2,6 +2,9 @@
 //! per-process files of `/mosix/proc/<gpid>/`, rendered from this node's own
 //! `/proc` (so they are byte-compatible with what procps parses) with every
 //! pid field turned into a gpid.
+pub mod node;
+pub mod status;
+
 use std::os::unix::fs::MetadataExt;
 
 use mosix_proto::fs::Creds;
@@ -58,18 +61,8 @@ pub fn read(node_id: u16, creds: &Creds, pid: u32, file: ProcFile) -> Result<Vec
 /// Whether `creds` may control process `pid` (root, or its real or saved
 /// uid, as kill(2) decides): Ok, EPERM, or ESRCH if it is gone.
 pub fn check_owner(creds: &Creds, pid: u32) -> Result<(), i32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| libc::ESRCH)?;
-    let uids: Vec<u32> = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .map(|u| {
-            u.split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let (real, saved) = (uids.first().copied(), uids.get(2).copied());
-    if creds.uid != 0 && Some(creds.uid) != real && Some(creds.uid) != saved {
+    let (real, saved) = status::owner_uids(pid)?;
+    if creds.uid != 0 && creds.uid != real && creds.uid != saved {
         return Err(libc::EPERM);
     }
     Ok(())
@@ -313,6 +306,9 @@ pub fn cluster_root(file: ProcFile) -> Result<Vec<u8>, i32> {
         ProcFile::Cwd | ProcFile::Exe => return Err(libc::ENOENT),
         ProcFile::Lock => b"1\n".to_vec(),
         ProcFile::Cantmove => b"the cluster itself\n".to_vec(),
+        // It runs nowhere and never moves.
+        ProcFile::Where | ProcFile::Home => b"\n".to_vec(),
+        ProcFile::Nmigs => b"0\n".to_vec(),
     })
 }
 

@@ -67,6 +67,10 @@ pub enum Request {
     },
     /// A file operation on the serving node's exports (see [`crate::fs`]).
     Fs {
+        /// The run of the asking node's daemon: what the client holds on the
+        /// serving node (handles, references, locks) belongs to this run of
+        /// the node named in its certificate, and goes when it ends.
+        client_run: u64,
         creds: crate::fs::Creds,
         op: crate::fs::FsRequest,
         /// The serving daemon's run the ids in `op` come from, if any: a
@@ -78,6 +82,7 @@ pub enum Request {
     /// stream (as [`Response::FsData`] does for reads); the server hands it
     /// on as `Fs { op: Write }`.
     FsWrite {
+        client_run: u64,
         creds: crate::fs::Creds,
         fh: crate::fs::RemoteFh,
         offset: u64,
@@ -91,6 +96,13 @@ pub enum Request {
         creds: crate::fs::Creds,
         pid: u32,
         on: bool,
+    },
+    /// Moves process `pid` of the serving node (its home) to node `target`
+    /// (`home`: back home), on behalf of `creds`.
+    Migrate {
+        creds: crate::fs::Creds,
+        pid: u32,
+        target: String,
     },
     /// One of the serving node's node-wide procfs files, raw.
     NodeFile {
@@ -127,6 +139,8 @@ pub enum Response {
     },
     /// Kill's outcome: done, or the errno.
     Killed(Result<(), i32>),
+    /// SetLock's and Migrate's outcome: done, or the errno.
+    Done(Result<(), i32>),
     /// ProcRead's content, or the errno reading it gave (ESRCH: gone).
     ProcData(Result<serde_bytes::ByteBuf, i32>),
     /// `epoch` identifies the serving daemon's run: ids it handed out in an

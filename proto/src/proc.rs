@@ -52,6 +52,12 @@ pub enum ProcFile {
     Lock,
     /// MOSIX: empty, or why the process cannot migrate.
     Cantmove,
+    /// MOSIX: the node the process runs on now (answered by its home node).
+    Where,
+    /// MOSIX: the process's home node.
+    Home,
+    /// MOSIX: how many times the process migrated.
+    Nmigs,
 }
 
 impl ProcFile {
@@ -82,6 +88,9 @@ impl ProcFile {
             ProcFile::Exe => "exe",
             ProcFile::Lock => "lock",
             ProcFile::Cantmove => "cantmove",
+            ProcFile::Where => "where",
+            ProcFile::Home => "home",
+            ProcFile::Nmigs => "nmigs",
         }
     }
 

@@ -27,7 +27,7 @@ struct Args {
 struct Sink;
 
 impl mosix_net::Handler for Sink {
-    async fn handle(&self, _req: Request) -> Response {
+    async fn handle(&self, _peer: &mosix_net::Peer, _req: Request) -> Response {
         Response::Pong {
             nonce: 0,
             node: "sink".into(),
