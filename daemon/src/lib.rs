@@ -117,7 +117,16 @@ impl mosix_net::Handler for Node {
                         result: Err(libc::ESTALE),
                     };
                 }
-                match tokio::task::spawn_blocking(move || export.handle(&creds, op)).await {
+                // The transport does not yet say which peer a request came
+                // from, so every remote client shares one session for now.
+                let who = mosix_fs::service::Who {
+                    client: mosix_fs::service::ClientId {
+                        node: "remote".into(),
+                        run: 0,
+                    },
+                    creds,
+                };
+                match tokio::task::spawn_blocking(move || export.handle(&who, op)).await {
                     Ok(result) => Response::Fs { epoch, result },
                     Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
                 }
@@ -163,7 +172,7 @@ async fn release_dead_clients_locks(membership: Membership, export: Arc<mosix_fs
         tick.tick().await;
         for (name, state) in membership.snapshot_states() {
             if state == mosix_proto::MemberState::Dead {
-                export.drop_locks_of(&name);
+                export.drop_client(&name);
             }
         }
     }

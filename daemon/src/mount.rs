@@ -24,7 +24,7 @@ pub fn hidden_paths(cfg: &Config) -> Vec<PathBuf> {
 }
 
 pub fn open_export(cfg: &Config) -> std::io::Result<Export> {
-    Export::open(ExportConfig {
+    Export::new(ExportConfig {
         root: cfg.export.path.clone(),
         read_only: cfg.export.read_only,
         root_squash: cfg.export.root_squash,

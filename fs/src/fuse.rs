@@ -323,9 +323,8 @@ impl FuseAdapter {
 }
 
 /// A lock of this node's process with kernel lock owner `owner`.
-fn lock_range(fs: &MosixFs, owner: u64, start: u64, end: u64, typ: i32, pid: u32) -> LockRange {
+fn lock_range(_fs: &MosixFs, owner: u64, start: u64, end: u64, typ: i32, pid: u32) -> LockRange {
     LockRange {
-        client: fs.self_name().to_string(),
         owner,
         start,
         end,
@@ -663,7 +662,7 @@ impl Filesystem for FuseAdapter {
                 return reply.error(Errno::ESTALE);
             };
             let export = fs.local_export().clone();
-            if let Err(e) = export.open_file(&fs.creds(c), loc.id, flags.0) {
+            if let Err(e) = export.open_file(&fs.local_who(fs.creds(c)), loc.id, flags.0) {
                 return reply.error(Errno::from_i32(e));
             }
             let serve = pt.serve(
@@ -738,7 +737,7 @@ impl Filesystem for FuseAdapter {
                 let (handle, fopen, backing) = match serve {
                     Serve::Through(b) => {
                         // The daemon's own open is not needed after all.
-                        let _ = export.handle(&Default::default(), FsRequest::Release { fh: rfh });
+                        let _ = export.release(&fs2.local_who(Default::default()), rfh);
                         (fh, FopenFlags::empty(), b)
                     }
                     Serve::Beside(b) => (rfh, FopenFlags::FOPEN_DIRECT_IO, b),

@@ -249,6 +249,18 @@ impl MosixFs {
         &self.local
     }
 
+    /// `creds` as this node's own export sees them: a client like any other,
+    /// whose run is the export's.
+    pub fn local_who(&self, creds: Creds) -> crate::service::Who {
+        crate::service::Who {
+            client: crate::service::ClientId {
+                node: self.self_name.as_str().into(),
+                run: self.local.epoch(),
+            },
+            creds,
+        }
+    }
+
     /// The caller's full credentials: the kernel gives uid, gid and pid; the
     /// supplementary groups come from the caller's /proc entry.
     pub fn creds(&self, c: Caller) -> Creds {
@@ -397,10 +409,11 @@ impl MosixFs {
         let (epoch, result) = if node == self.self_name {
             let export = self.local.clone();
             let epoch = export.epoch();
+            let who = self.local_who(creds);
             let r = if INLINE.with(|i| i.get()) {
-                export.handle(&creds, op)
+                export.handle(&who, op)
             } else {
-                tokio::task::spawn_blocking(move || export.handle(&creds, op))
+                tokio::task::spawn_blocking(move || export.handle(&who, op))
                     .await
                     .map_err(|e| FsError::Transport(e.to_string()))?
             };
@@ -912,7 +925,14 @@ mod tests {
                 if epoch.is_some_and(|x| x != e.epoch()) {
                     return Ok((e.epoch(), Err(libc::ESTALE)));
                 }
-                Ok((e.epoch(), e.handle(&creds, op)))
+                let who = crate::service::Who {
+                    client: crate::service::ClientId {
+                        node: "n1".into(),
+                        run: 1,
+                    },
+                    creds,
+                };
+                Ok((e.epoch(), e.handle(&who, op)))
             })
         }
         fn home_node(&self, _pid: u32) -> Option<String> {
@@ -950,7 +970,7 @@ mod tests {
 
     fn export(dir: &std::path::Path) -> Arc<Export> {
         Arc::new(
-            Export::open(ExportConfig {
+            Export::new(ExportConfig {
                 root: dir.to_path_buf(),
                 ..Default::default()
             })
