@@ -40,8 +40,14 @@ pub fn nobody() -> Who {
     })
 }
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+/// Fails the test unless it runs as root: a test that passed by doing
+/// nothing would hide exactly the permission checks it exists for. CI runs
+/// as root; elsewhere run these with sudo or skip them by name.
+pub fn require_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root ({why}); run it as root or skip it by name"
+    );
 }
 
 /// An export of a fresh tempdir that anyone may traverse.
