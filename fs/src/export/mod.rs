@@ -17,7 +17,8 @@
 //!   thread's fsuid, fsgid and groups are switched for the duration of one
 //!   operation, so EACCES/EPERM decisions are made by the real kernel on the
 //!   real filesystem, including ACLs and LSMs. `root_squash` maps uid/gid 0
-//!   to 65534 first.
+//!   to 65534 first. The one exception is clearing a file's set-ID bits for
+//!   a caller who may write it (see [`Export::setattr`]).
 //! - **Things that must not be served look absent** ([`policy`]): configured
 //!   `hide` paths (e.g. `/proc`, `/sys`, `/dev`, the `/mosix` mountpoint) and
 //!   any directory on procfs, sysfs or a FUSE mount (serving `/mosix` through
@@ -106,7 +107,17 @@ pub struct Export {
 /// credentials on this thread until it is dropped.
 struct Call {
     session: Arc<Session>,
-    _creds: Option<CredGuard>,
+    creds: Option<CredGuard>,
+}
+
+impl Call {
+    /// Runs `f` with the daemon's own credentials, then as the caller again.
+    fn as_daemon<T>(&mut self, export: &Export, who: &Who, f: impl FnOnce() -> T) -> Res<T> {
+        self.creds = None;
+        let r = f();
+        self.creds = Some(export.become_caller(who)?);
+        Ok(r)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -188,7 +199,7 @@ impl Export {
         self.policy.allows(intent)?;
         Ok(Call {
             session,
-            _creds: Some(creds),
+            creds: Some(creds),
         })
     }
 
