@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use mosix_proto::fs::RemoteIno;
 
 use super::sessions::Session;
-use super::sys::{cvt, offset};
+use super::sys::{cvt, to_off_t};
 use super::{lock, Res};
 use crate::service::{ClientId, Lock, LockInfo};
 
@@ -29,11 +29,11 @@ pub(super) struct LockServer {
 }
 
 fn flock_of(lk: &Lock) -> Res<libc::flock> {
-    let start = offset(lk.start)?;
+    let start = to_off_t(lk.start)?;
     let len = if lk.end >= OFFSET_MAX {
         0
     } else {
-        offset(lk.end.checked_sub(lk.start).ok_or(libc::EINVAL)? + 1)?
+        to_off_t(lk.end.checked_sub(lk.start).ok_or(libc::EINVAL)? + 1)?
     };
     // SAFETY: flock is plain data.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };

@@ -126,6 +126,6 @@ pub(super) fn openat(dirfd: RawFd, name: &CStr, flags: i32, mode: libc::mode_t) 
 }
 
 /// An offset or length from the wire as the kernel's signed type.
-pub(super) fn offset(off: u64) -> Res<libc::off_t> {
+pub(super) fn to_off_t(off: u64) -> Res<libc::off_t> {
     libc::off_t::try_from(off).map_err(|_| libc::EINVAL)
 }

@@ -9,7 +9,7 @@ use mosix_proto::fs::{Attr, FileKind, RemoteFh, RemoteIno};
 use super::super::attr::kind_of;
 use super::super::inodes::Inode;
 use super::super::policy::Intent;
-use super::super::sys::{cvt, cvt_size, fd_name, fstat, io_errno, offset, openat, retry};
+use super::super::sys::{cvt, cvt_size, fd_name, fstat, io_errno, openat, retry, to_off_t};
 use super::super::{Export, Res};
 use crate::service::Who;
 
@@ -136,10 +136,10 @@ impl Export {
 
     /// Up to `size` bytes (capped to a frame) from `offset`; short only at
     /// end of file or on an error after some data.
-    pub fn read(&self, who: &Who, fh: RemoteFh, offset_: u64, size: u32) -> Res<Vec<u8>> {
+    pub fn read(&self, who: &Who, fh: RemoteFh, offset: u64, size: u32) -> Res<Vec<u8>> {
         let call = self.begin(who, Intent::Read)?;
         let h = self.handles.get(&call.session, fh)?;
-        let off = offset(offset_)?;
+        let off = to_off_t(offset)?;
         let size = (size as usize).min(MAX_IO);
         // Not zeroed first: pread fills it, and only what it filled counts.
         let mut buf: Vec<u8> = Vec::with_capacity(size);
@@ -165,10 +165,10 @@ impl Export {
 
     /// Writes `data` at `offset` as the caller (so the serving kernel
     /// clears set-ID bits as it would for that caller); how much made it.
-    pub fn write(&self, who: &Who, fh: RemoteFh, offset_: u64, data: &[u8]) -> Res<u32> {
+    pub fn write(&self, who: &Who, fh: RemoteFh, offset: u64, data: &[u8]) -> Res<u32> {
         let call = self.begin(who, Intent::Write)?;
         let h = self.handles.get(&call.session, fh)?;
-        let off = offset(offset_)?;
+        let off = to_off_t(offset)?;
         let mut done = 0;
         while done < data.len() {
             let at = off.checked_add(done as i64).ok_or(libc::EINVAL)?;
@@ -220,13 +220,13 @@ impl Export {
         &self,
         who: &Who,
         fh: RemoteFh,
-        offset_: u64,
+        offset: u64,
         length: u64,
         mode: i32,
     ) -> Res<()> {
         let call = self.begin(who, Intent::Write)?;
         let h = self.handles.get(&call.session, fh)?;
-        let (off, len) = (offset(offset_)?, offset(length)?);
+        let (off, len) = (to_off_t(offset)?, to_off_t(length)?);
         retry(|| {
             // SAFETY: plain syscall on an fd we own.
             cvt(unsafe { libc::fallocate(h.file.as_raw_fd(), mode, off, len) })

@@ -7,7 +7,7 @@ use mosix_proto::fs::{DirEntry, FileKind, RemoteFh, RemoteIno};
 use super::super::attr::{dtype_kind, kind_of};
 use super::super::dirent::parse_dirent;
 use super::super::policy::Intent;
-use super::super::sys::{cvt_long, fstatat, last_errno, offset, retry};
+use super::super::sys::{cvt_long, fstatat, last_errno, retry, to_off_t};
 use super::super::{lock, Export, Res};
 use crate::service::Who;
 
@@ -31,7 +31,7 @@ impl Export {
 
     /// Entries after the cookie `offset` (0 = from the start), as many as
     /// fit in about `size` bytes of names, but at least one.
-    pub fn readdir(&self, who: &Who, fh: RemoteFh, offset_: u64, size: u32) -> Res<Vec<DirEntry>> {
+    pub fn readdir(&self, who: &Who, fh: RemoteFh, offset: u64, size: u32) -> Res<Vec<DirEntry>> {
         let call = self.begin(who, Intent::Read)?;
         let h = self.handles.get(&call.session, fh)?;
         let Some(dir_lock) = &h.dir else {
@@ -39,7 +39,7 @@ impl Export {
         };
         let _pos = lock(dir_lock);
         let fd = h.file.as_raw_fd();
-        let off = offset(offset_)?;
+        let off = to_off_t(offset)?;
         // SAFETY: plain syscall on an fd we own.
         if unsafe { libc::lseek(fd, off, libc::SEEK_SET) } < 0 {
             return Err(last_errno());

@@ -7,7 +7,7 @@ use super::super::attr::{attr_of, utime};
 use super::super::inodes::Inode;
 use super::super::policy::Intent;
 use super::super::sys::{
-    component, cvt, cvt_long, cvt_size, fd_name, fstat, fstatfs, offset, retry, AT_EACCESS,
+    component, cvt, cvt_long, cvt_size, fd_name, fstat, fstatfs, retry, to_off_t, AT_EACCESS,
 };
 use super::super::{Export, Res};
 use super::xattr::MAX_XATTR;
@@ -87,7 +87,7 @@ impl Export {
             }
         }
         if let Some(size) = set.size {
-            let size = offset(size)?;
+            let size = to_off_t(size)?;
             let via_handle = set
                 .fh
                 .and_then(|fh| self.handles.get(&call.session, fh).ok())
