@@ -1,6 +1,7 @@
 //! The mosix node daemon.
 pub mod config;
 pub mod control;
+pub mod link;
 pub mod load;
 pub mod membership;
 pub mod mount;
@@ -8,7 +9,9 @@ pub mod mount;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use mosix_fs::service::{ClientId, Who};
 use mosix_net::{Peers, Tls, TlsFiles};
+use mosix_procview::node::{LocalNode, Stationary};
 use mosix_proto::fs::FsReply;
 use mosix_proto::{Datagram, RemoteError, Request, Response};
 
@@ -46,14 +49,13 @@ pub enum DaemonError {
 /// Serves authenticated peers.
 struct Node {
     name: String,
-    node_id: u16,
-    pins: Arc<mount::Pins>,
+    procs: Arc<LocalNode>,
     membership: Membership,
     export: Arc<mosix_fs::export::Export>,
 }
 
 impl mosix_net::Handler for Node {
-    async fn handle(&self, req: Request) -> Response {
+    async fn handle(&self, peer: &mosix_net::Peer, req: Request) -> Response {
         match req {
             Request::Ping { nonce } => Response::Pong {
                 nonce,
@@ -72,39 +74,58 @@ impl mosix_net::Handler for Node {
             Request::Discard { .. } | Request::FsWrite { .. } => Response::Error(
                 RemoteError::BadRequest("payload must follow on the stream".into()),
             ),
-            Request::NodeFile { file } => Response::ProcData(
-                tokio::task::spawn_blocking(move || mosix_procview::node_file(file))
-                    .await
-                    .unwrap_or(Err(libc::EIO))
-                    .map(serde_bytes::ByteBuf::from),
-            ),
-            Request::Kill { creds, pid, sig } => Response::Killed(
-                tokio::task::spawn_blocking(move || mosix_procview::kill(&creds, pid, sig))
-                    .await
-                    .unwrap_or(Err(libc::EIO)),
-            ),
-            Request::ProcList => match tokio::task::spawn_blocking(mosix_procview::list).await {
-                Ok(procs) => Response::Procs {
-                    node_id: self.node_id,
-                    procs,
-                },
-                Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
-            },
-            Request::SetLock { creds, pid, on } => {
-                let pins = self.pins.clone();
+            Request::NodeFile { file } => {
+                let procs = self.procs.clone();
+                Response::ProcData(
+                    tokio::task::spawn_blocking(move || procs.node_file(file))
+                        .await
+                        .unwrap_or(Err(libc::EIO))
+                        .map(serde_bytes::ByteBuf::from),
+                )
+            }
+            Request::Kill { creds, pid, sig } => {
+                let procs = self.procs.clone();
                 Response::Killed(
-                    tokio::task::spawn_blocking(move || pins.set(&creds, pid, on))
+                    tokio::task::spawn_blocking(move || procs.kill(&creds, pid, sig))
                         .await
                         .unwrap_or(Err(libc::EIO)),
                 )
             }
-            // lock and cantmove are public, as the control files are in MOSIX.
+            Request::ProcList => {
+                let procs = self.procs.clone();
+                match tokio::task::spawn_blocking(move || procs.list()).await {
+                    Ok(list) => Response::Procs {
+                        node_id: self.procs.node_id(),
+                        procs: list,
+                    },
+                    Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
+                }
+            }
+            Request::SetLock { creds, pid, on } => {
+                let procs = self.procs.clone();
+                Response::Done(
+                    tokio::task::spawn_blocking(move || procs.set_lock(&creds, pid, on))
+                        .await
+                        .unwrap_or(Err(libc::EIO)),
+                )
+            }
+            Request::Migrate { creds, pid, target } => {
+                let procs = self.procs.clone();
+                Response::Done(
+                    tokio::task::spawn_blocking(move || procs.migrate(&creds, pid, &target))
+                        .await
+                        .unwrap_or(Err(libc::EIO)),
+                )
+            }
+            // Rendered inline: /proc is served from memory in microseconds,
+            // less than a hop to the blocking pool.
             Request::ProcRead { creds, pid, file } => Response::ProcData(
-                self.pins
-                    .read(self.node_id, &creds, pid, file)
+                self.procs
+                    .read(&creds, pid, file)
                     .map(serde_bytes::ByteBuf::from),
             ),
             Request::Fs {
+                client_run,
                 creds,
                 op,
                 epoch: expect,
@@ -117,7 +138,16 @@ impl mosix_net::Handler for Node {
                         result: Err(libc::ESTALE),
                     };
                 }
-                match tokio::task::spawn_blocking(move || export.handle(&creds, op)).await {
+                // The client is the node its certificate names, in the run
+                // it says: what it holds here goes when that run ends.
+                let who = Who {
+                    client: ClientId {
+                        node: peer.name.clone(),
+                        run: client_run,
+                    },
+                    creds,
+                };
+                match tokio::task::spawn_blocking(move || export.handle(&who, op)).await {
                     Ok(result) => Response::Fs { epoch, result },
                     Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
                 }
@@ -135,8 +165,8 @@ impl mosix_net::Handler for Node {
 
     /// Read data goes raw after its reply frame: encoding it would copy
     /// every byte twice more on each side.
-    async fn handle_bulk(&self, req: Request) -> (Response, Option<Bytes>) {
-        match self.handle(req).await {
+    async fn handle_bulk(&self, peer: &mosix_net::Peer, req: Request) -> (Response, Option<Bytes>) {
+        match self.handle(peer, req).await {
             Response::Fs {
                 epoch,
                 result: Ok(FsReply::Data(data)),
@@ -155,19 +185,25 @@ impl mosix_net::Handler for Node {
     }
 }
 
-/// Locks held by processes of a dead node would block everyone forever:
-/// they go as soon as membership declares the node dead.
-async fn release_dead_clients_locks(membership: Membership, export: Arc<mosix_fs::export::Export>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+/// What a client node holds here (locks above all: they would block
+/// everyone forever) goes as soon as membership declares the node dead, or
+/// sees it back as a new run, however fast it restarted.
+async fn end_departed_clients(membership: Membership, export: Arc<mosix_fs::export::Export>) {
+    let mut tick = tokio::time::interval(SESSION_SWEEP);
     loop {
         tick.tick().await;
-        for (name, state) in membership.snapshot_states() {
-            if state == mosix_proto::MemberState::Dead {
-                export.drop_locks_of(&name);
+        for (name, state, run) in membership.runs() {
+            match state {
+                mosix_proto::MemberState::Dead => export.drop_client(&name),
+                mosix_proto::MemberState::Alive => export.client_run_is(&name, run),
+                mosix_proto::MemberState::Suspect => {}
             }
         }
     }
 }
+
+/// How often client sessions are checked against membership.
+pub const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs a node until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
@@ -192,6 +228,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             .await
             .expect("speed probe"),
     );
+    // This start of the daemon: grows with every start, so peers tell a
+    // restarted node from its predecessor.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
     let membership = Membership::start(
         cfg.name.clone(),
         cfg.node_id(),
@@ -199,6 +241,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg.peers.clone(),
         peers.clone(),
         probe,
+        run,
     );
     // The mountpoint must exist before the export can hide it.
     if cfg.mount {
@@ -213,11 +256,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             source,
         })?,
     );
-    let pins = Arc::new(mount::Pins::default());
+    let procs = Arc::new(LocalNode::new(
+        cfg.node_id(),
+        Arc::new(Stationary {
+            node: cfg.name.clone(),
+        }),
+    ));
     let node = Arc::new(Node {
         name: cfg.name.clone(),
-        node_id: cfg.node_id(),
-        pins: pins.clone(),
+        procs: procs.clone(),
         membership: membership.clone(),
         export: export.clone(),
     });
@@ -231,21 +278,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             peers: peers.clone(),
         },
     ));
-    tokio::spawn(release_dead_clients_locks(
-        membership.clone(),
-        export.clone(),
-    ));
+    tokio::spawn(end_departed_clients(membership.clone(), export.clone()));
     let session = if cfg.mount {
+        let link = Arc::new(link::ClusterLink::new(membership, peers.clone(), run));
         let fs = Arc::new(mosix_fs::MosixFs::new(
             cfg.name.clone(),
             export,
-            Arc::new(mount::ClusterLink {
-                pins,
-                name: cfg.name.clone(),
-                node_id: cfg.node_id(),
-                membership,
-                peers: peers.clone(),
-            }),
+            procs,
+            link.clone(),
+            link,
         ));
         Some(mount::mount(&cfg, fs).map_err(|source| DaemonError::Mount {
             path: cfg.mountpoint.clone(),

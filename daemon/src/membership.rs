@@ -78,6 +78,9 @@ struct Entry {
     id: u16,
     addr: SocketAddr,
     state: MemberState,
+    /// The run (daemon start) of the live identity last seen: a new one
+    /// means the node restarted, however fast it came back.
+    run: u64,
     load: Option<(LoadRecord, Instant)>,
 }
 
@@ -122,10 +125,15 @@ impl Table {
                 id: id.id,
                 addr: id.addr,
                 state,
+                run: id.bump,
                 load: None,
             });
             if e.state != state {
                 tracing::info!(member = %id.name, from = %e.state, to = %state, "membership change");
+            }
+            if state == MemberState::Alive && e.run != id.bump {
+                tracing::info!(member = %id.name, "member restarted");
+                e.run = id.bump;
             }
             e.addr = id.addr;
             e.id = id.id;
@@ -223,11 +231,12 @@ impl Membership {
         seeds: Vec<SocketAddr>,
         peers: Arc<Peers>,
         probe: Arc<LoadProbe>,
+        run: u64,
     ) -> Self {
-        let bump = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        // The daemon's run doubles as the SWIM identity's bump: it grows
+        // with every start, so a restarted node wins over its dead
+        // predecessor, and peers learn which run their client is.
+        let bump = run;
         let me = NodeId {
             name: name.clone(),
             id: node_id,
@@ -293,6 +302,16 @@ impl Membership {
         t.entries
             .iter()
             .map(|(n, e)| (n.clone(), e.state))
+            .collect()
+    }
+
+    /// Every known member, its state and the run of its daemon that
+    /// membership last saw alive.
+    pub fn runs(&self) -> Vec<(String, MemberState, u64)> {
+        let t = self.table.lock().expect("table lock");
+        t.entries
+            .iter()
+            .map(|(n, e)| (n.clone(), e.state, e.run))
             .collect()
     }
 

@@ -18,11 +18,13 @@ pub struct Caller {
 /// read again. A `newgrp` takes effect on /mosix at most this late.
 pub const GROUPS_TTL: Duration = Duration::from_secs(1);
 
+type GroupsCache = lru::LruCache<(u32, u32, u32), (Instant, Vec<u32>)>;
+
 /// (pid, uid, gid) -> when read, and the supplementary groups. Keyed by
 /// all three so a reused pid of another user never gets the previous
 /// process's groups.
 pub struct Callers {
-    groups: Mutex<lru::LruCache<(u32, u32, u32), (Instant, Vec<u32>)>>,
+    groups: Mutex<GroupsCache>,
 }
 
 impl Default for Callers {

@@ -148,7 +148,11 @@ impl ClusterDir {
             }
             ClusterIno::Node { slot, file: 0 } => {
                 for (n, f) in FILES.iter().enumerate() {
-                    names.push((ino::cluster_node(slot, n + 1), Kind::File, f.as_bytes().to_vec()));
+                    names.push((
+                        ino::cluster_node(slot, n + 1),
+                        Kind::File,
+                        f.as_bytes().to_vec(),
+                    ));
                 }
             }
             ClusterIno::Members | ClusterIno::Node { .. } => {

@@ -168,6 +168,14 @@ impl Drop for CredGuard {
 mod tests {
     use super::*;
 
+    /// Fails the test unless it runs as root (see the export's tests).
+    fn require_root(why: &str) {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root ({why}); run it as root or skip it by name"
+        );
+    }
+
     fn thread_status(field: &str) -> String {
         let s = std::fs::read_to_string("/proc/thread-self/status").unwrap();
         s.lines()
@@ -178,10 +186,7 @@ mod tests {
 
     #[test]
     fn switches_and_restores_this_thread_only() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("note: not root, skipping");
-            return;
-        }
+        require_root("changes this thread's fsuid, groups and capabilities");
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let (tx2, rx2) = std::sync::mpsc::channel::<String>();
         let other = std::thread::spawn(move || {
@@ -212,9 +217,7 @@ mod tests {
 
     #[test]
     fn root_keeps_capabilities() {
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
+        require_root("needs capabilities to keep");
         let before = thread_status("CapEff:");
         let g = become_caller(0, 0, &[]).unwrap();
         assert_eq!(thread_status("CapEff:"), before);
@@ -223,9 +226,7 @@ mod tests {
 
     #[test]
     fn invalid_id_is_refused_and_restored() {
-        if !nix::unistd::geteuid().is_root() {
-            return;
-        }
+        require_root("only root may try to change its fsuid");
         assert_eq!(become_caller(u32::MAX, 0, &[]).unwrap_err(), Errno::EPERM);
         assert_eq!(current_fsuid(), 0);
         assert_eq!(current_fsgid(), 0);

@@ -100,7 +100,12 @@ fn open_flags(o: &Opened) -> FopenFlags {
 
 fn entry(r: Result<Entry, FsError>, reply: ReplyEntry) {
     match r {
-        Ok(e) => reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &file_attr(&e.attr), Generation(0)),
+        Ok(e) => reply.entry_with_ttls(
+            &e.attr_ttl,
+            &e.entry_ttl,
+            &file_attr(&e.attr),
+            Generation(0),
+        ),
         Err(e) => reply.error(errno(&e)),
     }
 }
@@ -269,14 +274,31 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
         self.run(self.on(parent), async move {
             entry(fs.mknod(c, parent.0, &name, mode, umask, rdev).await, reply)
         });
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         let (fs, c, name) = (self.fs.clone(), caller(req), name.as_bytes().to_vec());
         self.run(self.on(parent), async move {
             entry(fs.mkdir(c, parent.0, &name, mode, umask).await, reply)
@@ -297,7 +319,14 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let (fs, c) = (self.fs.clone(), caller(req));
         let name = link_name.as_bytes().to_vec();
         let target = target.as_os_str().as_bytes().to_vec();
@@ -324,7 +353,14 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         let (fs, c, name) = (self.fs.clone(), caller(req), newname.as_bytes().to_vec());
         self.run(self.on(ino), async move {
             entry(fs.link(c, ino.0, newparent.0, &name).await, reply)
@@ -333,11 +369,11 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        if let Some(id) = self.passthrough_of(ino.0) {
+        if self.passthrough_of(ino.0).is_some() {
             // Opening may block (a fifo): not on a FUSE thread.
             let (pt, rt) = (self.pt.clone(), self.rt.clone());
             self.rt.spawn_blocking(move || {
-                match pt.open(&fs, &rt, c, ino.0, id, flags.0, |f| reply.open_backing(f)) {
+                match pt.open(&fs, &rt, c, ino.0, flags.0, |f| reply.open_backing(f)) {
                     Ok(o) => opened_local(o, reply),
                     Err(e) => reply.error(errno(&e)),
                 }
@@ -366,16 +402,22 @@ impl Filesystem for FuseAdapter {
         if self.passthrough_of(parent.0).is_some() {
             let (pt, rt) = (self.pt.clone(), self.rt.clone());
             self.rt.spawn_blocking(move || {
-                let (e, rfh) = match rt.block_on(fs.create(c, parent.0, &name, mode, umask, flags)) {
+                let (e, rfh) = match rt.block_on(fs.create(c, parent.0, &name, mode, umask, flags))
+                {
                     Ok(r) => r,
                     Err(e) => return reply.error(errno(&e)),
                 };
                 let attr = file_attr(&e.attr);
                 let (ttl, g) = (e.attr_ttl, Generation(0));
                 match pt.created(&fs, &rt, &e, rfh, flags, |f| reply.open_backing(f)) {
-                    Ok(LocalOpen::Through { fh, backing }) => {
-                        reply.created_passthrough(&ttl, &attr, g, FileHandle(fh), FopenFlags::empty(), &backing.id)
-                    }
+                    Ok(LocalOpen::Through { fh, backing }) => reply.created_passthrough(
+                        &ttl,
+                        &attr,
+                        g,
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &backing.id,
+                    ),
                     Ok(LocalOpen::Beside { fh, backing }) => reply.created_passthrough(
                         &ttl,
                         &attr,
@@ -418,12 +460,15 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        self.run(self.on(ino) || crate::ino::is_generated(ino.0), async move {
-            match fs.read(c, ino.0, fh.0, offset, size).await {
-                Ok(d) => reply.data(&d),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.run(
+            self.on(ino) || crate::ino::is_generated(ino.0),
+            async move {
+                match fs.read(c, ino.0, fh.0, offset, size).await {
+                    Ok(d) => reply.data(&d),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            },
+        );
     }
 
     fn write(
@@ -439,15 +484,25 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let (fs, c, data) = (self.fs.clone(), caller(req), data.to_vec());
-        self.run(self.on(ino) && !crate::ino::is_generated(ino.0), async move {
-            match fs.write(c, ino.0, fh.0, offset, data).await {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.run(
+            self.on(ino) && !crate::ino::is_generated(ino.0),
+            async move {
+                match fs.write(c, ino.0, fh.0, offset, data).await {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            },
+        );
     }
 
-    fn flush(&self, req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         let (fs, c) = (self.fs.clone(), caller(req));
         self.run(self.on(ino), async move {
             empty(fs.flush(c, ino.0, fh.0, lock_owner.0).await, reply)
@@ -474,12 +529,18 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn fsync(&self, req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         if self.pt.is_through(fh.0) {
             let pt = self.pt.clone();
-            self.rt.spawn_blocking(move || {
-                empty(pt.fsync(fh.0, datasync).unwrap_or(Ok(())), reply)
-            });
+            self.rt
+                .spawn_blocking(move || empty(pt.fsync(fh.0, datasync).unwrap_or(Ok(())), reply));
             return;
         }
         let (fs, c) = (self.fs.clone(), caller(req));
@@ -498,13 +559,25 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let (fs, c) = (self.fs.clone(), caller(req));
         self.run(self.on(ino), async move {
             match fs.readdir(c, ino.0, fh.0, offset, 64 << 10).await {
                 Ok(entries) => {
                     for e in entries {
-                        if reply.add(INodeNo(e.ino), e.next_offset, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                        if reply.add(
+                            INodeNo(e.ino),
+                            e.next_offset,
+                            file_type(e.kind),
+                            OsStr::from_bytes(&e.name),
+                        ) {
                             break;
                         }
                     }
@@ -515,7 +588,14 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         let fs = self.fs.clone();
         self.run(self.on(ino), async move {
             fs.releasedir(ino.0, fh.0).await;
@@ -523,7 +603,14 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         // Directory operations are synchronous on the serving node already.
         reply.ok();
     }
@@ -532,13 +619,24 @@ impl Filesystem for FuseAdapter {
         let (fs, c) = (self.fs.clone(), caller(req));
         self.run(self.on(ino), async move {
             match fs.statfs(c, ino.0).await {
-                Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                ),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
-    fn setxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         let (fs, c) = (self.fs.clone(), caller(req));
         let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
         self.run(self.on(ino), async move {
@@ -587,7 +685,13 @@ impl Filesystem for FuseAdapter {
         reply: ReplyLock,
     ) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        let lock = Lock { owner: lock_owner.0, start, end, typ, pid };
+        let lock = Lock {
+            owner: lock_owner.0,
+            start,
+            end,
+            typ,
+            pid,
+        };
         self.run(self.on(ino), async move {
             match fs.getlk(c, ino.0, lock).await {
                 Ok(l) => reply.locked(l.start, l.end, l.typ, l.pid),
@@ -610,24 +714,44 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (fs, c) = (self.fs.clone(), caller(req));
-        let lock = Lock { owner: lock_owner.0, start, end, typ, pid };
+        let lock = Lock {
+            owner: lock_owner.0,
+            start,
+            end,
+            typ,
+            pid,
+        };
         // A wait may last: never on a FUSE thread.
-        self.rt.spawn(async move {
-            empty(fs.setlk(c, ino.0, fh.0, lock, sleep).await, reply)
-        });
+        self.rt
+            .spawn(async move { empty(fs.setlk(c, ino.0, fh.0, lock, sleep).await, reply) });
     }
 
-    fn fallocate(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         if self.pt.is_through(fh.0) {
             let pt = self.pt.clone();
             self.rt.spawn_blocking(move || {
-                empty(pt.fallocate(fh.0, offset, length, mode).unwrap_or(Ok(())), reply)
+                empty(
+                    pt.fallocate(fh.0, offset, length, mode).unwrap_or(Ok(())),
+                    reply,
+                )
             });
             return;
         }
         let (fs, c) = (self.fs.clone(), caller(req));
         self.run(self.on(ino), async move {
-            empty(fs.fallocate(c, ino.0, fh.0, offset, length, mode).await, reply)
+            empty(
+                fs.fallocate(c, ino.0, fh.0, offset, length, mode).await,
+                reply,
+            )
         });
     }
 }
@@ -639,7 +763,9 @@ struct KernelSink(fuser::Notifier);
 impl Sink for KernelSink {
     fn deliver(&mut self, what: &Inval) -> std::io::Result<()> {
         match what {
-            Inval::Entry { parent, name } => self.0.inval_entry(INodeNo(*parent), OsStr::from_bytes(name)),
+            Inval::Entry { parent, name } => self
+                .0
+                .inval_entry(INodeNo(*parent), OsStr::from_bytes(name)),
             Inval::Inode { ino, offset, len } => self.0.inval_inode(INodeNo(*ino), *offset, *len),
         }
     }
@@ -667,6 +793,8 @@ pub fn mount(
     cfg.n_threads = Some(4);
     cfg.clone_fd = true;
     let session = fuser::spawn_mount(FuseAdapter::new(fs.clone(), rt), mountpoint, &cfg)?;
-    fs.set_invalidator(Arc::new(crate::invalidate::spawn(KernelSink(session.notifier()))));
+    fs.set_invalidator(Arc::new(crate::invalidate::spawn(KernelSink(
+        session.notifier(),
+    ))));
     Ok(session)
 }

@@ -60,7 +60,10 @@ pub enum ClusterIno {
     Members,
     Nodes,
     /// `nodes/<node>` (`file` 0) and its files (1..).
-    Node { slot: usize, file: usize },
+    Node {
+        slot: usize,
+        file: usize,
+    },
 }
 
 pub fn classify(ino: u64) -> Ino {

@@ -48,7 +48,14 @@ impl Queue {
         let (tx, rx) = mpsc::channel();
         if self
             .0
-            .send((Inval::Inode { ino: 0, offset: -1, len: 0 }, Some(tx)))
+            .send((
+                Inval::Inode {
+                    ino: 0,
+                    offset: -1,
+                    len: 0,
+                },
+                Some(tx),
+            ))
             .is_ok()
         {
             let _ = rx.recv();
@@ -100,12 +107,23 @@ mod tests {
         let q = spawn(Slow(got.clone()));
         let t = std::time::Instant::now();
         for ino in 0..5 {
-            q.invalidate(Inval::Inode { ino, offset: 0, len: 0 });
+            q.invalidate(Inval::Inode {
+                ino,
+                offset: 0,
+                len: 0,
+            });
         }
         assert!(t.elapsed() < std::time::Duration::from_millis(20));
         q.barrier();
         let got = got.lock().unwrap();
         assert_eq!(got.len(), 5);
-        assert_eq!(got[4], Inval::Inode { ino: 4, offset: 0, len: 0 });
+        assert_eq!(
+            got[4],
+            Inval::Inode {
+                ino: 4,
+                offset: 0,
+                len: 0
+            }
+        );
     }
 }

@@ -48,3 +48,6 @@ pub mod ttl;
 pub use callers::Caller;
 pub use error::FsError;
 pub use namespace::MosixFs;
+
+#[cfg(test)]
+mod tests;

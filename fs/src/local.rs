@@ -1,4 +1,5 @@
-//! This node's own files as a [`FileService`]: the export, called in-process.
+//! This node's own files as a [`FileService`]: the export, called in-process
+//! with typed calls (no wire encoding).
 //!
 //! Local operations are a few syscalls on this node's file systems. They run
 //! inline on the calling thread (a FUSE thread, see `fuse.rs`), which costs
@@ -6,24 +7,38 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mosix_proto::fs::{Attr, Creds, DirEntry, FsReply, FsRequest, RemoteFh, RemoteIno, SetAttr, StatFs};
+use mosix_proto::fs::{Attr, Creds, DirEntry, RemoteFh, RemoteIno, SetAttr, StatFs};
 
 use crate::error::{FsError, FsResult};
 use crate::export::Export;
-use crate::remote::{attr, data, fh, lock_range, unexpected, unit, xattr};
-use crate::service::{At, FileService, Lock, LockInfo, Run, Xattr};
+use crate::service::{At, ClientId, FileService, Lock, LockInfo, Run, Who, Xattr};
 
 pub struct LocalService {
     export: Arc<Export>,
+    /// This node as a client of its own export: its handles, references and
+    /// locks live in this session.
+    client: ClientId,
 }
 
 impl LocalService {
-    pub fn new(export: Arc<Export>) -> Self {
-        LocalService { export }
+    pub fn new(export: Arc<Export>, self_name: &str) -> Self {
+        let client = ClientId {
+            node: self_name.into(),
+            run: export.epoch(),
+        };
+        LocalService { export, client }
     }
 
     pub fn export(&self) -> &Arc<Export> {
         &self.export
+    }
+
+    /// This node's caller with `creds`, as its own export knows it.
+    pub fn who(&self, creds: Creds) -> Who {
+        Who {
+            client: self.client.clone(),
+            creds,
+        }
     }
 
     fn check(&self, run: Run) -> FsResult<()> {
@@ -34,174 +49,216 @@ impl LocalService {
         }
     }
 
-    fn call(&self, at: &At, op: FsRequest) -> FsResult<FsReply> {
+    /// Runs `f` as the caller of `at`, if `at` names this export's run.
+    fn run<T>(&self, at: &At, f: impl FnOnce(&Export, &Who) -> Result<T, i32>) -> FsResult<T> {
         self.check(at.run)?;
-        self.export.handle(&at.creds, op).map_err(FsError::Os)
+        f(&self.export, &self.who(at.creds.clone())).map_err(FsError::Os)
     }
 }
 
 #[async_trait]
 impl FileService for LocalService {
     async fn root(&self, creds: &Creds) -> FsResult<(Run, Attr)> {
+        let who = self.who(creds.clone());
         let a = self
             .export
-            .handle(creds, FsRequest::GetAttr { ino: mosix_proto::fs::ROOT_INO })
-            .map_err(FsError::Os)
-            .and_then(attr)?;
+            .getattr(&who, mosix_proto::fs::ROOT_INO)
+            .map_err(FsError::Os)?;
         Ok((self.export.epoch(), a))
     }
 
     async fn lookup(&self, at: &At, parent: RemoteIno, name: &[u8]) -> FsResult<Attr> {
-        self.call(at, FsRequest::Lookup { parent, name: name.to_vec() }).and_then(attr)
+        self.run(at, |e, w| e.lookup(w, parent, name))
     }
 
     async fn forget(&self, run: Run, items: Vec<(RemoteIno, u64)>) -> FsResult<()> {
         self.check(run)?;
-        self.export
-            .handle(&Creds::default(), FsRequest::Forget { items })
-            .map_err(FsError::Os)
-            .map(|_| ())
+        self.export.forget(&self.who(Creds::default()), &items);
+        Ok(())
     }
 
     async fn getattr(&self, at: &At, ino: RemoteIno) -> FsResult<Attr> {
-        self.call(at, FsRequest::GetAttr { ino }).and_then(attr)
+        self.run(at, |e, w| e.getattr(w, ino))
     }
 
     async fn setattr(&self, at: &At, ino: RemoteIno, set: SetAttr) -> FsResult<Attr> {
-        self.call(at, FsRequest::SetAttr { ino, set }).and_then(attr)
+        self.run(at, |e, w| e.setattr(w, ino, &set))
     }
 
     async fn readlink(&self, at: &At, ino: RemoteIno) -> FsResult<Vec<u8>> {
-        self.call(at, FsRequest::ReadLink { ino }).and_then(data)
+        self.run(at, |e, w| e.readlink(w, ino))
     }
 
-    async fn mknod(&self, at: &At, parent: RemoteIno, name: &[u8], mode: u32, rdev: u64, umask: u32) -> FsResult<Attr> {
-        let op = FsRequest::Mknod { parent, name: name.to_vec(), mode, rdev, umask };
-        self.call(at, op).and_then(attr)
+    async fn mknod(
+        &self,
+        at: &At,
+        parent: RemoteIno,
+        name: &[u8],
+        mode: u32,
+        rdev: u64,
+        umask: u32,
+    ) -> FsResult<Attr> {
+        self.run(at, |e, w| e.mknod(w, parent, name, mode, rdev, umask))
     }
 
-    async fn mkdir(&self, at: &At, parent: RemoteIno, name: &[u8], mode: u32, umask: u32) -> FsResult<Attr> {
-        let op = FsRequest::Mkdir { parent, name: name.to_vec(), mode, umask };
-        self.call(at, op).and_then(attr)
+    async fn mkdir(
+        &self,
+        at: &At,
+        parent: RemoteIno,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Attr> {
+        self.run(at, |e, w| e.mkdir(w, parent, name, mode, umask))
     }
 
     async fn unlink(&self, at: &At, parent: RemoteIno, name: &[u8]) -> FsResult<()> {
-        self.call(at, FsRequest::Unlink { parent, name: name.to_vec() }).and_then(unit)
+        self.run(at, |e, w| e.unlink(w, parent, name))
     }
 
     async fn rmdir(&self, at: &At, parent: RemoteIno, name: &[u8]) -> FsResult<()> {
-        self.call(at, FsRequest::Rmdir { parent, name: name.to_vec() }).and_then(unit)
+        self.run(at, |e, w| e.rmdir(w, parent, name))
     }
 
-    async fn symlink(&self, at: &At, parent: RemoteIno, name: &[u8], target: &[u8]) -> FsResult<Attr> {
-        let op = FsRequest::Symlink { parent, name: name.to_vec(), target: target.to_vec() };
-        self.call(at, op).and_then(attr)
+    async fn symlink(
+        &self,
+        at: &At,
+        parent: RemoteIno,
+        name: &[u8],
+        target: &[u8],
+    ) -> FsResult<Attr> {
+        self.run(at, |e, w| e.symlink(w, parent, name, target))
     }
 
-    async fn rename(&self, at: &At, parent: RemoteIno, name: &[u8], new_parent: RemoteIno, new_name: &[u8], flags: u32) -> FsResult<()> {
-        let op = FsRequest::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags };
-        self.call(at, op).and_then(unit)
+    async fn rename(
+        &self,
+        at: &At,
+        parent: RemoteIno,
+        name: &[u8],
+        new_parent: RemoteIno,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        self.run(at, |e, w| {
+            e.rename(w, parent, name, new_parent, new_name, flags)
+        })
     }
 
-    async fn link(&self, at: &At, ino: RemoteIno, new_parent: RemoteIno, new_name: &[u8]) -> FsResult<Attr> {
-        let op = FsRequest::Link { ino, new_parent, new_name: new_name.to_vec() };
-        self.call(at, op).and_then(attr)
+    async fn link(
+        &self,
+        at: &At,
+        ino: RemoteIno,
+        new_parent: RemoteIno,
+        new_name: &[u8],
+    ) -> FsResult<Attr> {
+        self.run(at, |e, w| e.link(w, ino, new_parent, new_name))
     }
 
     async fn open(&self, at: &At, ino: RemoteIno, flags: i32) -> FsResult<RemoteFh> {
-        self.call(at, FsRequest::Open { ino, flags }).and_then(fh)
+        self.run(at, |e, w| e.open(w, ino, flags))
     }
 
-    async fn create(&self, at: &At, parent: RemoteIno, name: &[u8], mode: u32, umask: u32, flags: i32) -> FsResult<(Attr, RemoteFh)> {
-        let op = FsRequest::Create { parent, name: name.to_vec(), mode, umask, flags };
-        match self.call(at, op)? {
-            FsReply::Created { attr, fh } => Ok((attr, fh)),
-            r => unexpected(r),
-        }
+    async fn create(
+        &self,
+        at: &At,
+        parent: RemoteIno,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> FsResult<(Attr, RemoteFh)> {
+        self.run(at, |e, w| e.create(w, parent, name, mode, umask, flags))
     }
 
     async fn read(&self, at: &At, fh: RemoteFh, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        self.call(at, FsRequest::Read { fh, offset, size }).and_then(data)
+        self.run(at, |e, w| e.read(w, fh, offset, size))
     }
 
     async fn write(&self, at: &At, fh: RemoteFh, offset: u64, data: Vec<u8>) -> FsResult<u32> {
-        match self.call(at, FsRequest::Write { fh, offset, data })? {
-            FsReply::Written(n) => Ok(n),
-            r => unexpected(r),
-        }
+        self.run(at, |e, w| e.write(w, fh, offset, &data))
     }
 
     async fn flush(&self, at: &At, fh: RemoteFh) -> FsResult<()> {
-        self.call(at, FsRequest::Flush { fh }).and_then(unit)
+        self.run(at, |e, w| e.flush(w, fh))
     }
 
     async fn fsync(&self, at: &At, fh: RemoteFh, datasync: bool) -> FsResult<()> {
-        self.call(at, FsRequest::Fsync { fh, datasync }).and_then(unit)
+        self.run(at, |e, w| e.fsync(w, fh, datasync))
     }
 
     async fn release(&self, run: Run, fh: RemoteFh) {
         if self.check(run).is_ok() {
-            let _ = self.export.handle(&Creds::default(), FsRequest::Release { fh });
+            let _ = self.export.release(&self.who(Creds::default()), fh);
         }
     }
 
     async fn opendir(&self, at: &At, ino: RemoteIno) -> FsResult<RemoteFh> {
-        self.call(at, FsRequest::OpenDir { ino }).and_then(fh)
+        self.run(at, |e, w| e.opendir(w, ino))
     }
 
-    async fn readdir(&self, at: &At, fh: RemoteFh, offset: u64, size: u32) -> FsResult<Vec<DirEntry>> {
-        match self.call(at, FsRequest::ReadDir { fh, offset, size })? {
-            FsReply::Entries(e) => Ok(e),
-            r => unexpected(r),
-        }
+    async fn readdir(
+        &self,
+        at: &At,
+        fh: RemoteFh,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Vec<DirEntry>> {
+        self.run(at, |e, w| e.readdir(w, fh, offset, size))
     }
 
     async fn releasedir(&self, run: Run, fh: RemoteFh) {
         if self.check(run).is_ok() {
-            let _ = self.export.handle(&Creds::default(), FsRequest::ReleaseDir { fh });
+            let _ = self.export.releasedir(&self.who(Creds::default()), fh);
         }
     }
 
     async fn statfs(&self, at: &At, ino: RemoteIno) -> FsResult<StatFs> {
-        match self.call(at, FsRequest::StatFs { ino })? {
-            FsReply::StatFs(s) => Ok(s),
-            r => unexpected(r),
-        }
+        self.run(at, |e, w| e.statfs(w, ino))
     }
 
-    async fn setxattr(&self, at: &At, ino: RemoteIno, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
-        let op = FsRequest::SetXattr { ino, name: name.to_vec(), value: value.to_vec(), flags };
-        self.call(at, op).and_then(unit)
+    async fn setxattr(
+        &self,
+        at: &At,
+        ino: RemoteIno,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<()> {
+        self.run(at, |e, w| e.setxattr(w, ino, name, value, flags))
     }
 
     async fn getxattr(&self, at: &At, ino: RemoteIno, name: &[u8], size: u32) -> FsResult<Xattr> {
-        self.call(at, FsRequest::GetXattr { ino, name: name.to_vec(), size }).and_then(xattr)
+        self.run(at, |e, w| e.getxattr(w, ino, name, size))
     }
 
     async fn listxattr(&self, at: &At, ino: RemoteIno, size: u32) -> FsResult<Xattr> {
-        self.call(at, FsRequest::ListXattr { ino, size }).and_then(xattr)
+        self.run(at, |e, w| e.listxattr(w, ino, size))
     }
 
     async fn removexattr(&self, at: &At, ino: RemoteIno, name: &[u8]) -> FsResult<()> {
-        self.call(at, FsRequest::RemoveXattr { ino, name: name.to_vec() }).and_then(unit)
+        self.run(at, |e, w| e.removexattr(w, ino, name))
     }
 
-    async fn fallocate(&self, at: &At, fh: RemoteFh, offset: u64, length: u64, mode: i32) -> FsResult<()> {
-        self.call(at, FsRequest::Fallocate { fh, offset, length, mode }).and_then(unit)
+    async fn fallocate(
+        &self,
+        at: &At,
+        fh: RemoteFh,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> FsResult<()> {
+        self.run(at, |e, w| e.fallocate(w, fh, offset, length, mode))
     }
 
     async fn getlk(&self, at: &At, ino: RemoteIno, lock: Lock) -> FsResult<LockInfo> {
-        match self.call(at, FsRequest::GetLk { ino, lock: lock_range(lock) })? {
-            FsReply::Lock { start, end, typ, pid } => Ok(LockInfo { start, end, typ, pid }),
-            r => unexpected(r),
-        }
+        self.run(at, |e, w| e.getlk(w, ino, lock))
     }
 
     async fn setlk(&self, at: &At, ino: RemoteIno, lock: Lock) -> FsResult<()> {
-        self.call(at, FsRequest::SetLk { ino, lock: lock_range(lock) }).and_then(unit)
+        self.run(at, |e, w| e.setlk(w, ino, lock))
     }
 
     async fn access(&self, at: &At, ino: RemoteIno, mask: i32) -> FsResult<()> {
-        self.call(at, FsRequest::Access { ino, mask }).and_then(unit)
+        self.run(at, |e, w| e.access(w, ino, mask))
     }
 }

@@ -64,7 +64,7 @@ struct Bound {
 
 pub struct MosixFs {
     reach: Arc<Reach>,
-    export: Arc<Export>,
+    local: Arc<LocalService>,
     nodes: Nodes,
     procs: ProcDir,
     cluster: ClusterDir,
@@ -81,13 +81,19 @@ impl MosixFs {
         view: Arc<dyn ClusterView>,
         connect: Arc<dyn Connector>,
     ) -> Self {
-        let local: Arc<dyn FileService> = Arc::new(LocalService::new(export.clone()));
-        let reach = Arc::new(Reach::new(self_name, local, local_node, view, connect));
+        let local = Arc::new(LocalService::new(export.clone(), &self_name));
+        let reach = Arc::new(Reach::new(
+            self_name,
+            local.clone(),
+            local_node,
+            view,
+            connect,
+        ));
         MosixFs {
             procs: ProcDir::new(reach.clone()),
             cluster: ClusterDir::new(reach.clone()),
             reach,
-            export,
+            local,
             nodes: Nodes::default(),
             snapshots: Snapshots::default(),
             locks: LockOwners::default(),
@@ -104,8 +110,8 @@ impl MosixFs {
         &self.reach.self_name
     }
 
-    pub(crate) fn local_export(&self) -> &Arc<Export> {
-        &self.export
+    pub(crate) fn local(&self) -> &LocalService {
+        &self.local
     }
 
     pub(crate) fn creds(&self, c: Caller) -> mosix_proto::fs::Creds {
@@ -257,7 +263,12 @@ impl MosixFs {
             }
         }
         for (slot, items) in per_slot {
-            let Ok(Located { node, run: Some(run), .. }) = self.nodes.locate(slot) else {
+            let Ok(Located {
+                node,
+                run: Some(run),
+                ..
+            }) = self.nodes.locate(slot)
+            else {
                 continue;
             };
             let Ok(svc) = self.reach.files(&node) else {
@@ -318,19 +329,43 @@ impl MosixFs {
         }
     }
 
-    pub async fn mknod(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, umask: u32, rdev: u32) -> FsResult<Entry> {
+    pub async fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> FsResult<Entry> {
         let (b, p) = self.file(caller, parent).await?;
-        let a = b.svc.mknod(&b.at, p, name, mode, rdev as u64, umask).await?;
+        let a = b
+            .svc
+            .mknod(&b.at, p, name, mode, rdev as u64, umask)
+            .await?;
         Ok(Self::entry(Some(parent), b.slot, &a))
     }
 
-    pub async fn mkdir(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, umask: u32) -> FsResult<Entry> {
+    pub async fn mkdir(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Entry> {
         let (b, p) = self.file(caller, parent).await?;
         let a = b.svc.mkdir(&b.at, p, name, mode, umask).await?;
         Ok(Self::entry(Some(parent), b.slot, &a))
     }
 
-    pub async fn symlink(&self, caller: Caller, parent: u64, name: &[u8], target: &[u8]) -> FsResult<Entry> {
+    pub async fn symlink(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> FsResult<Entry> {
         let (b, p) = self.file(caller, parent).await?;
         let a = b.svc.symlink(&b.at, p, name, target).await?;
         Ok(Self::entry(Some(parent), b.slot, &a))
@@ -346,7 +381,15 @@ impl MosixFs {
         b.svc.rmdir(&b.at, p, name).await
     }
 
-    pub async fn rename(&self, caller: Caller, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> FsResult<()> {
+    pub async fn rename(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
         let (b, p) = self.file(caller, parent).await?;
         let (to, np) = self.file(caller, new_parent).await?;
         if to.slot != b.slot {
@@ -356,7 +399,13 @@ impl MosixFs {
         b.svc.rename(&b.at, p, name, np, new_name, flags).await
     }
 
-    pub async fn link(&self, caller: Caller, i: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Entry> {
+    pub async fn link(
+        &self,
+        caller: Caller,
+        i: u64,
+        new_parent: u64,
+        new_name: &[u8],
+    ) -> FsResult<Entry> {
         let (b, id) = self.file(caller, i).await?;
         let (to, np) = self.file(caller, new_parent).await?;
         if to.slot != b.slot {
@@ -390,13 +439,28 @@ impl MosixFs {
         })
     }
 
-    pub async fn create(&self, caller: Caller, parent: u64, name: &[u8], mode: u32, umask: u32, flags: i32) -> FsResult<(Entry, RemoteFh)> {
+    pub async fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> FsResult<(Entry, RemoteFh)> {
         let (b, p) = self.file(caller, parent).await?;
         let (a, fh) = b.svc.create(&b.at, p, name, mode, umask, flags).await?;
         Ok((Self::entry(Some(parent), b.slot, &a), fh))
     }
 
-    pub async fn read(&self, caller: Caller, i: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(
+        &self,
+        caller: Caller,
+        i: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Vec<u8>> {
         if ino::is_generated(i) {
             return self.snapshots.read(fh, offset, size);
         }
@@ -404,7 +468,14 @@ impl MosixFs {
         b.svc.read(&b.at, fh, offset, size).await
     }
 
-    pub async fn write(&self, caller: Caller, i: u64, fh: u64, offset: u64, data: Vec<u8>) -> FsResult<u32> {
+    pub async fn write(
+        &self,
+        caller: Caller,
+        i: u64,
+        fh: u64,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> FsResult<u32> {
         if ino::is_generated(i) {
             return self.procs.write(caller, i, &data).await;
         }
@@ -454,7 +525,12 @@ impl MosixFs {
             return self.snapshots.release(fh);
         }
         if let Ino::Node { slot, .. } = ino::classify(i) {
-            if let Ok(Located { node, run: Some(run), .. }) = self.nodes.locate(slot) {
+            if let Ok(Located {
+                node,
+                run: Some(run),
+                ..
+            }) = self.nodes.locate(slot)
+            {
                 if let Ok(svc) = self.reach.files(&node) {
                     svc.release(run, fh).await;
                 }
@@ -502,12 +578,22 @@ impl MosixFs {
                 let b = self.bind(caller, slot).await?;
                 b.svc.opendir(&b.at, id).await
             }
-            Ino::Root(ino::ROOT | ino::NODES) | Ino::ProcTop(_) | Ino::Proc { .. } | Ino::Cluster(_) => Ok(0),
+            Ino::Root(ino::ROOT | ino::NODES)
+            | Ino::ProcTop(_)
+            | Ino::Proc { .. }
+            | Ino::Cluster(_) => Ok(0),
             _ => Err(FsError::Os(libc::ENOTDIR)),
         }
     }
 
-    pub async fn readdir(&self, caller: Caller, i: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<ListEntry>> {
+    pub async fn readdir(
+        &self,
+        caller: Caller,
+        i: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Vec<ListEntry>> {
         match ino::classify(i) {
             Ino::Root(_) => crate::root::readdir(&self.reach, &self.nodes, i, offset),
             Ino::ProcTop(_) | Ino::Proc { .. } => self.procs.readdir(i, offset).await,
@@ -531,7 +617,12 @@ impl MosixFs {
 
     pub async fn releasedir(&self, i: u64, fh: u64) {
         if let Ino::Node { slot, .. } = ino::classify(i) {
-            if let Ok(Located { node, run: Some(run), .. }) = self.nodes.locate(slot) {
+            if let Ok(Located {
+                node,
+                run: Some(run),
+                ..
+            }) = self.nodes.locate(slot)
+            {
                 if let Ok(svc) = self.reach.files(&node) {
                     svc.releasedir(run, fh).await;
                 }
@@ -578,12 +669,25 @@ impl MosixFs {
         }
     }
 
-    pub async fn setxattr(&self, caller: Caller, i: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+    pub async fn setxattr(
+        &self,
+        caller: Caller,
+        i: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<()> {
         let (b, id) = self.xattr_file(caller, i).await?;
         b.svc.setxattr(&b.at, id, name, value, flags).await
     }
 
-    pub async fn getxattr(&self, caller: Caller, i: u64, name: &[u8], size: u32) -> FsResult<Xattr> {
+    pub async fn getxattr(
+        &self,
+        caller: Caller,
+        i: u64,
+        name: &[u8],
+        size: u32,
+    ) -> FsResult<Xattr> {
         let (b, id) = self.xattr_file(caller, i).await?;
         b.svc.getxattr(&b.at, id, name, size).await
     }
@@ -601,7 +705,15 @@ impl MosixFs {
         b.svc.removexattr(&b.at, id, name).await
     }
 
-    pub async fn fallocate(&self, caller: Caller, i: u64, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+    pub async fn fallocate(
+        &self,
+        caller: Caller,
+        i: u64,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> FsResult<()> {
         let (b, _) = self.file(caller, i).await?;
         b.svc.fallocate(&b.at, fh, offset, length, mode).await
     }
@@ -614,7 +726,14 @@ impl MosixFs {
     /// F_SETLK, or F_SETLKW (`wait`): retried until granted, so no serving
     /// thread blocks on a lock; given up with `EINTR` when the waiting
     /// process has a signal to handle, as a local wait would be.
-    pub async fn setlk(&self, caller: Caller, i: u64, fh: u64, lock: Lock, wait: bool) -> FsResult<()> {
+    pub async fn setlk(
+        &self,
+        caller: Caller,
+        i: u64,
+        fh: u64,
+        lock: Lock,
+        wait: bool,
+    ) -> FsResult<()> {
         if lock.typ != libc::F_UNLCK {
             // Recorded before asking, so that even a lock whose answer is
             // lost in transit is released at close.

@@ -99,7 +99,10 @@ impl Nodes {
                 t.by_slot.push((name.to_string(), Some(run)));
                 let n = t.by_slot.len();
                 t.current.insert(name.to_string(), n);
-                tracing::info!(node = name, "node restarted; earlier inode numbers are stale");
+                tracing::info!(
+                    node = name,
+                    "node restarted; earlier inode numbers are stale"
+                );
                 Ok(n)
             }
         }

@@ -16,8 +16,6 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use mosix_proto::fs::RemoteIno;
-
 use crate::attr::Entry;
 use crate::callers::Caller;
 use crate::error::{FsError, FsResult};
@@ -60,13 +58,16 @@ fn writes(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY
 }
 
+/// (inode, daemon handle) -> the backing file the open names.
+type Beside<B> = HashMap<(u64, u64), Arc<Backing<B>>>;
+
 pub struct Passthrough<B> {
     by_ino: Mutex<HashMap<u64, Weak<Backing<B>>>>,
     by_fh: Mutex<HashMap<u64, Arc<Backing<B>>>>,
     /// Daemon-served handles that name the inode's backing file, keeping it
     /// registered. Keyed by (inode, handle): handles of different nodes'
     /// exports may coincide.
-    beside: Mutex<HashMap<(u64, u64), Arc<Backing<B>>>>,
+    beside: Mutex<Beside<B>>,
     next_fh: AtomicU64,
 }
 
@@ -123,7 +124,10 @@ impl<B: Send + Sync + 'static> Passthrough<B> {
     /// Keeps `b` registered while open file `fh` of `ino` names it.
     fn keep(&self, ino: u64, fh: u64, b: &Arc<Backing<B>>) {
         if is_passthrough(fh) {
-            self.by_fh.lock().expect("backing table").insert(fh, b.clone());
+            self.by_fh
+                .lock()
+                .expect("backing table")
+                .insert(fh, b.clone());
         } else {
             self.beside
                 .lock()
@@ -136,7 +140,12 @@ impl<B: Send + Sync + 'static> Passthrough<B> {
         PASSTHROUGH_FH | self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn finish(&self, ino: u64, serve: Serve<B>, daemon_fh: impl FnOnce() -> FsResult<u64>) -> FsResult<LocalOpen<B>> {
+    fn finish(
+        &self,
+        ino: u64,
+        serve: Serve<B>,
+        daemon_fh: impl FnOnce() -> FsResult<u64>,
+    ) -> FsResult<LocalOpen<B>> {
         match serve {
             Serve::Through(backing) => {
                 let fh = self.new_fh();
@@ -161,16 +170,19 @@ impl<B: Send + Sync + 'static> Passthrough<B> {
         rt: &tokio::runtime::Handle,
         caller: Caller,
         ino: u64,
-        id: RemoteIno,
         flags: i32,
         register: impl FnOnce(&File) -> std::io::Result<B>,
     ) -> FsResult<LocalOpen<B>> {
-        let export = fs.local_export().clone();
+        let id = fs.local_id(ino).ok_or(FsError::Stale)?;
+        let local = fs.local();
+        let export = local.export().clone();
         export
-            .open_file(&fs.creds(caller), id, flags)
+            .open_file(&local.who(fs.creds(caller)), id, flags)
             .map_err(FsError::Os)?;
         let serve = self.serve(ino, writes(flags), |w| export.open_backing(id, w), register);
-        self.finish(ino, serve, || rt.block_on(fs.open(caller, ino, flags)).map(|o| o.fh))
+        self.finish(ino, serve, || {
+            rt.block_on(fs.open(caller, ino, flags)).map(|o| o.fh)
+        })
     }
 
     /// A local file the daemon just created and opened as `daemon_fh`: all
@@ -187,7 +199,7 @@ impl<B: Send + Sync + 'static> Passthrough<B> {
     ) -> FsResult<LocalOpen<B>> {
         let ino = entry.attr.ino;
         let id = fs.local_id(ino).ok_or(FsError::Stale)?;
-        let export = fs.local_export().clone();
+        let export = fs.local().export().clone();
         let serve = self.serve(ino, writes(flags), |w| export.open_backing(id, w), register);
         if let Serve::Through(_) = serve {
             // The daemon's own open is not needed after all.
@@ -303,12 +315,29 @@ mod tests {
         assert_eq!(opened.get(), 1);
         // The backing file goes with the last open that names it.
         pt.release(5, fh);
-        assert!(pt.by_ino.lock().unwrap().get(&5).and_then(Weak::upgrade).is_some());
+        assert!(pt
+            .by_ino
+            .lock()
+            .unwrap()
+            .get(&5)
+            .and_then(Weak::upgrade)
+            .is_some());
         pt.release(5, 77);
-        assert!(pt.by_ino.lock().unwrap().get(&5).and_then(Weak::upgrade).is_none());
+        assert!(pt
+            .by_ino
+            .lock()
+            .unwrap()
+            .get(&5)
+            .and_then(Weak::upgrade)
+            .is_none());
         // A refused registration falls back to the daemon.
         assert!(matches!(
-            pt.serve(6, true, |_| Ok(file(d.path())), |_| Err(std::io::Error::from_raw_os_error(libc::EPERM))),
+            pt.serve(
+                6,
+                true,
+                |_| Ok(file(d.path())),
+                |_| Err(std::io::Error::from_raw_os_error(libc::EPERM))
+            ),
             Serve::Daemon
         ));
     }
@@ -319,6 +348,9 @@ mod tests {
         let fh = pt.new_fh();
         assert!(is_passthrough(fh));
         assert!(!is_passthrough(12345));
-        assert!(pt.truncate(fh, 0).is_none(), "nothing registered under it yet");
+        assert!(
+            pt.truncate(fh, 0).is_none(),
+            "nothing registered under it yet"
+        );
     }
 }

@@ -20,7 +20,10 @@ pub struct LockOwners {
 impl LockOwners {
     /// `owner` asked for a lock on `ino` through open file `fh`.
     pub fn took(&self, ino: u64, fh: u64, owner: u64) {
-        self.locked.lock().expect("lock owners").insert((ino, owner));
+        self.locked
+            .lock()
+            .expect("lock owners")
+            .insert((ino, owner));
         self.by_fh
             .lock()
             .expect("lock owners")
@@ -32,7 +35,10 @@ impl LockOwners {
     /// A descriptor of `ino` was closed by `owner`: whether it may hold
     /// locks there that must go now.
     pub fn closed(&self, ino: u64, owner: u64) -> bool {
-        self.locked.lock().expect("lock owners").remove(&(ino, owner))
+        self.locked
+            .lock()
+            .expect("lock owners")
+            .remove(&(ino, owner))
     }
 
     /// Open file `fh` of `ino` is gone: the owners whose locks must go.
@@ -65,7 +71,11 @@ mod tests {
         assert!(!l.closed(100, 8));
         assert!(l.closed(100, 7));
         assert!(!l.closed(100, 7), "only once");
-        assert_eq!(l.released(100, 1), Vec::<u64>::new(), "7 already unlocked at close");
+        assert_eq!(
+            l.released(100, 1),
+            Vec::<u64>::new(),
+            "7 already unlocked at close"
+        );
         assert_eq!(l.released(100, 2), vec![9]);
         assert_eq!(l.released(100, 2), Vec::<u64>::new());
         // Same owner on another file is separate.

@@ -42,7 +42,8 @@ const CONTROL: [ProcFile; 5] = [
 
 impl Entry {
     fn index(self) -> u8 {
-        let pos = |all: &[ProcFile], f: ProcFile| all.iter().position(|x| *x == f).unwrap_or(0) as u8;
+        let pos =
+            |all: &[ProcFile], f: ProcFile| all.iter().position(|x| *x == f).unwrap_or(0) as u8;
         match self {
             Entry::Dir => 0,
             Entry::File(f) => 1 + pos(&ProcFile::ALL, f),
@@ -95,7 +96,6 @@ impl Entry {
         v
     }
 }
-
 
 fn proc_ino(g: u32, e: Entry) -> u64 {
     ino::proc_entry(g, e.index())
@@ -158,10 +158,9 @@ impl ProcDir {
 
     /// Whether the cached listing can answer a lookup without the network.
     pub fn listing_fresh(&self) -> bool {
-        self.listing.try_lock().is_ok_and(|l| {
-            l.as_ref()
-                .is_some_and(|(at, _)| at.elapsed() < PROC_LIST)
-        })
+        self.listing
+            .try_lock()
+            .is_ok_and(|l| l.as_ref().is_some_and(|(at, _)| at.elapsed() < PROC_LIST))
     }
 
     /// The cluster's processes: one request per live node, all at once;
@@ -256,9 +255,12 @@ impl ProcDir {
         if parent == ino::PROC {
             if let Some(f) = NodeFile::ALL.iter().find(|f| f.name().as_bytes() == name) {
                 // gpid 0 belongs to no process: node ids start at 1.
-                return Ok(self
-                    .reach
-                    .virtual_attr(proc_ino(0, Entry::Node(*f)), Kind::File, 0o444, 0));
+                return Ok(self.reach.virtual_attr(
+                    proc_ino(0, Entry::Node(*f)),
+                    Kind::File,
+                    0o444,
+                    0,
+                ));
             }
             if let Some((_, i)) = PROC_MOUNT_POINTS.iter().find(|(n, _)| n.as_bytes() == name) {
                 return Ok(self.reach.virtual_attr(*i, Kind::Dir, 0o555, 0));

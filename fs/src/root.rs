@@ -33,7 +33,9 @@ pub fn getattr(reach: &Reach, i: u64, pid: u32) -> FsResult<NodeAttr> {
         ino::ROOT | ino::NODES | ino::CLUSTER | ino::PROC => {
             Ok(reach.virtual_attr(i, Kind::Dir, 0o555, 0))
         }
-        ino::HERE => Ok(reach.virtual_attr(i, Kind::Symlink, 0o777, here_target(reach).len() as u64)),
+        ino::HERE => {
+            Ok(reach.virtual_attr(i, Kind::Symlink, 0o777, here_target(reach).len() as u64))
+        }
         ino::HOME => Ok(reach.virtual_attr(
             i,
             Kind::Symlink,

@@ -24,7 +24,9 @@ impl Snapshots {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let by_fh = self.by_fh.lock().expect("snapshots");
         let data = by_fh.get(&fh).ok_or(FsError::Os(libc::EBADF))?;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
         let end = start.saturating_add(size as usize).min(data.len());
         Ok(data[start..end].to_vec())
     }

@@ -150,6 +150,27 @@ impl Cluster {
         self.sh(node, &format!("kill -KILL {pid}"));
     }
 
+    /// The node's daemon pid, as the node sees it.
+    pub fn daemon_pid(&self, node: &str) -> i32 {
+        self.pid_file(node, "daemon.pid")
+    }
+
+    /// Kills the node's daemon with SIGKILL and starts a new one at once,
+    /// as systemd's `Restart=` would (with no delay).
+    pub fn restart_daemon(&self, node: &str) {
+        let pid = self.daemon_pid(node);
+        let dir = self.state().join("nodes").join(node);
+        let script = format!(
+            "kill -KILL {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.01; done; \
+             {bin} daemon --config {cfg} >> {log} 2>&1 < /dev/null & echo $! > {pidf}",
+            bin = mosix_bin().display(),
+            cfg = dir.join("config.toml").display(),
+            log = dir.join("node.log").display(),
+            pidf = dir.join("daemon.pid").display(),
+        );
+        self.sh(node, &script);
+    }
+
     pub fn addr(&self, node: &str) -> std::net::SocketAddr {
         let i: u8 = node.trim_start_matches('n').parse().expect("node index");
         format!("127.0.0.{i}:7700").parse().unwrap()

@@ -26,10 +26,13 @@ pub use tls::{Tls, TlsFiles};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for a whole request: sending it and reading the response.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection with no traffic (keep-alives included) for this long is dead.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Keep-alive interval; well below [`IDLE_TIMEOUT`].
-pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// A connection with no traffic (keep-alives included) for this long is
+/// dead: the peer is unreachable, and requests waiting on it fail then
+/// (`EHOSTDOWN` on /mosix) instead of waiting for [`REQUEST_TIMEOUT`].
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Keep-alive interval: a live peer misses six in a row before its
+/// connection is called dead.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// Most connections a node accepts at once; more are refused before TLS.
 pub const MAX_CONNECTIONS: usize = 1024;
 
@@ -97,6 +100,20 @@ pub const MAX_UDP_PAYLOAD: u16 = 6500;
 /// Sends one request on a fresh stream of `conn` and waits for its response,
 /// all within [`REQUEST_TIMEOUT`].
 pub async fn request(
+    conn: &quinn::Connection,
+    req: &mosix_proto::Request,
+) -> Result<mosix_proto::Response> {
+    let r = send_request(conn, req).await;
+    // A stream that broke because its connection went silent says so only
+    // through the connection: report the peer as unreachable, not as a
+    // garbled stream.
+    match (r, conn.close_reason()) {
+        (Err(_), Some(e @ quinn::ConnectionError::TimedOut)) => Err(NetError::ConnectionLost(e)),
+        (r, _) => r,
+    }
+}
+
+async fn send_request(
     conn: &quinn::Connection,
     req: &mosix_proto::Request,
 ) -> Result<mosix_proto::Response> {

@@ -84,7 +84,18 @@ impl Peers {
                 reason: e.to_string(),
             })
         };
-        match with_timeout("connect", CONNECT_TIMEOUT, dial).await {
+        // A handshake that never finishes is a peer that cannot be
+        // reached, like one that refuses.
+        let dialed = with_timeout("connect", CONNECT_TIMEOUT, dial)
+            .await
+            .map_err(|e| match e {
+                NetError::Timeout { .. } => NetError::Connect {
+                    addr,
+                    reason: format!("no handshake within {CONNECT_TIMEOUT:?}"),
+                },
+                e => e,
+            });
+        match dialed {
             Ok(c) => {
                 slot.conn = Some(c.clone());
                 slot.failed_at = None;

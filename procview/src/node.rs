@@ -187,6 +187,9 @@ mod tests {
         assert_eq!(read(ProcFile::Lock), "1\n");
         assert!(read(ProcFile::Cantmove).contains("locked"));
         assert_eq!(node.migrate(&me(), pid, "n1"), Err(libc::EPERM));
-        assert_eq!(node.read(&me(), u32::MAX - 1, ProcFile::Where), Err(libc::ENOENT));
+        assert_eq!(
+            node.read(&me(), u32::MAX - 1, ProcFile::Where),
+            Err(libc::ENOENT)
+        );
     }
 }

@@ -42,6 +42,9 @@ mod tests {
         // SAFETY: plain syscall.
         assert_eq!(r, unsafe { libc::getuid() });
         assert!(!signal_pending(me));
-        assert!(signal_pending(u32::MAX - 1), "a pid that is gone counts as pending");
+        assert!(
+            signal_pending(u32::MAX - 1),
+            "a pid that is gone counts as pending"
+        );
     }
 }

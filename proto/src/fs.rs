@@ -98,11 +98,12 @@ pub struct DirEntry {
 }
 
 /// A POSIX byte-range lock as FUSE gives it: `end` is inclusive, and
-/// `i64::MAX` (the kernel's OFFSET_MAX) or more means "to the end of the file". Locks belong to (`client`, `owner`): the
-/// client node's name and the kernel's lock owner of the calling process.
+/// `i64::MAX` (the kernel's OFFSET_MAX) or more means "to the end of the
+/// file". Locks belong to (client node, `owner`): the node the serving side
+/// authenticated the request from (never one the request names, which any
+/// node could forge), and the kernel's lock owner of the calling process.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct LockRange {
-    pub client: String,
     pub owner: u64,
     pub start: u64,
     pub end: u64,
@@ -265,7 +266,7 @@ pub enum FsRequest {
     },
     /// access(2) check of `mask` (R_OK, W_OK, X_OK, F_OK) for the caller.
     /// F_GETLK: the first lock that would conflict with `typ` over
-    /// [start, end] for lock owner `owner` of process group `client`.
+    /// [start, end] for lock owner `owner` of the calling client node.
     GetLk {
         ino: RemoteIno,
         lock: LockRange,

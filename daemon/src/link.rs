@@ -1,0 +1,190 @@
+//! How this node reaches the rest of the cluster for `/mosix`: membership
+//! says who is alive and where ([`ClusterLink`] is the namespace's
+//! `ClusterView` and `Connector`), and the peer connections carry each
+//! request ([`PeerTransport`], [`RemoteProcs`]).
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mosix_fs::procs::Processes;
+use mosix_fs::reach::{ClusterView, Connector};
+use mosix_fs::remote::{FsCall, RemoteService, Transport};
+use mosix_fs::service::{FileService, Run};
+use mosix_fs::FsError;
+use mosix_net::{NetError, Peers};
+use mosix_proto::fs::Creds;
+use mosix_proto::proc::{NodeFile, ProcEntry, ProcFile};
+use mosix_proto::{MemberState, Request, Response};
+
+use crate::membership::Membership;
+
+type FsResult<T> = Result<T, FsError>;
+
+/// Where `node` listens; fails at once for a node that is unknown or known
+/// dead, instead of waiting on a handshake.
+fn address(membership: &Membership, node: &str) -> FsResult<SocketAddr> {
+    match membership.member(node) {
+        None => Err(FsError::NoSuchNode(node.to_string())),
+        Some((_, MemberState::Dead)) => Err(FsError::NodeDown(node.to_string())),
+        Some((addr, _)) => Ok(addr),
+    }
+}
+
+/// Why a request to `node` failed, as the namespace's errors: a node that
+/// cannot be reached (no handshake, or an open connection that went silent
+/// for `IDLE_TIMEOUT`) is down; anything else failed in transit.
+fn net_error(node: &str, e: NetError) -> FsError {
+    match e {
+        NetError::Connect { .. } | NetError::ConnectionLost(quinn::ConnectionError::TimedOut) => {
+            FsError::NodeDown(node.to_string())
+        }
+        e => FsError::Transport(e.to_string()),
+    }
+}
+
+fn unexpected(r: Response) -> FsError {
+    FsError::Transport(format!("unexpected response {r:?}"))
+}
+
+/// File requests over the peer connections, sent as this run of this node.
+pub struct PeerTransport {
+    membership: Membership,
+    peers: Arc<Peers>,
+    /// This daemon's run: the serving nodes keep what we hold per run.
+    run: u64,
+}
+
+#[async_trait]
+impl Transport for PeerTransport {
+    async fn fs(&self, node: &str, call: FsCall) -> FsResult<(Run, mosix_proto::fs::FsResult)> {
+        let addr = address(&self.membership, node)?;
+        let req = Request::Fs {
+            client_run: self.run,
+            creds: call.creds,
+            op: call.op,
+            epoch: call.epoch,
+        };
+        match self.peers.request(addr, &req).await {
+            Ok(Response::Fs { epoch, result }) => Ok((epoch, result)),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(net_error(node, e)),
+        }
+    }
+}
+
+/// Another node's processes, over the peer connections.
+pub struct RemoteProcs {
+    node: String,
+    addr: SocketAddr,
+    peers: Arc<Peers>,
+}
+
+impl RemoteProcs {
+    async fn ask(&self, req: Request) -> FsResult<Response> {
+        self.peers
+            .request(self.addr, &req)
+            .await
+            .map_err(|e| net_error(&self.node, e))
+    }
+}
+
+#[async_trait]
+impl Processes for RemoteProcs {
+    async fn list(&self) -> FsResult<(u16, Vec<ProcEntry>)> {
+        match self.ask(Request::ProcList).await? {
+            Response::Procs { node_id, procs } => Ok((node_id, procs)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn read(&self, creds: &Creds, pid: u32, file: ProcFile) -> FsResult<Vec<u8>> {
+        let req = Request::ProcRead {
+            creds: creds.clone(),
+            pid,
+            file,
+        };
+        match self.ask(req).await? {
+            Response::ProcData(r) => r.map(|b| b.into_vec()).map_err(FsError::Os),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn node_file(&self, file: NodeFile) -> FsResult<Vec<u8>> {
+        match self.ask(Request::NodeFile { file }).await? {
+            Response::ProcData(r) => r.map(|b| b.into_vec()).map_err(FsError::Os),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn set_lock(&self, creds: &Creds, pid: u32, on: bool) -> FsResult<()> {
+        let req = Request::SetLock {
+            creds: creds.clone(),
+            pid,
+            on,
+        };
+        match self.ask(req).await? {
+            Response::Done(r) => r.map_err(FsError::Os),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn migrate(&self, creds: &Creds, pid: u32, target: &str) -> FsResult<()> {
+        let req = Request::Migrate {
+            creds: creds.clone(),
+            pid,
+            target: target.to_string(),
+        };
+        match self.ask(req).await? {
+            Response::Done(r) => r.map_err(FsError::Os),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+pub struct ClusterLink {
+    membership: Membership,
+    peers: Arc<Peers>,
+    transport: Arc<PeerTransport>,
+}
+
+impl ClusterLink {
+    pub fn new(membership: Membership, peers: Arc<Peers>, run: u64) -> Self {
+        ClusterLink {
+            transport: Arc::new(PeerTransport {
+                membership: membership.clone(),
+                peers: peers.clone(),
+                run,
+            }),
+            membership,
+            peers,
+        }
+    }
+}
+
+impl ClusterView for ClusterLink {
+    fn alive_nodes(&self) -> Vec<String> {
+        self.membership.alive_names()
+    }
+
+    fn members(&self) -> Vec<mosix_proto::MemberInfo> {
+        self.membership.snapshot()
+    }
+}
+
+impl Connector for ClusterLink {
+    fn files(&self, node: &str) -> FsResult<Arc<dyn FileService>> {
+        address(&self.membership, node)?;
+        Ok(Arc::new(RemoteService::new(
+            node.to_string(),
+            self.transport.clone(),
+        )))
+    }
+
+    fn procs(&self, node: &str) -> FsResult<Arc<dyn Processes>> {
+        Ok(Arc::new(RemoteProcs {
+            node: node.to_string(),
+            addr: address(&self.membership, node)?,
+            peers: self.peers.clone(),
+        }))
+    }
+}
