@@ -149,9 +149,10 @@ pub fn up(state: &Path, n: usize, port: u16, timeout: u64) -> anyhow::Result<()>
     if !certs.join("ca.pem").exists() {
         mosix_net::pki::init_cluster(&certs, &names)?;
     } else {
-        for name in &names {
+        // Node nI has id I, in its config and in its certificate.
+        for (i, name) in names.iter().enumerate() {
             if !mosix_net::pki::node_paths(&certs, name).0.exists() {
-                mosix_net::pki::issue_node(&certs, name)?;
+                mosix_net::pki::issue_node_with_id(&certs, name, i as u16 + 1)?;
             }
         }
     }
@@ -173,6 +174,7 @@ pub fn up(state: &Path, n: usize, port: u16, timeout: u64) -> anyhow::Result<()>
             control_socket: config::default_control_socket(),
             export: config::Export::default(),
             mount: true,
+            source: None,
         };
         cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
         fs::write(l.config(name), cfg.to_toml())?;

@@ -18,6 +18,25 @@ pub enum ConfigError {
     },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
+    /// A private key others could read or change: refused, as ssh does.
+    #[error(
+        "private key {path} has mode {mode:04o}: group and others must have no access \
+         (chmod 600 {path})"
+    )]
+    KeyMode { path: PathBuf, mode: u32 },
+    #[error("certificate {path}: {msg}")]
+    Cert { path: PathBuf, msg: String },
+    /// The config and the node's own certificate name different nodes.
+    #[error(
+        "{field} mismatch: the config says {field} = {config}, but the certificate {cert_path} \
+         is for {field} {cert}"
+    )]
+    Identity {
+        field: &'static str,
+        config: String,
+        cert: String,
+        cert_path: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -48,6 +67,10 @@ pub struct Config {
     /// Whether to mount /mosix at all (a pure file server can skip it).
     #[serde(default = "yes")]
     pub mount: bool,
+    /// The file this config was loaded from (not a key of the file): the
+    /// daemon never exports it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -120,6 +143,7 @@ impl Config {
             path: path.to_owned(),
             msg,
         })?;
+        cfg.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_owned()));
         Ok(cfg)
     }
 
