@@ -216,11 +216,11 @@ pub fn up(state: &Path, n: usize, port: u16, timeout: u64) -> anyhow::Result<()>
         let _ = down(state);
         bail!("cluster did not come up: {msg}");
     }
-    println!("mosix: {n}-node cluster up in {}", l.root.display());
+    outln!("mosix: {n}-node cluster up in {}", l.root.display());
     for (i, name) in names.iter().enumerate() {
-        println!("  {name}  {}", addrs[i]);
+        outln!("  {name}  {}", addrs[i]);
     }
-    println!(
+    outln!(
         "try: mosix enter --state {} n1 -- mosix status",
         l.root.display()
     );
@@ -311,7 +311,7 @@ pub fn down(state: &Path) -> anyhow::Result<()> {
         let _ = fs::remove_file(l.init_pid(&n));
         let _ = fs::remove_file(l.daemon_pid(&n));
     }
-    println!("mosix: cluster in {} stopped", l.root.display());
+    outln!("mosix: cluster in {} stopped", l.root.display());
     Ok(())
 }
 
