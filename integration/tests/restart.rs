@@ -204,9 +204,39 @@ fn umount_then_mount_starts_a_new_daemon_and_a_live_mount_is_refused() {
 }
 
 #[test]
-fn a_daemon_refuses_a_key_others_can_read() {
-    let c = Cluster::up(1);
-    let (_, key) = mosix_net::pki::node_paths(&c.certs(), "n1");
+fn a_node_keeps_its_secrets() {
+    let c = Cluster::up(2);
+    let (cert, key) = mosix_net::pki::node_paths(&c.certs(), "n1");
+    let state = c.state().display().to_string();
+
+    // Another node sees none of n1's secrets through /mosix, whatever its
+    // export says (it is the whole tree): not its key, certificate or config,
+    // not the directory holding its key, not its control socket's directory.
+    let n1 = |p: &str| format!("/mosix/nodes/n1{p}");
+    for path in [
+        key.display().to_string(),
+        cert.display().to_string(),
+        c.certs().display().to_string(),
+        c.certs().join("ca.pem").display().to_string(),
+        config(&c, "n1").display().to_string(),
+        "/run/mosix".to_string(),
+        "/run/mosix/control.sock".to_string(),
+    ] {
+        let out = c.enter("n2", &["stat", &n1(&path)]);
+        assert_fails_saying(&out, "No such file or directory");
+    }
+    let listing = c.sh("n2", &format!("ls -a {}", n1(&state)));
+    assert!(!listing.contains("certs"), "{listing}");
+    // What is not secret is still served: the state dir, n1's log.
+    assert!(listing.contains("nodes"), "{listing}");
+    c.sh(
+        "n2",
+        &format!("test -s {}", n1(&format!("{state}/nodes/n1/node.log"))),
+    );
+    c.sh("n2", "echo x > /tmp/not-secret");
+    assert_eq!(c.sh("n1", "cat /mosix/nodes/n2/tmp/not-secret"), "x\n");
+
+    // A key others can read stops the daemon from starting, naming it.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let bin = mosix_bin();
