@@ -45,8 +45,9 @@ pub struct Config {
     /// Node name: a DNS label, unique in the cluster.
     pub name: String,
     /// Node id, 1 to 511, unique in the cluster: the high bits of the gpids of
-    /// the processes whose home is this node. Default: derived from the name
-    /// (set it explicitly to rule out collisions).
+    /// the processes whose home is this node. Default: the id in the node's
+    /// certificate (the daemon fills it in, see `identity::check`), else
+    /// derived from the name (set it explicitly to rule out collisions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u16>,
     /// UDP address the node's QUIC endpoint listens on; peers reach it here.
