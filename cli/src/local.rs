@@ -149,9 +149,10 @@ pub fn up(state: &Path, n: usize, port: u16, timeout: u64) -> anyhow::Result<()>
     if !certs.join("ca.pem").exists() {
         mosix_net::pki::init_cluster(&certs, &names)?;
     } else {
-        for name in &names {
+        // Node nI has id I, in its config and in its certificate.
+        for (i, name) in names.iter().enumerate() {
             if !mosix_net::pki::node_paths(&certs, name).0.exists() {
-                mosix_net::pki::issue_node(&certs, name)?;
+                mosix_net::pki::issue_node_with_id(&certs, name, i as u16 + 1)?;
             }
         }
     }
@@ -173,6 +174,7 @@ pub fn up(state: &Path, n: usize, port: u16, timeout: u64) -> anyhow::Result<()>
             control_socket: config::default_control_socket(),
             export: config::Export::default(),
             mount: true,
+            source: None,
         };
         cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
         fs::write(l.config(name), cfg.to_toml())?;
@@ -214,11 +216,11 @@ pub fn up(state: &Path, n: usize, port: u16, timeout: u64) -> anyhow::Result<()>
         let _ = down(state);
         bail!("cluster did not come up: {msg}");
     }
-    println!("mosix: {n}-node cluster up in {}", l.root.display());
+    outln!("mosix: {n}-node cluster up in {}", l.root.display());
     for (i, name) in names.iter().enumerate() {
-        println!("  {name}  {}", addrs[i]);
+        outln!("  {name}  {}", addrs[i]);
     }
-    println!(
+    outln!(
         "try: mosix enter --state {} n1 -- mosix status",
         l.root.display()
     );
@@ -309,7 +311,7 @@ pub fn down(state: &Path) -> anyhow::Result<()> {
         let _ = fs::remove_file(l.init_pid(&n));
         let _ = fs::remove_file(l.daemon_pid(&n));
     }
-    println!("mosix: cluster in {} stopped", l.root.display());
+    outln!("mosix: cluster in {} stopped", l.root.display());
     Ok(())
 }
 

@@ -1,4 +1,15 @@
 //! `mosix`: one binary for the node daemon and every user command.
+
+/// `println!` for command output. A closed stdout (`mosix ps | head`) ends
+/// the command quietly with status 0, where `println!` would panic; the
+/// process keeps ignoring SIGPIPE, so a closed socket is still an error it
+/// can report.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!($($arg)*))
+    };
+}
+
 mod local;
 mod mon;
 mod ns;
@@ -148,6 +159,9 @@ enum ClusterCmd {
     AddNode {
         #[arg(long)]
         dir: PathBuf,
+        /// Node id to record in the certificate (default: the next free one).
+        #[arg(long)]
+        id: Option<u16>,
         name: String,
     },
 }
@@ -160,6 +174,39 @@ fn init_tracing(default: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Writes one line of command output; see [`outln!`].
+pub fn write_out(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let r = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match r {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("mosix: writing output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// An error and its causes, each said once. A thiserror message often
+/// includes its source (`"{path}: {source}"`), which the chain would name
+/// again: "mounting /mosix: X: X".
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -186,21 +233,30 @@ fn main() {
         }
         Cmd::Cluster(ClusterCmd::Init { dir, nodes }) => mosix_net::pki::init_cluster(&dir, &nodes)
             .map(|_| {
-                println!(
+                outln!(
                     "cluster CA and {} node certificates in {}",
                     nodes.len(),
                     dir.display()
                 );
+                for (i, n) in nodes.iter().enumerate() {
+                    outln!("  {n}: id {}", i + 1);
+                }
                 0
             })
             .map_err(Into::into),
-        Cmd::Cluster(ClusterCmd::AddNode { dir, name }) => mosix_net::pki::issue_node(&dir, &name)
-            .map(|_| {
-                let (c, k) = mosix_net::pki::node_paths(&dir, &name);
-                println!("issued {} and {}", c.display(), k.display());
-                0
-            })
-            .map_err(Into::into),
+        Cmd::Cluster(ClusterCmd::AddNode { dir, id, name }) => {
+            let issued = match id {
+                Some(id) => mosix_net::pki::issue_node_with_id(&dir, &name, id).map(|()| id),
+                None => mosix_net::pki::issue_node(&dir, &name),
+            };
+            issued
+                .map(|id| {
+                    let (c, k) = mosix_net::pki::node_paths(&dir, &name);
+                    outln!("issued {} and {} (node id {id})", c.display(), k.display());
+                    0
+                })
+                .map_err(Into::into)
+        }
         Cmd::Up {
             nodes,
             state,
@@ -244,8 +300,70 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("mosix: {e:#}");
+            eprintln!("mosix: {}", error_text(&e));
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOTCONN);
+        let e = anyhow::Error::from(mosix_daemon::DaemonError::Mount {
+            path: "/mosix".into(),
+            source: io,
+        });
+        assert_eq!(
+            error_text(&e),
+            "mounting /mosix: Transport endpoint is not connected (os error 107)"
+        );
+        // Context added on top still shows every distinct cause.
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOENT))
+            .context("reading /mosix/proc");
+        assert_eq!(
+            error_text(&e),
+            "reading /mosix/proc: No such file or directory (os error 2)"
+        );
+    }
+
+    /// Every flag of every user command is in docs/CONFIGURATION.md.
+    #[test]
+    fn every_flag_is_documented() {
+        use clap::CommandFactory;
+        let doc = include_str!("../../docs/CONFIGURATION.md");
+        let mut missing = Vec::new();
+        let mut check = |path: String, cmd: &clap::Command| {
+            for a in cmd.get_arguments() {
+                if let Some(long) = a.get_long() {
+                    if matches!(long, "help" | "version") {
+                        continue;
+                    }
+                    // In the command's own row of the Commands table.
+                    let flag = format!("--{long}");
+                    let row = format!("| `{path} ");
+                    if !doc
+                        .lines()
+                        .any(|l| l.starts_with(&row) && l.contains(&flag))
+                    {
+                        missing.push(format!("{path} {flag}"));
+                    }
+                }
+            }
+        };
+        for sub in Cli::command()
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set())
+        {
+            let path = format!("mosix {}", sub.get_name());
+            check(path.clone(), sub);
+            for s in sub.get_subcommands() {
+                check(format!("{path} {}", s.get_name()), s);
+            }
+        }
+        assert!(missing.is_empty(), "undocumented: {missing:?}");
     }
 }

@@ -112,8 +112,26 @@ pub fn draw(f: &mut Frame, node: &str, members: &[MemberInfo], error: Option<&st
     f.render_widget(footer, foot);
 }
 
+/// A closed stdout (`mosix mon | head`) ends mon quietly, as it does every
+/// command.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 pub async fn run(control_path: &Path, interval: Duration) -> anyhow::Result<i32> {
-    let mut terminal = ratatui::init();
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            ratatui::restore();
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(0);
+            }
+            return Err(anyhow::Error::from(e).context("cannot draw on this terminal"));
+        }
+    };
     let result = async {
         // The last good view stays on screen while the daemon does not answer.
         let (mut node, mut members) = (String::new(), Vec::new());
@@ -147,7 +165,10 @@ pub async fn run(control_path: &Path, interval: Duration) -> anyhow::Result<i32>
     }
     .await;
     ratatui::restore();
-    result
+    match result {
+        Err(e) if broken_pipe(&e) => Ok(0),
+        r => r,
+    }
 }
 
 #[cfg(test)]

@@ -92,9 +92,14 @@ pub fn ps(mosix: &Path, user: Option<&str>, node: Option<&str>) -> anyhow::Resul
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     gpids.sort();
-    println!(
+    outln!(
         "{:>10} {:<10} {:<4} {:<8} {:<8} {:>5} CMD",
-        "GPID", "USER", "STAT", "WHERE", "HOME", "NMIGS"
+        "GPID",
+        "USER",
+        "STAT",
+        "WHERE",
+        "HOME",
+        "NMIGS"
     );
     for g in gpids {
         // A process may end between the listing and the read: skip it.
@@ -110,7 +115,7 @@ pub fn ps(mosix: &Path, user: Option<&str>, node: Option<&str>) -> anyhow::Resul
             .unwrap_or_else(|| r.uid.to_string());
         // The cluster root (gpid 1) runs on no node in particular.
         let node_or_dash = |n: &str| if n.is_empty() { "-" } else { n }.to_string();
-        println!(
+        outln!(
             "{:>10} {:<10} {:<4} {:<8} {:<8} {:>5} {}",
             r.gpid,
             user,

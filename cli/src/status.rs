@@ -54,12 +54,19 @@ pub async fn run(
 fn print(node: &str, members: &[MemberInfo], json: bool) {
     if json {
         let v = serde_json::json!({ "node": node, "members": members });
-        println!("{v}");
+        outln!("{v}");
         return;
     }
-    println!(
+    outln!(
         "{:<12} {:<8} {:<22} {:>4} {:>6} {:>10} {:>6} {:>6}",
-        "NODE", "STATE", "ADDRESS", "CPUS", "LOAD", "FREEMEM", "PROCS", "SPEED"
+        "NODE",
+        "STATE",
+        "ADDRESS",
+        "CPUS",
+        "LOAD",
+        "FREEMEM",
+        "PROCS",
+        "SPEED"
     );
     for m in members {
         let name = if m.is_self {
@@ -68,7 +75,7 @@ fn print(node: &str, members: &[MemberInfo], json: bool) {
             m.name.clone()
         };
         match &m.load {
-            Some(l) => println!(
+            Some(l) => outln!(
                 "{:<12} {:<8} {:<22} {:>4} {:>6.2} {:>10} {:>6} {:>6}",
                 name,
                 m.state.to_string(),
@@ -79,7 +86,7 @@ fn print(node: &str, members: &[MemberInfo], json: bool) {
                 l.procs,
                 l.speed
             ),
-            None => println!(
+            None => outln!(
                 "{:<12} {:<8} {:<22} {:>4} {:>6} {:>10} {:>6} {:>6}",
                 name,
                 m.state.to_string(),
@@ -92,4 +99,11 @@ fn print(node: &str, members: &[MemberInfo], json: bool) {
             ),
         }
     }
+    if members.iter().any(|m| m.load.is_none()) {
+        outln!("{NO_LOAD_NOTE}");
+    }
 }
+
+/// Said under the table when a member's columns show `-`.
+pub const NO_LOAD_NOTE: &str =
+    "-: no load record from that node yet (a node sends one every second once it has joined)";

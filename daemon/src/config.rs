@@ -18,6 +18,25 @@ pub enum ConfigError {
     },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
+    /// A private key others could read or change: refused, as ssh does.
+    #[error(
+        "private key {path} has mode {mode:04o}: group and others must have no access \
+         (chmod 600 {path})"
+    )]
+    KeyMode { path: PathBuf, mode: u32 },
+    #[error("certificate {path}: {msg}")]
+    Cert { path: PathBuf, msg: String },
+    /// The config and the node's own certificate name different nodes.
+    #[error(
+        "{field} mismatch: the config says {field} = {config}, but the certificate {cert_path} \
+         is for {field} {cert}"
+    )]
+    Identity {
+        field: &'static str,
+        config: String,
+        cert: String,
+        cert_path: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -26,8 +45,9 @@ pub struct Config {
     /// Node name: a DNS label, unique in the cluster.
     pub name: String,
     /// Node id, 1 to 511, unique in the cluster: the high bits of the gpids of
-    /// the processes whose home is this node. Default: derived from the name
-    /// (set it explicitly to rule out collisions).
+    /// the processes whose home is this node. Default: the id in the node's
+    /// certificate (the daemon fills it in, see `identity::check`), else
+    /// derived from the name (set it explicitly to rule out collisions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u16>,
     /// UDP address the node's QUIC endpoint listens on; peers reach it here.
@@ -48,6 +68,10 @@ pub struct Config {
     /// Whether to mount /mosix at all (a pure file server can skip it).
     #[serde(default = "yes")]
     pub mount: bool,
+    /// The file this config was loaded from (not a key of the file): the
+    /// daemon never exports it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -120,6 +144,7 @@ impl Config {
             path: path.to_owned(),
             msg,
         })?;
+        cfg.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_owned()));
         Ok(cfg)
     }
 

@@ -1,10 +1,13 @@
 //! The mosix node daemon.
 pub mod config;
 pub mod control;
+pub mod identity;
 pub mod link;
 pub mod load;
 pub mod membership;
 pub mod mount;
+pub mod mounttable;
+pub mod startup;
 
 use std::sync::Arc;
 
@@ -207,17 +210,13 @@ pub const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_millis(
 
 /// Runs a node until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let cfg = startup::preflight(cfg)?;
     let tls = Tls::load(&TlsFiles {
         ca: cfg.tls.ca.clone(),
         cert: cfg.tls.cert.clone(),
         key: cfg.tls.key.clone(),
     })?;
-    let endpoint = mosix_net::bind_endpoint(cfg.listen, tls.server.clone()).map_err(|source| {
-        DaemonError::Listen {
-            addr: cfg.listen,
-            source,
-        }
-    })?;
+    let endpoint = startup::bind_endpoint(cfg.listen, tls.server.clone()).await?;
     let control = control::bind(&cfg.control_socket).map_err(|source| DaemonError::Control {
         path: cfg.control_socket.clone(),
         source,

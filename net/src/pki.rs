@@ -5,6 +5,10 @@
 //! ca.pem  ca.key          the cluster CA (keep ca.key off the nodes)
 //! <node>.pem <node>.key   one pair per node
 //! ```
+//!
+//! A node certificate names its node twice (common name and DNS name) and
+//! its node id as the DNS name `id-<N>.mosix`, so that a node is its
+//! certificate: [`node_identity`] reads both back.
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -64,9 +68,122 @@ pub fn create_ca(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Issues a certificate for `node`, signed by the CA in `dir`.
-pub fn issue_node(dir: &Path, node: &str) -> Result<()> {
+/// The DNS name that records a node id in its certificate. Node names are
+/// single DNS labels, so no node name can look like it.
+pub fn id_dns_name(id: u16) -> String {
+    format!("id-{id}.mosix")
+}
+
+fn parse_id_dns_name(name: &str) -> Option<u16> {
+    name.strip_prefix("id-")?
+        .strip_suffix(".mosix")?
+        .parse()
+        .ok()
+}
+
+/// The node name and node id a node certificate (DER) was issued for. The
+/// id is `None` for certificates made before ids were recorded. Fails for a
+/// certificate that is not a node certificate (no common name, or a common
+/// name that is not also one of its DNS names, or two ids).
+pub fn node_identity(cert_der: &[u8]) -> Result<(String, Option<u16>)> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| NetError::Pki(format!("not an X.509 certificate: {e}")))?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| NetError::Pki("certificate has no common name".into()))?
+        .to_string();
+    let dns: Vec<&str> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|g| match g {
+                GeneralName::DNSName(d) => Some(*d),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(NetError::Pki(format!("bad subject alternative names: {e}"))),
+    };
+    if !dns.contains(&name.as_str()) {
+        return Err(NetError::Pki(format!(
+            "certificate for {name:?} does not carry its name as a DNS name: not a node certificate"
+        )));
+    }
+    let ids: Vec<u16> = dns.iter().filter_map(|d| parse_id_dns_name(d)).collect();
+    match ids[..] {
+        [] => Ok((name, None)),
+        [id] => Ok((name, Some(id))),
+        _ => Err(NetError::Pki(format!(
+            "certificate for {name:?} carries several node ids {ids:?}"
+        ))),
+    }
+}
+
+/// [`node_identity`] of the first certificate in a PEM file.
+pub fn node_identity_of_file(path: &Path) -> Result<(String, Option<u16>)> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(path)
+        .map_err(|e| NetError::Pki(format!("{}: {e}", path.display())))?;
+    node_identity(&der).map_err(|e| NetError::Pki(format!("{}: {e}", path.display())))
+}
+
+/// Ids of the node certificates in `dir`, by node name.
+fn ids_in(dir: &Path) -> Vec<(String, u16)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name() != "ca.pem")
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pem"))
+        .filter_map(|e| match node_identity_of_file(&e.path()) {
+            Ok((name, Some(id))) => Some((name, id)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The lowest node id above every id already issued in `dir`.
+pub fn next_free_id(dir: &Path) -> Result<u16> {
+    let next = ids_in(dir).iter().map(|(_, id)| *id).max().unwrap_or(0) + 1;
+    if next > mosix_proto::proc::MAX_NODE_ID {
+        return Err(NetError::Pki(format!(
+            "no node id left above {}: name one with --id",
+            next - 1
+        )));
+    }
+    Ok(next)
+}
+
+/// Issues a certificate for `node` with the next free node id (see
+/// [`next_free_id`]), signed by the CA in `dir`. Returns the id.
+pub fn issue_node(dir: &Path, node: &str) -> Result<u16> {
+    let id = next_free_id(dir)?;
+    issue_node_with_id(dir, node, id)?;
+    Ok(id)
+}
+
+/// Issues a certificate for `node` with node id `id`, signed by the CA in
+/// `dir`. Refuses an id that another certificate in `dir` already has.
+pub fn issue_node_with_id(dir: &Path, node: &str, id: u16) -> Result<()> {
     mosix_proto::validate_node_name(node).map_err(NetError::Pki)?;
+    if !(1..=mosix_proto::proc::MAX_NODE_ID).contains(&id) {
+        return Err(NetError::Pki(format!(
+            "node id {id} out of range 1..={}",
+            mosix_proto::proc::MAX_NODE_ID
+        )));
+    }
+    if let Some((other, _)) = ids_in(dir).into_iter().find(|(n, i)| *i == id && n != node) {
+        return Err(NetError::Pki(format!(
+            "node id {id} is already {other}'s (in {})",
+            dir.display()
+        )));
+    }
     let (ca_cert, ca_key) = ca_paths(dir);
     let ca_pem = fs::read_to_string(&ca_cert)
         .map_err(|e| NetError::Pki(format!("{}: {e}", ca_cert.display())))?;
@@ -77,9 +194,12 @@ pub fn issue_node(dir: &Path, node: &str) -> Result<()> {
     .map_err(pki_err)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(pki_err)?;
 
-    let mut params =
-        CertificateParams::new(vec![node.to_string(), mosix_proto::SERVER_NAME.to_string()])
-            .map_err(pki_err)?;
+    let mut params = CertificateParams::new(vec![
+        node.to_string(),
+        id_dns_name(id),
+        mosix_proto::SERVER_NAME.to_string(),
+    ])
+    .map_err(pki_err)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, node);
     params.distinguished_name = dn;
@@ -96,11 +216,15 @@ pub fn issue_node(dir: &Path, node: &str) -> Result<()> {
     Ok(())
 }
 
-/// A CA plus one certificate per node.
+/// A CA plus one certificate per node; the nodes get ids 1, 2, ... in order.
 pub fn init_cluster(dir: &Path, nodes: &[String]) -> Result<()> {
     create_ca(dir)?;
-    for n in nodes {
-        issue_node(dir, n)?;
+    for (i, n) in nodes.iter().enumerate() {
+        let id = u16::try_from(i + 1)
+            .ok()
+            .filter(|id| *id <= mosix_proto::proc::MAX_NODE_ID)
+            .ok_or_else(|| NetError::Pki("too many nodes".into()))?;
+        issue_node_with_id(dir, n, id)?;
     }
     Ok(())
 }
@@ -108,6 +232,7 @@ pub fn init_cluster(dir: &Path, nodes: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
 
     #[test]
     fn init_creates_loadable_identities_and_refuses_overwrite() {
@@ -128,5 +253,28 @@ mod tests {
         assert!(create_ca(dir.path()).is_err());
         assert!(issue_node(dir.path(), "n1").is_err());
         assert!(issue_node(dir.path(), "Bad/Name").is_err());
+    }
+
+    #[test]
+    fn a_node_certificate_names_its_node_and_id() {
+        let dir = tempfile::tempdir().unwrap();
+        init_cluster(dir.path(), &["a".into(), "b".into()]).unwrap();
+        let who = |n: &str| node_identity_of_file(&node_paths(dir.path(), n).0).unwrap();
+        assert_eq!(who("a"), ("a".to_string(), Some(1)));
+        assert_eq!(who("b"), ("b".to_string(), Some(2)));
+        // add-node takes the next free id, or the one asked for if free.
+        assert_eq!(issue_node(dir.path(), "c").unwrap(), 3);
+        assert_eq!(who("c"), ("c".to_string(), Some(3)));
+        issue_node_with_id(dir.path(), "e", 9).unwrap();
+        assert_eq!(who("e"), ("e".to_string(), Some(9)));
+        assert_eq!(issue_node(dir.path(), "f").unwrap(), 10);
+        let taken = issue_node_with_id(dir.path(), "g", 2).unwrap_err();
+        assert!(taken.to_string().contains("already b's"), "{taken}");
+        assert!(issue_node_with_id(dir.path(), "g", 0).is_err());
+        // The CA certificate is not a node certificate.
+        let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+        let ca = rustls::pki_types::CertificateDer::from_pem_slice(&ca).unwrap();
+        assert!(node_identity(&ca).is_err());
+        assert!(node_identity(b"junk").is_err());
     }
 }

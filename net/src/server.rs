@@ -15,9 +15,11 @@ pub const ERR_PROTOCOL: u32 = 1;
 /// Who is on the other end of a connection, as its certificate proves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    /// The node name in the certificate (its common name), signed by the
-    /// cluster CA: the only name a serving node believes.
+    /// The node name in the certificate, signed by the cluster CA: the only
+    /// name a serving node believes.
     pub name: std::sync::Arc<str>,
+    /// The node id the certificate carries (older certificates carry none).
+    pub id: Option<u16>,
 }
 
 impl Peer {
@@ -27,16 +29,12 @@ impl Peer {
             .peer_identity()?
             .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
             .ok()?;
-        let name = common_name(certs.first()?)?;
-        Some(Peer { name: name.into() })
+        let (name, id) = crate::pki::node_identity(certs.first()?).ok()?;
+        Some(Peer {
+            name: name.into(),
+            id,
+        })
     }
-}
-
-/// The subject common name of a DER certificate.
-fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_string)
 }
 
 /// What a node does with requests and datagrams from authenticated peers.
