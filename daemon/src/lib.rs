@@ -158,10 +158,16 @@ impl mosix_net::Handler for Node {
         }
     }
 
-    fn datagram(&self, data: Bytes) {
+    fn datagram(&self, peer: &mosix_net::Peer, data: Bytes) {
         match Datagram::decode(&data) {
-            Ok(Datagram::Swim(p)) => self.membership.receive_swim(Bytes::from(p)),
-            Ok(Datagram::Load { node, record }) => self.membership.receive_load(&node, record),
+            Ok(Datagram::Swim(p)) => self.membership.receive_swim(peer, Bytes::from(p)),
+            // A node speaks for itself only.
+            Ok(Datagram::Load { node, record }) if *node == *peer.name => {
+                self.membership.receive_load(&node, record)
+            }
+            Ok(Datagram::Load { node, .. }) => {
+                membership::refuse(peer, &format!("load record of {node}"))
+            }
             Err(e) => tracing::warn!(error = %e, len = data.len(), "malformed datagram dropped"),
         }
     }

@@ -191,6 +191,24 @@ enum Input {
     Announce,
 }
 
+/// Logs a member's datagram that claims another identity, at most once per
+/// [`REFUSAL_LOG_EVERY`]: a misconfigured node sends one every probe period.
+pub fn refuse(peer: &mosix_net::Peer, what: &str) {
+    static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().expect("refusal log");
+    if last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+        *last = Some(std::time::Instant::now());
+        tracing::warn!(
+            certificate = %peer.name,
+            id = ?peer.id,
+            "refused {what}: it does not match the sender's certificate"
+        );
+    }
+}
+
+/// How often a refused identity is logged.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Handle to the running membership service.
 #[derive(Clone)]
 pub struct Membership {
@@ -271,7 +289,21 @@ impl Membership {
 
     /// Feeds a received SWIM packet. Drops it if the loop is backed up:
     /// SWIM tolerates loss, and a flood must not grow memory.
-    pub fn receive_swim(&self, data: Bytes) {
+    pub fn receive_swim(&self, peer: &mosix_net::Peer, data: Bytes) {
+        // The sender's SWIM identity must be the node its certificate names
+        // (and carry its id, where the certificate has one): a member cannot
+        // speak as another, or take a name or id it was not issued.
+        use foca::Codec;
+        match Codec::<NodeId>::decode_header(&mut PostcardCodec, &data[..]) {
+            Ok(h) if *h.src.name == *peer.name && peer.id.is_none_or(|id| id == h.src.id) => {}
+            Ok(h) => {
+                return refuse(
+                    peer,
+                    &format!("SWIM identity {} (id {})", h.src.name, h.src.id),
+                );
+            }
+            Err(_) => return refuse(peer, "an undecodable SWIM packet"),
+        }
         let _ = self.tx.try_send(Input::Data(data));
     }
 
@@ -394,6 +426,7 @@ async fn foca_loop(
     let rng: rand::rngs::StdRng = rand::make_rng();
     let mut foca = Foca::new(me, foca_config(), rng, PostcardCodec);
     let mut rt = foca::AccumulatingRuntime::new();
+    let mut had_members = false;
     while let Some(input) = rx.recv().await {
         let result = match input {
             Input::Data(d) => foca.handle_data(&d, &mut rt),
@@ -428,11 +461,20 @@ async fn foca_loop(
         }
         while let Some(n) = rt.to_notify() {
             match n {
-                OwnedNotification::MemberUp(_) => load_now.notify_one(),
+                OwnedNotification::MemberUp(_) => {
+                    had_members = true;
+                    load_now.notify_one()
+                }
                 OwnedNotification::Rejoin(id) => {
                     tracing::warn!(?id, "we were declared dead; rejoined with a new identity")
                 }
-                OwnedNotification::Idle => tracing::warn!("no live member left"),
+                // foca says Idle at start too, before anyone was met:
+                // only losing every member is worth a warning.
+                OwnedNotification::Idle if had_members => {
+                    had_members = false;
+                    tracing::warn!("every other member is gone; this node is alone")
+                }
+                OwnedNotification::Idle => tracing::debug!("no other member known yet"),
                 other => tracing::debug!(?other, "swim notification"),
             }
         }

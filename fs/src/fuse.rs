@@ -785,6 +785,9 @@ pub fn mount(
         // fusermount), so the mount shows as fuse.mosix.
         MountOption::CUSTOM("subtype=mosix".into()),
         MountOption::CUSTOM(format!("max_read={MAX_IO}")),
+        // A device node served by another node would open this node's
+        // device with that node's numbers.
+        MountOption::NoDev,
     ];
     // Every user of the node sees /mosix; the serving node checks each
     // request against the caller's own identity.

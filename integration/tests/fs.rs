@@ -279,7 +279,8 @@ fn dead_nodes_fail_fast_and_a_dead_daemon_leaves_enotconn() {
             "-c",
             "exec 3</mosix/nodes/n3/tmp/x; \
              while ls /mosix/nodes | grep -q n3; do sleep 0.1; done; \
-             start=$(date +%s%N); cat <&3; echo \"after $(( ($(date +%s%N) - start) / 1000000 )) ms\" >&2",
+             start=$(date +%s%N); cat <&3; s=$?; \
+             echo \"after $(( ($(date +%s%N) - start) / 1000000 )) ms\" >&2; exit $s",
         ])
         .stderr(std::process::Stdio::piped())
         .spawn()

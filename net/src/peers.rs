@@ -117,7 +117,22 @@ impl Peers {
         req: &mosix_proto::Request,
     ) -> Result<mosix_proto::Response> {
         let conn = self.connection(addr).await?;
-        crate::request(&conn, req).await
+        let r = crate::request(&conn, req).await;
+        if let Err(NetError::ConnectionLost(quinn::ConnectionError::TimedOut)) = &r {
+            // The peer went silent: the calls right behind this one (the
+            // kernel retries a failed lookup at once) fail now too, instead
+            // of each waiting out a handshake with a peer that is gone.
+            let slot = self
+                .slots
+                .lock()
+                .expect("peer table lock")
+                .get(&addr)
+                .cloned();
+            if let Some(slot) = slot {
+                slot.lock().await.failed_at = Some((Instant::now(), "peer went silent".into()));
+            }
+        }
+        r
     }
 
     /// Queues an unreliable datagram to `addr`. Never blocks; drops the

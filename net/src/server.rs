@@ -40,7 +40,7 @@ impl Peer {
 /// What a node does with requests and datagrams from authenticated peers.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, peer: &Peer, req: Request) -> impl Future<Output = Response> + Send;
-    fn datagram(&self, data: Bytes);
+    fn datagram(&self, peer: &Peer, data: Bytes);
     /// Like `handle`, but may answer with raw bytes to send after the
     /// response frame (see [`Response::FsData`]).
     fn handle_bulk(
@@ -99,10 +99,11 @@ async fn serve_connection<H: Handler>(conn: quinn::Connection, handler: Arc<H>) 
     let peer = Arc::new(peer);
     let dgram_conn = conn.clone();
     let dgram_handler = handler.clone();
+    let dgram_peer = peer.clone();
     tokio::spawn(
         async move {
             while let Ok(d) = dgram_conn.read_datagram().await {
-                dgram_handler.datagram(d);
+                dgram_handler.datagram(&dgram_peer, d);
             }
         }
         .in_current_span(),

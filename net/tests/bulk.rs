@@ -16,7 +16,7 @@ impl mosix_net::Handler for Server {
     async fn handle(&self, _peer: &mosix_net::Peer, _req: Request) -> Response {
         unreachable!("handle_bulk answers everything")
     }
-    fn datagram(&self, _data: Bytes) {}
+    fn datagram(&self, _peer: &mosix_net::Peer, _data: Bytes) {}
     async fn handle_bulk(&self, peer: &mosix_net::Peer, req: Request) -> (Response, Option<Bytes>) {
         // The server knows the client by its certificate.
         assert_eq!(&*peer.name, "a");

@@ -33,7 +33,7 @@ impl mosix_net::Handler for Sink {
             node: "sink".into(),
         }
     }
-    fn datagram(&self, _data: bytes::Bytes) {}
+    fn datagram(&self, _peer: &mosix_net::Peer, _data: bytes::Bytes) {}
 }
 
 fn tls(dir: &std::path::Path, node: &str) -> anyhow::Result<Tls> {
