@@ -135,6 +135,22 @@ impl Peers {
         r
     }
 
+    /// Opens a long-lived stream to `addr` that starts with `req` (see
+    /// [`crate::Handler::stream`]); the caller owns both directions.
+    pub async fn open_stream(
+        &self,
+        addr: SocketAddr,
+        req: &mosix_proto::Request,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        let conn = self.connection(addr).await?;
+        crate::with_timeout("stream", crate::REQUEST_TIMEOUT, async {
+            let (mut send, recv) = conn.open_bi().await?;
+            mosix_proto::write_frame(&mut send, req, mosix_proto::MAX_FRAME).await?;
+            Ok((send, recv))
+        })
+        .await
+    }
+
     /// Queues an unreliable datagram to `addr`. Never blocks; drops the
     /// datagram when the peer is unreachable or its queue is full.
     pub fn send_datagram(self: &Arc<Self>, addr: SocketAddr, data: Bytes) {

@@ -51,6 +51,19 @@ pub trait Handler: Send + Sync + 'static {
         let reply = self.handle(peer, req);
         async move { (reply.await, None) }
     }
+    /// A request that opens a long-lived stream (a process migrating in):
+    /// the handler gets both directions of it. Refused by default.
+    fn stream(
+        &self,
+        _peer: &Peer,
+        _req: Request,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            reject(&mut send, &mut recv, "streams are not served here".into()).await;
+        }
+    }
 }
 
 /// Accepts connections until the endpoint closes.
@@ -142,6 +155,8 @@ async fn handle_stream<H: Handler>(
         }
     };
     let (resp, body) = match req {
+        // A long-lived stream: the handler owns both directions from here.
+        req @ Request::Arrive { .. } => return handler.stream(&peer, req, send, recv).await,
         Request::Discard { len } => match discard(&mut recv, len).await {
             Ok(bytes) => (Response::Discarded { bytes }, None),
             Err(e) => {
@@ -214,7 +229,7 @@ async fn in_time<T, E: std::fmt::Display>(
 
 /// Answers a protocol violation with an error and stops reading, so the peer
 /// learns why its stream died and cannot keep pushing bytes into it.
-async fn reject(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, why: String) {
+pub async fn reject(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, why: String) {
     let _ = recv.stop(ERR_PROTOCOL.into());
     let resp = Response::Error(RemoteError::BadRequest(why));
     if write_frame(send, &resp, MAX_FRAME).await.is_ok() {

@@ -13,6 +13,7 @@
 
 mod frame;
 pub mod fs;
+pub mod guest;
 mod messages;
 pub mod proc;
 

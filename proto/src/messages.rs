@@ -104,6 +104,20 @@ pub enum Request {
         pid: u32,
         target: String,
     },
+    /// A process migrating to the serving node: the stream carries its
+    /// image and pages (the migrator's stream format), then the guest's
+    /// control messages ([`crate::guest::GuestMsg`]) both ways for as long as
+    /// it runs there.
+    Arrive {
+        /// Its home node and pid there (the gpid is made of them).
+        home: String,
+        home_pid: u32,
+        /// The home node's export root: the guest's paths are reached as
+        /// `/mosix/nodes/<home>/<path below it>`.
+        home_root: String,
+        /// Moves so far, this one included.
+        nmigs: u32,
+    },
     /// One of the serving node's node-wide procfs files, raw.
     NodeFile {
         file: crate::proc::NodeFile,

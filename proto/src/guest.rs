@@ -1,0 +1,35 @@
+//! What a home node and the node running one of its processes (a guest)
+//! say to each other, on the stream that brought the process there, for as
+//! long as it runs there.
+use serde::{Deserialize, Serialize};
+
+/// How a process ended, to be repeated by its deputy at home so the parent's
+/// `wait()` sees the real thing.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Signaled(i32),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum GuestMsg {
+    /// Target to home: the process is rebuilt and stopped, ready to run
+    /// (`Ok`), or could not be rebuilt (the errno; the home resumes it).
+    Built(Result<u32, i32>),
+    /// Home to target: the source is now the deputy; let the copy run.
+    Run,
+    /// Home to target: a signal sent to the process's home pid.
+    Signal(i32),
+    /// Either way: bytes for descriptor `fd` of the process (home to target:
+    /// what its input at home produced; target to home: what it wrote).
+    Data {
+        fd: i32,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Either way: descriptor `fd`'s other end is closed (end of input, or
+    /// the process closed its output).
+    Eof { fd: i32 },
+    /// Target to home: the process ended.
+    Ended(Ending),
+}
