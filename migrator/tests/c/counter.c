@@ -1,0 +1,32 @@
+/* Appends 1..N to seq.txt in its cwd and to stdout, one line every ~10 ms,
+ * then exits 7. Uses the vDSO (clock_gettime) every iteration and fails
+ * with 99 if the clock misbehaves, so a broken vDSO remap shows. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 300;
+    int fd = open("seq.txt", O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd < 0) return 98;
+    struct timespec prev, now;
+    clock_gettime(CLOCK_MONOTONIC, &prev);
+    for (int i = 1; i <= n; i++) {
+        char buf[32];
+        int len = snprintf(buf, sizeof buf, "%d\n", i);
+        if (write(fd, buf, len) != len) return 97;
+        if (write(1, buf, len) != len) return 96;
+        for (int k = 0; k < 1000; k++) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (now.tv_sec < prev.tv_sec ||
+                (now.tv_sec == prev.tv_sec && now.tv_nsec < prev.tv_nsec))
+                return 99;
+            prev = now;
+        }
+        usleep(10000);
+    }
+    return 7;
+}
