@@ -228,7 +228,7 @@ fn capture(t: &Tracee) -> Result<ProcessImage, CheckpointError> {
             shared: v.shared(),
             offset: v.offset,
             kind: proc::classify_vma(v)?,
-            growsdown: v.has_flag("gd"),
+            growsdown: v.growsdown(),
         });
     }
 

@@ -245,14 +245,46 @@ impl Tracee {
         }
     }
 
+    /// process_vm_readv first (one pinned copy, no bounce page); it honours
+    /// protections, so PROT_NONE pages fall back to /proc/pid/mem, which
+    /// reads with FOLL_FORCE.
     pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.mem.read_exact_at(buf, addr)
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut _,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` covers exactly `buf`.
+        let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+        let done = n.max(0) as usize;
+        if done == buf.len() {
+            return Ok(());
+        }
+        self.mem.read_exact_at(&mut buf[done..], addr + done as u64)
     }
 
-    /// Through /proc/pid/mem because it writes with FOLL_FORCE: read-only and
-    /// PROT_NONE private pages get their contents without an mprotect dance.
+    /// process_vm_writev first; read-only and PROT_NONE private pages get
+    /// their contents through /proc/pid/mem, which writes with FOLL_FORCE
+    /// (breaking COW) — no mprotect dance in the target.
     pub fn write_mem(&self, addr: u64, data: &[u8]) -> io::Result<()> {
-        self.mem.write_all_at(data, addr)
+        let local = libc::iovec {
+            iov_base: data.as_ptr() as *mut _,
+            iov_len: data.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut _,
+            iov_len: data.len(),
+        };
+        // SAFETY: `local` covers exactly `data`; the kernel only reads it.
+        let n = unsafe { libc::process_vm_writev(self.pid, &local, 1, &remote, 1, 0) };
+        let done = n.max(0) as usize;
+        if done == data.len() {
+            return Ok(());
+        }
+        self.mem.write_all_at(&data[done..], addr + done as u64)
     }
 
     pub fn kill(&self) {

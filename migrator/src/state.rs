@@ -115,7 +115,7 @@ pub struct MmState {
     pub exe: Option<PathBuf>,
 }
 
-/// One line of `/proc/pid/maps`, plus what smaps' VmFlags adds.
+/// One line of `/proc/pid/maps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vma {
     pub start: u64,
@@ -125,7 +125,7 @@ pub struct Vma {
     pub shared: bool,
     pub offset: u64,
     pub kind: VmaKind,
-    /// VM_GROWSDOWN (smaps "gd"): the main stack.
+    /// VM_GROWSDOWN: the main stack.
     pub growsdown: bool,
 }
 

@@ -122,6 +122,8 @@ pub struct Migrated {
     pub pid: i32,
     /// From freezing the source to the copy being let run.
     pub freeze: Duration,
+    /// Of which: `Checkpoint::take` (seize, injected queries, /proc reads).
+    pub take: Duration,
     pub bytes: u64,
     pub image: ProcessImage,
 }
@@ -132,6 +134,7 @@ pub struct Migrated {
 pub fn migrate(pid: i32, fail_at: Option<RestoreStep>) -> Result<Migrated, String> {
     let t0 = Instant::now();
     let ck = Checkpoint::take(pid).map_err(|e| format!("checkpoint: {e}"))?;
+    let take = t0.elapsed();
     let image = ck.image().clone();
     // Pipe/tty ends go to the copy as replacements (what the deputy will
     // relay across nodes).
@@ -197,6 +200,7 @@ pub fn migrate(pid: i32, fail_at: Option<RestoreStep>) -> Result<Migrated, Strin
             Ok(Migrated {
                 pid,
                 freeze: t0.elapsed(),
+                take,
                 bytes,
                 image,
             })
