@@ -188,6 +188,8 @@ struct Injected {
     clear_child_tid: u64,
     robust_list: (u64, u64),
     brk: u64,
+    dumpable: u32,
+    rlimits: Vec<Rlimit>,
 }
 
 fn capture(t: &Tracee) -> Result<ProcessImage, CheckpointError> {
@@ -270,7 +272,7 @@ fn capture(t: &Tracee) -> Result<ProcessImage, CheckpointError> {
         .and_then(|v| u32::from_str_radix(&v, 8).ok())
         .unwrap_or(0o022);
     let misc = MiscState {
-        rlimits: proc::rlimits(pid).map_err(|e| sys("prlimit", e))?,
+        rlimits: inj.rlimits,
         cwd: proc::read_link(format!("/proc/{pid}/cwd")).map_err(|e| sys("reading cwd", e))?,
         umask,
         comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -278,7 +280,10 @@ fn capture(t: &Tracee) -> Result<ProcessImage, CheckpointError> {
             .unwrap_or_default(),
     };
 
+    let creds = read_creds(pid, inj.dumpable).map_err(|e| sys("reading credentials", e))?;
+
     Ok(ProcessImage {
+        creds,
         version: IMAGE_VERSION,
         pid,
         threads: vec![CoreState {
@@ -299,6 +304,45 @@ fn capture(t: &Tracee) -> Result<ProcessImage, CheckpointError> {
         },
         fds,
         misc,
+    })
+}
+
+fn read_creds(pid: i32, dumpable: u32) -> std::io::Result<CredState> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |k: &str| -> Vec<&str> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(':')))
+            .map(|v| v.split_whitespace().collect())
+            .unwrap_or_default()
+    };
+    let ids = |k: &str| -> std::io::Result<[u32; 4]> {
+        let v: Vec<u32> = field(k).iter().filter_map(|x| x.parse().ok()).collect();
+        v.try_into()
+            .map_err(|_| std::io::Error::other(format!("bad {k} line")))
+    };
+    let cap = |k: &str| {
+        field(k)
+            .first()
+            .and_then(|x| u64::from_str_radix(x, 16).ok())
+            .unwrap_or(0)
+    };
+    let personality = std::fs::read_to_string(format!("/proc/{pid}/personality"))?;
+    Ok(CredState {
+        uids: ids("Uid")?,
+        gids: ids("Gid")?,
+        groups: field("Groups")
+            .iter()
+            .filter_map(|x| x.parse().ok())
+            .collect(),
+        cap_inh: cap("CapInh"),
+        cap_prm: cap("CapPrm"),
+        cap_eff: cap("CapEff"),
+        cap_bnd: cap("CapBnd"),
+        cap_amb: cap("CapAmb"),
+        no_new_privs: field("NoNewPrivs").first() == Some(&"1"),
+        dumpable,
+        personality: u32::from_str_radix(personality.trim(), 16).unwrap_or(0),
     })
 }
 
@@ -404,7 +448,22 @@ fn inject_queries(t: &Tracee, regs: &Regs, vmas: &[RawVma]) -> Result<Injected, 
         let b = read(16)?;
         let robust_list = (u64_at(&b, 0), u64_at(&b, 1));
         let brk = call(libc::SYS_brk, &[0])? as u64;
+        let dumpable = call(libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])? as u32;
+        // Asked from inside: prlimit on another user's process needs
+        // CAP_SYS_RESOURCE, which a restorer may not have.
+        let mut rlimits = Vec::new();
+        for res in 0..16u64 {
+            call(libc::SYS_prlimit64, &[0, res, 0, scratch])?;
+            let b = read(16)?;
+            rlimits.push(Rlimit {
+                resource: res as u32,
+                cur: u64_at(&b, 0),
+                max: u64_at(&b, 1),
+            });
+        }
         Ok(Injected {
+            rlimits,
+            dumpable,
             actions,
             altstack,
             itimers,

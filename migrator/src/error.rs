@@ -47,6 +47,8 @@ pub enum CantMove {
     KernelObject { fd: i32, what: String },
     #[error("{what} refers to a deleted file")]
     DeletedFile { what: String },
+    #[error("process runs under a seccomp filter, which cannot be carried yet")]
+    Seccomp,
 }
 
 impl CantMove {
@@ -71,6 +73,7 @@ impl CantMove {
             CantMove::MemFd { .. } => libc::EBUSY,
             CantMove::KernelObject { .. } => libc::EOPNOTSUPP,
             CantMove::DeletedFile { .. } => libc::ENOENT,
+            CantMove::Seccomp => libc::EOPNOTSUPP,
         }
     }
 }

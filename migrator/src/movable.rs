@@ -40,6 +40,10 @@ pub(crate) fn check(pid: i32, our_tracer: Option<i32>) -> Result<(), CantMove> {
     if tracer != 0 && Some(tracer) != our_tracer {
         return Err(CantMove::AlreadyTraced { tracer });
     }
+    let seccomp = read_status_field(pid, "Seccomp").map_err(gone(pid))?;
+    if seccomp.is_some_and(|m| m != "0") {
+        return Err(CantMove::Seccomp);
+    }
     for v in read_vmas(pid).map_err(gone(pid))? {
         classify_vma(&v)?;
     }

@@ -321,25 +321,3 @@ pub(crate) fn read_status_field(pid: i32, key: &str) -> io::Result<Option<String
 pub(crate) fn read_link(p: impl AsRef<Path>) -> io::Result<PathBuf> {
     fs::read_link(p)
 }
-
-pub(crate) fn rlimits(pid: i32) -> io::Result<Vec<crate::state::Rlimit>> {
-    let mut out = Vec::new();
-    // RLIMIT_CPU..=RLIMIT_RTTIME: the set has been stable since 2.6.25.
-    for res in 0..16 {
-        let mut old = libc::rlimit64 {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: plain syscall with a valid out pointer.
-        let r = unsafe { libc::prlimit64(pid, res, std::ptr::null(), &mut old) };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        out.push(crate::state::Rlimit {
-            resource: res,
-            cur: old.rlim_cur,
-            max: old.rlim_max,
-        });
-    }
-    Ok(out)
-}

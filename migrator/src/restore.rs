@@ -641,6 +641,9 @@ fn build(
         }
     }
 
+    // Credentials last: everything above needed the restorer's privileges.
+    restore_creds(&rem, &image.creds)?;
+
     // 12. Drop the trampoline, borrowing a syscall from the restored image,
     // then load the CPU state.
     let now = read_vmas(t.pid).map_err(|e| sys("reading restored maps", e))?;
@@ -659,6 +662,84 @@ fn build(
     t.set_sigmask(core.blocked)
         .map_err(|e| sys("SETSIGMASK", e))?;
     opts.fault(RestoreStep::RegistersSet)?;
+    Ok(())
+}
+
+/// The CRIU order: bounding set while we still hold CAP_SETPCAP, groups and
+/// gids, uids with KEEPCAPS so capset can then trim (not re-grant) the
+/// sets, ambient caps, then the flags a uid change resets.
+fn restore_creds(rem: &Remote, c: &CredState) -> Result<(), RestoreError> {
+    let prctl = |what: &str, args: &[u64]| rem.call(what, libc::SYS_prctl, args);
+    rem.call(
+        "personality",
+        libc::SYS_personality,
+        &[c.personality as u64],
+    )?;
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(40);
+    for cap in 0..=last_cap {
+        if c.cap_bnd & (1 << cap) == 0 {
+            prctl("PR_CAPBSET_DROP", &[libc::PR_CAPBSET_DROP as u64, cap])?;
+        }
+    }
+    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+    let at = rem.put(0, &groups)?;
+    rem.call(
+        "setgroups",
+        libc::SYS_setgroups,
+        &[c.groups.len() as u64, at],
+    )?;
+    let [r, e, s, f] = c.gids.map(|x| x as u64);
+    rem.call("setresgid", libc::SYS_setresgid, &[r, e, s])?;
+    rem.call("setfsgid", libc::SYS_setfsgid, &[f])?;
+    prctl("PR_SET_KEEPCAPS", &[libc::PR_SET_KEEPCAPS as u64, 1])?;
+    let [r, e, s, f] = c.uids.map(|x| x as u64);
+    rem.call("setresuid", libc::SYS_setresuid, &[r, e, s])?;
+    rem.call("setfsuid", libc::SYS_setfsuid, &[f])?;
+    // struct __user_cap_header_struct { version, pid } then two
+    // __user_cap_data_struct { effective, permitted, inheritable } (v3).
+    let lo = |x: u64| x as u32;
+    let hi = |x: u64| (x >> 32) as u32;
+    let words: [u32; 8] = [
+        0x2008_0522,
+        0,
+        lo(c.cap_eff),
+        lo(c.cap_prm),
+        lo(c.cap_inh),
+        hi(c.cap_eff),
+        hi(c.cap_prm),
+        hi(c.cap_inh),
+    ];
+    let b: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let at = rem.put(0, &b)?;
+    rem.call("capset", libc::SYS_capset, &[at, at + 8])?;
+    for cap in 0..=last_cap {
+        if c.cap_amb & (1 << cap) != 0 {
+            prctl(
+                "PR_CAP_AMBIENT_RAISE",
+                &[
+                    libc::PR_CAP_AMBIENT as u64,
+                    libc::PR_CAP_AMBIENT_RAISE as u64,
+                    cap,
+                    0,
+                    0,
+                ],
+            )?;
+        }
+    }
+    prctl("PR_SET_KEEPCAPS", &[libc::PR_SET_KEEPCAPS as u64, 0])?;
+    prctl(
+        "PR_SET_DUMPABLE",
+        &[libc::PR_SET_DUMPABLE as u64, c.dumpable as u64],
+    )?;
+    if c.no_new_privs {
+        prctl(
+            "PR_SET_NO_NEW_PRIVS",
+            &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
+        )?;
+    }
     Ok(())
 }
 

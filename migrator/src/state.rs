@@ -23,6 +23,7 @@ pub struct ProcessImage {
     pub sig: SigState,
     pub fds: FdTable,
     pub misc: MiscState,
+    pub creds: CredState,
 }
 
 /// A thread's CPU state.
@@ -265,6 +266,25 @@ pub struct MiscState {
     pub cwd: PathBuf,
     pub umask: u32,
     pub comm: String,
+}
+
+/// Who the process is and what it may do. Restored last, so the stub does
+/// its privileged work (PR_SET_MM_MAP, opening files) as the restorer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredState {
+    /// real, effective, saved, filesystem
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    pub no_new_privs: bool,
+    /// PR_GET_DUMPABLE; a uid change resets it, so it is set back after.
+    pub dumpable: u32,
+    pub personality: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

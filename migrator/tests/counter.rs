@@ -162,3 +162,39 @@ fn keeps_pid_when_free() {
     got.extend(prog.rest(10).iter().map(|l| l.parse::<u32>().unwrap()));
     assert_eq!(got, (1..=n).collect::<Vec<_>>());
 }
+
+/// A non-root process stays non-root: uids, gids, groups and capability
+/// sets come back as they were, even though the restorer is root.
+#[test]
+fn unprivileged_process_keeps_its_credentials() {
+    require_root();
+    let bin = compile("counter");
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let n = 80;
+    let prog = spawn_as(&bin, &[&n.to_string()], dir.path(), 65534, 65534);
+    for want in 1..=5 {
+        assert_eq!(prog.line(10), want.to_string());
+    }
+    let keys = [
+        "Uid",
+        "Gid",
+        "Groups",
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
+    ];
+    let before: Vec<String> = keys.iter().map(|k| status_field(prog.pid(), k)).collect();
+    assert!(before[0].starts_with("65534"), "{before:?}");
+    let m = migrate(prog.pid(), None).expect("migration");
+    let after: Vec<String> = keys.iter().map(|k| status_field(m.pid, k)).collect();
+    assert_eq!(after, before);
+    assert_eq!(wait_exit(m.pid, 30), 7);
+    let mut got: Vec<u32> = (1..=5).collect();
+    got.extend(prog.rest(10).iter().map(|l| l.parse::<u32>().unwrap()));
+    assert_eq!(got, (1..=n).collect::<Vec<_>>());
+}

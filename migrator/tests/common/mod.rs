@@ -25,6 +25,9 @@ pub fn require_root() {
 pub fn compile(name: &str) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
     let dir = tempfile::tempdir().unwrap().keep();
+    // Executable by unprivileged test programs too.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = dir.join(name);
     let st = Command::new("cc")
         .args(["-O1", "-Wall", "-o"])
@@ -42,7 +45,19 @@ pub struct Prog {
 }
 
 pub fn spawn(bin: &Path, args: &[&str], cwd: &Path) -> Prog {
-    let mut child = Command::new(bin)
+    spawn_cmd(Command::new(bin), args, cwd)
+}
+
+/// Run as an unprivileged user.
+pub fn spawn_as(bin: &Path, args: &[&str], cwd: &Path, uid: u32, gid: u32) -> Prog {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(bin);
+    c.uid(uid).gid(gid);
+    spawn_cmd(c, args, cwd)
+}
+
+fn spawn_cmd(mut cmd: Command, args: &[&str], cwd: &Path) -> Prog {
+    let mut child = cmd
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
