@@ -30,6 +30,26 @@ pub struct FrozenSource {
     _not_send: PhantomData<*const ()>,
 }
 
+/// A copy of fd `fd` of process `pid` (pidfd_open + pidfd_getfd). On one
+/// node this is how a pipe or tty end reaches the restored process: pass it
+/// as a [`crate::FdReplacement`]. Across nodes the deputy relays instead.
+pub fn grab_fd(pid: i32, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain syscalls; each returned fd is fresh and owned here.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if got < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(got as i32))
+    }
+}
+
 fn gettid() -> i32 {
     // SAFETY: plain syscall.
     unsafe { libc::gettid() }
@@ -89,25 +109,9 @@ impl Checkpoint {
         })
     }
 
-    /// A copy of the source's fd `fd` (pidfd_getfd). On one node this is how
-    /// a pipe or tty end reaches the restored process: pass it as an
-    /// [`crate::FdReplacement`]. Across nodes the deputy relays instead.
+    /// A copy of the source's fd `fd`; see [`grab_fd`].
     pub fn dup_source_fd(&self, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: plain syscalls; the returned fds are fresh and owned here.
-        unsafe {
-            let pidfd = libc::syscall(libc::SYS_pidfd_open, self.image.pid, 0);
-            if pidfd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let pidfd = std::os::fd::OwnedFd::from_raw_fd(pidfd as i32);
-            use std::os::fd::AsRawFd;
-            let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
-            if got < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(std::os::fd::OwnedFd::from_raw_fd(got as i32))
-        }
+        grab_fd(self.image.pid, fd)
     }
 
     /// Push every page into `sink`, then `finish` it. Returns bytes sent.

@@ -23,7 +23,7 @@ mod ptrace;
 mod restore;
 mod state;
 
-pub use checkpoint::{Checkpoint, FrozenSource, PageReader};
+pub use checkpoint::{grab_fd, Checkpoint, FrozenSource, PageReader};
 pub use error::{CantMove, CheckpointError, RestoreError, StreamError};
 pub use movable::check_movable;
 pub use pages::{

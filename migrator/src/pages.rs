@@ -162,3 +162,138 @@ impl<R: Read> PageSource for StreamSource<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::*;
+
+    fn tiny_image() -> ProcessImage {
+        ProcessImage {
+            version: IMAGE_VERSION,
+            pid: 42,
+            threads: vec![CoreState {
+                tid: 42,
+                regs: Regs::default(),
+                xstate: vec![1, 2, 3],
+                blocked: 1 << 9,
+                rseq: Some(RseqState {
+                    addr: 0x1000,
+                    len: 32,
+                    sig: 0x5305_3053,
+                }),
+                robust_list: (0x2000, 24),
+                clear_child_tid: 0x3000,
+                altstack: AltStack::default(),
+            }],
+            mm: MmState {
+                vmas: vec![Vma {
+                    start: 0x10000,
+                    end: 0x20000,
+                    prot: 3,
+                    shared: false,
+                    offset: 0,
+                    kind: VmaKind::Anon {
+                        name: "[heap]".into(),
+                    },
+                    growsdown: false,
+                }],
+                start_code: 1,
+                end_code: 2,
+                start_data: 3,
+                end_data: 4,
+                start_brk: 5,
+                brk: 6,
+                start_stack: 7,
+                arg_start: 8,
+                arg_end: 9,
+                env_start: 10,
+                env_end: 11,
+                auxv: vec![0; 16],
+                exe: Some("/bin/true".into()),
+            },
+            sig: SigState {
+                actions: vec![SigAction::default(); 64],
+                pending: vec![],
+                itimers: [ItimerVal::default(); 3],
+            },
+            fds: FdTable {
+                entries: vec![FdEntry {
+                    fd: 1,
+                    kind: FdKind::Pipe { ino: 7 },
+                    flags: 1,
+                    pos: 0,
+                }],
+            },
+            misc: MiscState {
+                rlimits: vec![],
+                cwd: "/tmp".into(),
+                umask: 0o22,
+                comm: "t".into(),
+            },
+            creds: CredState {
+                uids: [1; 4],
+                gids: [2; 4],
+                groups: vec![3],
+                cap_inh: 0,
+                cap_prm: 0,
+                cap_eff: 0,
+                cap_bnd: !0,
+                cap_amb: 0,
+                no_new_privs: false,
+                dumpable: 1,
+                personality: 0,
+            },
+        }
+    }
+
+    /// Image, batches of odd sizes and the end marker survive the byte
+    /// stream, and nothing is read past the end frame.
+    #[test]
+    fn stream_round_trip() {
+        let image = tiny_image();
+        let batches: Vec<PageBatch> = [0usize, 1, 4096, 3 * 4096 + 5]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| PageBatch {
+                addr: 0x1000 * i as u64,
+                data: (0..len).map(|b| (b * 7 + i) as u8).collect(),
+            })
+            .collect();
+        let mut buf = Vec::new();
+        write_image(&mut buf, &image).unwrap();
+        let mut sink = StreamSink::new(&mut buf);
+        for b in &batches {
+            sink.put(b.clone()).unwrap();
+        }
+        sink.finish().unwrap();
+        buf.extend_from_slice(b"trailer");
+
+        let mut r = std::io::Cursor::new(buf);
+        assert_eq!(read_image(&mut r).unwrap(), image);
+        let mut src = StreamSource::new(&mut r);
+        let mut got = Vec::new();
+        while let Some(b) = src.next_batch().unwrap() {
+            got.push(b);
+        }
+        assert_eq!(got, batches);
+        assert!(src.next_batch().unwrap().is_none());
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut r, &mut rest).unwrap();
+        assert_eq!(rest, b"trailer");
+    }
+
+    #[test]
+    fn truncated_stream_is_an_error() {
+        let mut buf = Vec::new();
+        let mut sink = StreamSink::new(&mut buf);
+        sink.put(PageBatch {
+            addr: 0,
+            data: vec![9; 4096],
+        })
+        .unwrap();
+        buf.truncate(100);
+        let mut src = StreamSource::new(std::io::Cursor::new(buf));
+        assert!(src.next_batch().is_err());
+    }
+}
