@@ -67,12 +67,21 @@ impl Checkpoint {
             _ => CheckpointError::sys("seizing the source", e),
         })?;
         match capture(&t) {
-            Ok(image) => Ok(Checkpoint {
-                tracee: Some(t),
-                image,
-                _not_send: PhantomData,
-            }),
+            Ok(image) => {
+                tracing::debug!(
+                    pid,
+                    vmas = image.mm.vmas.len(),
+                    fds = image.fds.entries.len(),
+                    "source frozen and captured"
+                );
+                Ok(Checkpoint {
+                    tracee: Some(t),
+                    image,
+                    _not_send: PhantomData,
+                })
+            }
             Err(e) => {
+                tracing::debug!(pid, error = %e, "capture failed; source let go");
                 let _ = t.detach();
                 Err(e)
             }

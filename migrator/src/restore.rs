@@ -218,7 +218,11 @@ pub fn restore(
         pid,
         _not_send: PhantomData,
     };
-    build(r.tracee.as_ref().unwrap(), image, pages, opts)?;
+    if let Err(e) = build(r.tracee.as_ref().unwrap(), image, pages, opts) {
+        tracing::debug!(stub = pid, error = %e, "restore failed; stub killed");
+        return Err(e);
+    }
+    tracing::debug!(pid, from = image.pid, "restored, stopped until run()");
     Ok(r)
 }
 

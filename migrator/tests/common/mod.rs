@@ -147,6 +147,38 @@ pub struct Migrated {
 /// restorer thread, and on success kill the source and run the copy. On
 /// failure the source is resumed and the error returned.
 pub fn migrate(pid: i32, fail_at: Option<RestoreStep>) -> Result<Migrated, String> {
+    migrate_with(pid, fail_at, None)
+}
+
+/// A writer that fails once `left` bytes went through: a cut connection.
+struct Cut<W> {
+    w: W,
+    left: Option<u64>,
+}
+
+impl<W: std::io::Write> std::io::Write for Cut<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.left {
+            Some(0) => Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            Some(n) => {
+                let k = self.w.write(&buf[..buf.len().min(n as usize)])?;
+                self.left = Some(n - k as u64);
+                Ok(k)
+            }
+            None => self.w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+/// `migrate`, optionally cutting the stream after `cut_after` bytes.
+pub fn migrate_with(
+    pid: i32,
+    fail_at: Option<RestoreStep>,
+    cut_after: Option<u64>,
+) -> Result<Migrated, String> {
     let t0 = Instant::now();
     let ck = Checkpoint::take(pid).map_err(|e| format!("checkpoint: {e}"))?;
     let take = t0.elapsed();
@@ -197,7 +229,13 @@ pub fn migrate(pid: i32, fail_at: Option<RestoreStep>) -> Result<Migrated, Strin
             }
         }
     });
-    let mut w = BufWriter::with_capacity(1 << 20, a);
+    let mut w = BufWriter::with_capacity(
+        1 << 20,
+        Cut {
+            w: a,
+            left: cut_after,
+        },
+    );
     let sent = write_image(&mut w, &image)
         .map_err(CheckpointError::from)
         .and_then(|_| {
@@ -224,9 +262,11 @@ pub fn migrate(pid: i32, fail_at: Option<RestoreStep>) -> Result<Migrated, Strin
             let _ = go_tx.send(false);
             let _ = restorer.join();
             ck.resume_source().map_err(|e| e.to_string())?;
+            // The restorer's reason first: a sender error is usually just
+            // the broken pipe its failure caused.
             Err(match (sent, report) {
-                (Err(e), _) => format!("sending: {e}"),
                 (_, Err(e)) => e,
+                (Err(e), _) => format!("sending: {e}"),
                 _ => unreachable!(),
             })
         }
