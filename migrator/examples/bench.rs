@@ -13,7 +13,7 @@ fn main() {
     let bin = compile("mem");
     let dir = tempfile::tempdir().unwrap();
     println!("size_mib  freeze_ms  take_ms  pages_mib  MiB/s(freeze)");
-    for mb in [64u64, 256] {
+    for mb in [1u64, 64, 256] {
         for _ in 0..3 {
             let prog = spawn(&bin, &[&mb.to_string()], dir.path());
             let ready = prog.line(120);

@@ -391,22 +391,20 @@ fn build(
             _ => None,
         })
         .collect();
-    if src_specials.len() != stub_specials.len() {
-        return Err(RestoreError::VdsoMismatch(format!(
-            "source has {} special areas, here {}",
-            src_specials.len(),
-            stub_specials.len()
-        )));
+    // Every area the source had must exist here; one the source had
+    // unmapped (rare, but legal) is unmapped here too.
+    for (name, _, _) in &src_specials {
+        if !stub_specials.iter().any(|s| s.path == *name) {
+            return Err(RestoreError::VdsoMismatch(format!("no {name} here")));
+        }
     }
     let mut parked = Vec::new();
     let mut off = 0;
     for s in &stub_specials {
         let len = s.end - s.start;
         let Some(&(_, dst, slen)) = src_specials.iter().find(|(n, _, _)| *n == s.path) else {
-            return Err(RestoreError::VdsoMismatch(format!(
-                "source has no {}",
-                s.path
-            )));
+            rem.call("munmap special", libc::SYS_munmap, &[s.start, len])?;
+            continue;
         };
         if slen != len {
             return Err(RestoreError::VdsoMismatch(format!(
