@@ -43,6 +43,8 @@ fn counter_moves_twice_without_gap() {
     let bin = compile("counter");
     let dir = tempfile::tempdir().unwrap();
     let n = 250;
+    let input: String = (1..=n).map(|i| format!("{i:07}\n")).collect();
+    std::fs::write(dir.path().join("input.txt"), input).unwrap();
     let prog = spawn(&bin, &[&n.to_string()], dir.path());
     let mut out: Vec<u32> = Vec::new();
     for _ in 0..20 {
@@ -65,6 +67,18 @@ fn counter_moves_twice_without_gap() {
         "vDSO areas moved into place"
     );
     let rseq1 = m1.image.threads[0].rseq.expect("glibc 2.36 registers rseq");
+    let input_fd = m1
+        .image
+        .fds
+        .entries
+        .iter()
+        .find(|e| matches!(&e.kind, FdKind::File { path } if path.ends_with("input.txt")))
+        .expect("input.txt in the fd table");
+    assert!(
+        input_fd.pos >= 20 * 8,
+        "read offset captured: {}",
+        input_fd.pos
+    );
     // glibc's cached tid (at the set_tid_address pointer) names the new pid.
     let ctid = m1.image.threads[0].clear_child_tid;
     assert_ne!(ctid, 0);

@@ -62,15 +62,50 @@ fn other_refusals() {
             Err(CantMove::KernelThread { .. })
         ));
     }
-    // A socket that is not stdio, and a pty master.
     let bin = compile("dev");
     let dir = tempfile::tempdir().unwrap();
-    let mut prog = spawn(&bin, &["/dev/ptmx"], dir.path());
+    let cases: [(&str, fn(&CantMove) -> bool); 3] = [
+        ("/dev/ptmx", |c| {
+            matches!(c, CantMove::DeviceOpen { fd: 3, .. })
+        }),
+        ("socket", |c| matches!(c, CantMove::Socket { fd: 3, .. })),
+        ("eventfd", |c| matches!(c, CantMove::EventFd { fd: 3 })),
+    ];
+    for (what, want) in cases {
+        let mut prog = spawn(&bin, &[what], dir.path());
+        assert_eq!(prog.line(10), "1");
+        let got = check_movable(prog.pid()).unwrap_err();
+        assert!(want(&got), "{what}: {got:?}");
+        assert_eq!(
+            got.errno(),
+            if what == "/dev/ptmx" {
+                libc::EBUSY
+            } else {
+                libc::EOPNOTSUPP
+            }
+        );
+        prog.child.kill().unwrap();
+        prog.child.wait().unwrap();
+    }
+
+    // Already traced: while one checkpoint holds it, nobody else may take it,
+    // and dropping that checkpoint lets it run again.
+    let mut prog = spawn(&bin, &["/dev/null"], dir.path());
     assert_eq!(prog.line(10), "1");
+    check_movable(prog.pid()).expect("/dev/null is movable");
+    let ck = Checkpoint::take(prog.pid()).unwrap();
+    let got = check_movable(prog.pid()).unwrap_err();
     assert!(
-        matches!(check_movable(prog.pid()), Err(CantMove::DeviceOpen { .. })),
-        "pty master"
+        matches!(got, CantMove::AlreadyTraced { tracer } if tracer == unsafe { libc::gettid() }),
+        "{got:?}"
     );
+    assert!(matches!(
+        Checkpoint::take(prog.pid()),
+        Err(CheckpointError::CantMove(CantMove::AlreadyTraced { .. }))
+    ));
+    drop(ck);
+    let a: u32 = prog.line(10).parse().unwrap();
+    assert_eq!(prog.line(10).parse::<u32>().unwrap(), a + 1);
     prog.child.kill().unwrap();
     prog.child.wait().unwrap();
 }
