@@ -1,0 +1,562 @@
+//! Freezing the source and capturing its state. The source stays stopped
+//! (and intact) while the image and the pages are taken, and until the caller
+//! decides: `resume_source` (the migration failed: it continues exactly where
+//! it was), `finish_source` (the copy runs elsewhere: kill it), or
+//! `keep_frozen` (the deputy takes over).
+
+use crate::error::{CantMove, CheckpointError};
+use crate::inject::{errno_of, find_syscall_insn, Injector};
+use crate::pages::{PageSink, DEFAULT_BATCH_BYTES};
+use crate::proc::{self, RawVma};
+use crate::ptrace::{waitpid, Stop, Tracee};
+use crate::state::*;
+use std::fs::File;
+use std::marker::PhantomData;
+use std::os::unix::fs::FileExt;
+
+const PAGE: u64 = 4096;
+
+pub struct Checkpoint {
+    tracee: Option<Tracee>,
+    image: ProcessImage,
+    /// The tracer is a thread, not a process: keep the handle on it.
+    _not_send: PhantomData<*const ()>,
+}
+
+/// A source kept stopped under ptrace after a successful migration, for the
+/// deputy to own. Dropping it lets the process run again.
+pub struct FrozenSource {
+    tracee: Option<Tracee>,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// A copy of fd `fd` of process `pid` (pidfd_open + pidfd_getfd). On one
+/// node this is how a pipe or tty end reaches the restored process: pass it
+/// as a [`crate::FdReplacement`]. Across nodes the deputy relays instead.
+pub fn grab_fd(pid: i32, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain syscalls; each returned fd is fresh and owned here.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if got < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(got as i32))
+    }
+}
+
+fn gettid() -> i32 {
+    // SAFETY: plain syscall.
+    unsafe { libc::gettid() }
+}
+
+impl Checkpoint {
+    /// Freeze `pid` and capture everything but its pages. Refuses without
+    /// touching the process when it can't move; on any later failure the
+    /// process is let go where it was.
+    pub fn take(pid: i32) -> Result<Checkpoint, CheckpointError> {
+        crate::movable::check(pid, None)?;
+        let t = Tracee::seize(pid, 0).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => CheckpointError::CantMove(CantMove::NoSuchProcess { pid }),
+            Some(libc::EPERM) => CheckpointError::CantMove(CantMove::AlreadyTraced { tracer: -1 }),
+            _ => CheckpointError::sys("seizing the source", e),
+        })?;
+        match capture(&t) {
+            Ok(image) => {
+                tracing::debug!(
+                    pid,
+                    vmas = image.mm.vmas.len(),
+                    fds = image.fds.entries.len(),
+                    "source frozen and captured"
+                );
+                Ok(Checkpoint {
+                    tracee: Some(t),
+                    image,
+                    _not_send: PhantomData,
+                })
+            }
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "capture failed; source let go");
+                let _ = t.detach();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn image(&self) -> &ProcessImage {
+        &self.image
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.image.pid
+    }
+
+    /// Pages, lazily read from the frozen process in batches of at most
+    /// `batch_bytes`.
+    pub fn pages(&self, batch_bytes: usize) -> Result<PageReader<'_>, CheckpointError> {
+        let t = self.tracee.as_ref().expect("checkpoint already consumed");
+        let pagemap = File::open(format!("/proc/{}/pagemap", t.pid))
+            .map_err(|e| CheckpointError::sys("opening pagemap", e))?;
+        Ok(PageReader {
+            t,
+            pagemap,
+            vmas: self
+                .image
+                .mm
+                .vmas
+                .iter()
+                .filter(|v| v.carries_pages())
+                .collect(),
+            idx: 0,
+            cursor: 0,
+            max_pages: (batch_bytes as u64 / PAGE).max(1),
+        })
+    }
+
+    /// A copy of the source's fd `fd`; see [`grab_fd`].
+    pub fn dup_source_fd(&self, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+        grab_fd(self.image.pid, fd)
+    }
+
+    /// Push every page into `sink`, then `finish` it. Returns bytes sent.
+    pub fn send_pages(&self, sink: &mut dyn PageSink) -> Result<u64, CheckpointError> {
+        let mut total = 0;
+        for b in self.pages(DEFAULT_BATCH_BYTES)? {
+            let b = b?;
+            total += b.data.len() as u64;
+            sink.put(b)?;
+        }
+        sink.finish()?;
+        Ok(total)
+    }
+
+    /// The migration failed or was cancelled: let the source continue.
+    pub fn resume_source(mut self) -> Result<(), CheckpointError> {
+        let t = self.tracee.take().expect("checkpoint already consumed");
+        t.detach()
+            .map_err(|e| CheckpointError::sys("detaching the source", e))
+    }
+
+    /// The copy runs elsewhere now: kill the source and collect its exit
+    /// (which also reaps it when the caller is its parent).
+    pub fn finish_source(mut self) -> Result<(), CheckpointError> {
+        let t = self.tracee.take().expect("checkpoint already consumed");
+        t.kill();
+        loop {
+            match waitpid(t.pid) {
+                Ok(Stop::Killed(_)) | Ok(Stop::Exited(_)) => return Ok(()),
+                Ok(_) => continue,
+                Err(e) => return Err(CheckpointError::sys("reaping the source", e)),
+            }
+        }
+    }
+
+    /// Hand the still-stopped source to whoever will act as its deputy.
+    pub fn keep_frozen(mut self) -> FrozenSource {
+        FrozenSource {
+            tracee: self.tracee.take(),
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl Drop for Checkpoint {
+    /// Never leave the source stuck: an abandoned checkpoint resumes it.
+    fn drop(&mut self) {
+        if let Some(t) = self.tracee.take() {
+            let _ = t.detach();
+        }
+    }
+}
+
+impl FrozenSource {
+    pub fn pid(&self) -> i32 {
+        self.tracee.as_ref().map(|t| t.pid).unwrap_or(-1)
+    }
+    pub fn resume(mut self) -> Result<(), CheckpointError> {
+        let t = self.tracee.take().expect("consumed");
+        t.detach()
+            .map_err(|e| CheckpointError::sys("detaching the source", e))
+    }
+}
+
+impl Drop for FrozenSource {
+    fn drop(&mut self) {
+        if let Some(t) = self.tracee.take() {
+            let _ = t.detach();
+        }
+    }
+}
+
+/// What the injected calls in the source found out.
+struct Injected {
+    actions: Vec<SigAction>,
+    altstack: AltStack,
+    itimers: [ItimerVal; 3],
+    clear_child_tid: u64,
+    robust_list: (u64, u64),
+    brk: u64,
+    dumpable: u32,
+    rlimits: Vec<Rlimit>,
+}
+
+fn capture(t: &Tracee) -> Result<ProcessImage, CheckpointError> {
+    let pid = t.pid;
+    crate::movable::check(pid, Some(gettid()))?;
+    let sys = CheckpointError::sys;
+    let regs = t.regs().map_err(|e| sys("GETREGS", e))?;
+    let xstate = t.xstate().map_err(|e| sys("GETREGSET xstate", e))?;
+    let blocked = t.sigmask().map_err(|e| sys("GETSIGMASK", e))?;
+    let rseq = t
+        .rseq_config()
+        .map_err(|e| sys("GET_RSEQ_CONFIGURATION", e))?
+        .map(|(addr, len, sig)| RseqState { addr, len, sig });
+    let mut pending = Vec::new();
+    for shared in [false, true] {
+        for siginfo in t.peek_siginfo(shared).map_err(|e| sys("PEEKSIGINFO", e))? {
+            pending.push(PendingSignal { shared, siginfo });
+        }
+    }
+
+    let raw_vmas = proc::read_vmas(pid).map_err(|e| sys("reading smaps", e))?;
+    let inj = inject_queries(t, &regs, &raw_vmas);
+    // Whatever happened inside, the source gets its own registers and mask
+    // back before anything else can go wrong.
+    let restored = t.set_regs(&regs).and_then(|_| t.set_sigmask(blocked));
+    let inj = inj?;
+    restored.map_err(|e| sys("restoring source registers", e))?;
+
+    // Read the layout again: the scratch page is gone now and nothing else
+    // may have changed while the process was stopped.
+    let raw_vmas = proc::read_vmas(pid).map_err(|e| sys("reading smaps", e))?;
+    let mut vmas = Vec::with_capacity(raw_vmas.len());
+    for v in &raw_vmas {
+        vmas.push(Vma {
+            start: v.start,
+            end: v.end,
+            prot: v.prot(),
+            shared: v.shared(),
+            offset: v.offset,
+            kind: proc::classify_vma(v)?,
+            growsdown: v.growsdown(),
+        });
+    }
+
+    let p = procfs::process::Process::new(pid)
+        .map_err(|e| CheckpointError::Unexpected(format!("procfs: {e}")))?;
+    let stat = p
+        .stat()
+        .map_err(|e| CheckpointError::Unexpected(format!("stat: {e}")))?;
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).map_err(|e| sys("reading auxv", e))?;
+    let mm = MmState {
+        vmas,
+        start_code: stat.startcode,
+        end_code: stat.endcode,
+        start_data: stat.start_data.unwrap_or(0),
+        end_data: stat.end_data.unwrap_or(0),
+        start_brk: stat.start_brk.unwrap_or(0),
+        brk: inj.brk,
+        start_stack: stat.startstack,
+        arg_start: stat.arg_start.unwrap_or(0),
+        arg_end: stat.arg_end.unwrap_or(0),
+        env_start: stat.env_start.unwrap_or(0),
+        env_end: stat.env_end.unwrap_or(0),
+        auxv,
+        exe: proc::read_link(format!("/proc/{pid}/exe")).ok(),
+    };
+
+    let mut fds = FdTable::default();
+    for f in proc::read_fds(pid).map_err(|e| sys("reading fds", e))? {
+        fds.entries.push(FdEntry {
+            fd: f.fd,
+            kind: proc::classify_fd(&f)?,
+            flags: f.flags,
+            pos: f.pos,
+        });
+    }
+
+    let umask = proc::read_status_field(pid, "Umask")
+        .map_err(|e| sys("reading status", e))?
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+        .unwrap_or(0o022);
+    let misc = MiscState {
+        rlimits: inj.rlimits,
+        cwd: proc::read_link(format!("/proc/{pid}/cwd")).map_err(|e| sys("reading cwd", e))?,
+        umask,
+        comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|s| s.trim_end_matches('\n').to_string())
+            .unwrap_or_default(),
+    };
+
+    let creds = read_creds(pid, inj.dumpable).map_err(|e| sys("reading credentials", e))?;
+
+    Ok(ProcessImage {
+        creds,
+        version: IMAGE_VERSION,
+        pid,
+        threads: vec![CoreState {
+            tid: pid,
+            regs,
+            xstate,
+            blocked,
+            rseq,
+            robust_list: inj.robust_list,
+            clear_child_tid: inj.clear_child_tid,
+            altstack: inj.altstack,
+        }],
+        mm,
+        sig: SigState {
+            actions: inj.actions,
+            pending,
+            itimers: inj.itimers,
+        },
+        fds,
+        misc,
+    })
+}
+
+fn read_creds(pid: i32, dumpable: u32) -> std::io::Result<CredState> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |k: &str| -> Vec<&str> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(':')))
+            .map(|v| v.split_whitespace().collect())
+            .unwrap_or_default()
+    };
+    let ids = |k: &str| -> std::io::Result<[u32; 4]> {
+        let v: Vec<u32> = field(k).iter().filter_map(|x| x.parse().ok()).collect();
+        v.try_into()
+            .map_err(|_| std::io::Error::other(format!("bad {k} line")))
+    };
+    let cap = |k: &str| {
+        field(k)
+            .first()
+            .and_then(|x| u64::from_str_radix(x, 16).ok())
+            .unwrap_or(0)
+    };
+    let personality = std::fs::read_to_string(format!("/proc/{pid}/personality"))?;
+    Ok(CredState {
+        uids: ids("Uid")?,
+        gids: ids("Gid")?,
+        groups: field("Groups")
+            .iter()
+            .filter_map(|x| x.parse().ok())
+            .collect(),
+        cap_inh: cap("CapInh"),
+        cap_prm: cap("CapPrm"),
+        cap_eff: cap("CapEff"),
+        cap_bnd: cap("CapBnd"),
+        cap_amb: cap("CapAmb"),
+        no_new_privs: field("NoNewPrivs").first() == Some(&"1"),
+        dumpable,
+        personality: u32::from_str_radix(personality.trim(), 16).unwrap_or(0),
+    })
+}
+
+/// Find a `syscall` instruction to borrow: the vDSO has one (its syscall
+/// fallbacks), and failing that any executable file mapping will.
+pub(crate) fn syscall_site(t: &Tracee, vmas: &[RawVma]) -> std::io::Result<Option<u64>> {
+    let candidates = vmas.iter().filter(|v| v.path == "[vdso]").chain(
+        vmas.iter()
+            .filter(|v| v.perms[2] == b'x' && v.path.starts_with('/')),
+    );
+    for v in candidates {
+        if let Some(a) = find_syscall_insn(t, v.start, v.end)? {
+            return Ok(Some(a));
+        }
+    }
+    Ok(None)
+}
+
+/// State only the task itself can ask for (its signal dispositions, timers,
+/// tid address, robust list, brk), read by syscalls injected into it. All
+/// signals are blocked meanwhile so nothing is delivered into our borrowed
+/// register state; the caller restores registers and mask.
+fn inject_queries(t: &Tracee, regs: &Regs, vmas: &[RawVma]) -> Result<Injected, CheckpointError> {
+    let sys = CheckpointError::sys;
+    t.set_sigmask(!0).map_err(|e| sys("SETSIGMASK", e))?;
+    let insn = syscall_site(t, vmas)
+        .map_err(|e| sys("looking for a syscall instruction", e))?
+        .ok_or_else(|| {
+            CheckpointError::Unexpected("no syscall instruction in the source".into())
+        })?;
+    let inj = Injector {
+        t,
+        insn,
+        base: *regs,
+    };
+    let call = |nr: i64, args: &[u64]| -> Result<i64, CheckpointError> {
+        let r = inj
+            .raw(nr, args)
+            .map_err(|e| CheckpointError::sys(format!("injecting syscall {nr}"), e))?;
+        match errno_of(r) {
+            Some(errno) => Err(CheckpointError::Injected { nr, errno }),
+            None => Ok(r),
+        }
+    };
+    let scratch = call(
+        libc::SYS_mmap,
+        &[
+            0,
+            PAGE,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        ],
+    )? as u64;
+    let res = (|| -> Result<Injected, CheckpointError> {
+        let read = |len: usize| -> Result<Vec<u8>, CheckpointError> {
+            let mut b = vec![0u8; len];
+            t.read_mem(scratch, &mut b)
+                .map_err(|e| sys("reading scratch", e))?;
+            Ok(b)
+        };
+        let u64_at =
+            |b: &[u8], i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        let mut actions = Vec::with_capacity(64);
+        for sig in 1..=64u64 {
+            if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+                actions.push(SigAction::default());
+                continue;
+            }
+            call(libc::SYS_rt_sigaction, &[sig, 0, scratch, 8])?;
+            let b = read(32)?;
+            actions.push(SigAction {
+                handler: u64_at(&b, 0),
+                flags: u64_at(&b, 1),
+                restorer: u64_at(&b, 2),
+                mask: u64_at(&b, 3),
+            });
+        }
+        call(libc::SYS_sigaltstack, &[0, scratch])?;
+        let b = read(24)?;
+        let altstack = AltStack {
+            sp: u64_at(&b, 0),
+            flags: u64_at(&b, 1) as i32,
+            size: u64_at(&b, 2),
+        };
+        let mut itimers = [ItimerVal::default(); 3];
+        for (which, it) in itimers.iter_mut().enumerate() {
+            call(libc::SYS_getitimer, &[which as u64, scratch])?;
+            let b = read(32)?;
+            *it = ItimerVal {
+                interval_sec: u64_at(&b, 0) as i64,
+                interval_usec: u64_at(&b, 1) as i64,
+                value_sec: u64_at(&b, 2) as i64,
+                value_usec: u64_at(&b, 3) as i64,
+            };
+        }
+        // The kernel keeps clear_child_tid write-only except for this
+        // CONFIG_CHECKPOINT_RESTORE prctl, which must run in the task itself.
+        call(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch])?;
+        let clear_child_tid = u64_at(&read(8)?, 0);
+        call(libc::SYS_get_robust_list, &[0, scratch, scratch + 8])?;
+        let b = read(16)?;
+        let robust_list = (u64_at(&b, 0), u64_at(&b, 1));
+        let brk = call(libc::SYS_brk, &[0])? as u64;
+        let dumpable = call(libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])? as u32;
+        // Asked from inside: prlimit on another user's process needs
+        // CAP_SYS_RESOURCE, which a restorer may not have.
+        let mut rlimits = Vec::new();
+        for res in 0..16u64 {
+            call(libc::SYS_prlimit64, &[0, res, 0, scratch])?;
+            let b = read(16)?;
+            rlimits.push(Rlimit {
+                resource: res as u32,
+                cur: u64_at(&b, 0),
+                max: u64_at(&b, 1),
+            });
+        }
+        Ok(Injected {
+            rlimits,
+            dumpable,
+            actions,
+            altstack,
+            itimers,
+            clear_child_tid,
+            robust_list,
+            brk,
+        })
+    })();
+    let unmapped = call(libc::SYS_munmap, &[scratch, PAGE]);
+    let out = res?;
+    unmapped?;
+    Ok(out)
+}
+
+/// Iterator over the frozen source's pages that must travel: anonymous
+/// pages present in RAM or swap, and private file pages that were written
+/// (no longer the file's page cache page).
+pub struct PageReader<'a> {
+    t: &'a Tracee,
+    pagemap: File,
+    vmas: Vec<&'a Vma>,
+    idx: usize,
+    cursor: u64,
+    max_pages: u64,
+}
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+impl PageReader<'_> {
+    fn wanted(entry: u64, file_backed: bool) -> bool {
+        if entry & PM_SWAP != 0 {
+            return true;
+        }
+        entry & PM_PRESENT != 0 && !(file_backed && entry & PM_FILE != 0)
+    }
+
+    fn next_run(&mut self) -> Result<Option<PageBatch>, CheckpointError> {
+        while let Some(v) = self.vmas.get(self.idx).copied() {
+            if self.cursor < v.start {
+                self.cursor = v.start;
+            }
+            if self.cursor >= v.end {
+                self.idx += 1;
+                continue;
+            }
+            let file_backed = matches!(v.kind, VmaKind::File { .. });
+            let n = ((v.end - self.cursor) / PAGE).min(self.max_pages);
+            let mut raw = vec![0u8; (n * 8) as usize];
+            self.pagemap
+                .read_exact_at(&mut raw, self.cursor / PAGE * 8)
+                .map_err(|e| CheckpointError::sys("reading pagemap", e))?;
+            let entries: Vec<u64> = raw
+                .chunks_exact(8)
+                .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+                .collect();
+            let Some(first) = entries.iter().position(|&e| Self::wanted(e, file_backed)) else {
+                self.cursor += n * PAGE;
+                continue;
+            };
+            let len = entries[first..]
+                .iter()
+                .take_while(|&&e| Self::wanted(e, file_backed))
+                .count() as u64;
+            let addr = self.cursor + first as u64 * PAGE;
+            let mut data = vec![0u8; (len * PAGE) as usize];
+            self.t
+                .read_mem(addr, &mut data)
+                .map_err(|e| CheckpointError::sys(format!("reading pages at {addr:#x}"), e))?;
+            self.cursor = addr + len * PAGE;
+            return Ok(Some(PageBatch { addr, data }));
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for PageReader<'_> {
+    type Item = Result<PageBatch, CheckpointError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_run().transpose()
+    }
+}

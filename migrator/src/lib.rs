@@ -1,0 +1,34 @@
+//! Checkpoint/restore of a single-threaded x86_64 Linux process, built on
+//! ptrace and syscalls injected into the stopped task (no parasite blob, no
+//! kernel module). See `README.md` in this crate for the design.
+//!
+//! The three entry points:
+//! - [`check_movable`] says whether (and why not) a process can move,
+//!   without touching it.
+//! - [`Checkpoint::take`] freezes a process and captures its state; pages
+//!   are pulled lazily from the frozen process into a [`PageSink`].
+//! - [`restore`] rebuilds the process inside a fresh stub from an image and
+//!   a [`PageSource`], and leaves it stopped until [`Restored::run`].
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+compile_error!("mosix-migrator only supports x86_64 Linux");
+
+mod checkpoint;
+mod error;
+mod inject;
+mod movable;
+mod pages;
+mod proc;
+mod ptrace;
+mod restore;
+mod state;
+
+pub use checkpoint::{grab_fd, Checkpoint, FrozenSource, PageReader};
+pub use error::{CantMove, CheckpointError, RestoreError, StreamError};
+pub use movable::check_movable;
+pub use pages::{
+    read_image, write_image, MemPages, PageSink, PageSource, StreamSink, StreamSource,
+    DEFAULT_BATCH_BYTES,
+};
+pub use restore::{restore, FdReplacement, RestoreOptions, RestoreStep, Restored};
+pub use state::*;
