@@ -175,6 +175,10 @@ impl Drop for Checkpoint {
 }
 
 impl FrozenSource {
+    pub(crate) fn take_tracee(&mut self) -> Option<Tracee> {
+        self.tracee.take()
+    }
+
     pub fn pid(&self) -> i32 {
         self.tracee.as_ref().map(|t| t.pid).unwrap_or(-1)
     }

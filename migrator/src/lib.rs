@@ -14,6 +14,7 @@
 compile_error!("mosix-migrator only supports x86_64 Linux");
 
 mod checkpoint;
+mod deputy;
 mod error;
 mod inject;
 mod movable;
@@ -24,6 +25,7 @@ mod restore;
 mod state;
 
 pub use checkpoint::{grab_fd, Checkpoint, FrozenSource, PageReader};
+pub use deputy::{Deputy, DeputyEvent, Ending};
 pub use error::{CantMove, CheckpointError, RestoreError, StreamError};
 pub use movable::check_movable;
 pub use pages::{

@@ -57,7 +57,7 @@ pub(crate) fn waitpid(pid: i32) -> io::Result<Stop> {
     }
 }
 
-fn decode_status(status: i32) -> Stop {
+pub(crate) fn decode_status(status: i32) -> Stop {
     if libc::WIFEXITED(status) {
         Stop::Exited(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {

@@ -1,0 +1,224 @@
+//! The deputy: what stays at home of a process that runs elsewhere.
+//!
+//! MOSIX keeps the original process at home so that its parent, its pid,
+//! its terminal and the signals sent to it keep working. Here the deputy is
+//! the frozen source itself, still traced: it is parked in `pause()` with
+//! every signal unblocked, so each signal sent to it stops it for the tracer
+//! to see (and forward to the running copy) instead of running its handlers
+//! on stale memory; the tracer suppresses the signal and the kernel restarts
+//! the `pause()`. When the copy ends, the deputy ends the same way, so the
+//! parent's `wait()` gets the real exit status or signal.
+//!
+//! Like everything ptrace, a `Deputy` belongs to the thread that seized the
+//! process.
+use std::io;
+use std::marker::PhantomData;
+
+use crate::checkpoint::FrozenSource;
+use crate::ptrace::{decode_status, Stop, Tracee};
+use crate::state::Regs;
+
+/// Something that happened to the deputy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeputyEvent {
+    /// Signal `sig` was sent to the process at home (and suppressed there).
+    Signal(i32),
+    /// The deputy itself is gone: killed by this signal (SIGKILL cannot be
+    /// intercepted), or exited.
+    Killed(i32),
+    Exited(i32),
+}
+
+/// How the copy ended, for the deputy to repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Signaled(i32),
+}
+
+pub struct Deputy {
+    tracee: Option<Tracee>,
+    /// Set once waitpid reported the deputy's death: nothing to kill.
+    dead: std::cell::Cell<bool>,
+    /// A `syscall` instruction in the deputy, and registers to start from.
+    insn: u64,
+    base: Regs,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl FrozenSource {
+    /// Turns the frozen source into a deputy, parked until something
+    /// happens to it.
+    pub fn into_deputy(mut self) -> io::Result<Deputy> {
+        let tracee = self
+            .take_tracee()
+            .ok_or_else(|| io::Error::other("source already let go"))?;
+        let vmas = crate::proc::read_vmas(tracee.pid)?;
+        let insn = crate::checkpoint::syscall_site(&tracee, &vmas)?
+            .ok_or_else(|| io::Error::other("no syscall instruction in the deputy"))?;
+        let base = tracee.regs()?;
+        let d = Deputy {
+            tracee: Some(tracee),
+            dead: std::cell::Cell::new(false),
+            insn,
+            base,
+            _not_send: PhantomData,
+        };
+        d.park()?;
+        Ok(d)
+    }
+}
+
+impl Deputy {
+    fn t(&self) -> &Tracee {
+        self.tracee.as_ref().expect("deputy already ended")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.t().pid
+    }
+
+    /// Into `pause()`, every signal unblocked: the next signal stops it.
+    fn park(&self) -> io::Result<()> {
+        let t = self.t();
+        let mut r = self.base;
+        r.rip = self.insn;
+        r.rax = libc::SYS_pause as u64;
+        // Not inside a syscall: nothing for the kernel to restart on resume.
+        r.orig_rax = u64::MAX;
+        t.set_regs(&r)?;
+        t.set_sigmask(0)?;
+        t.cont(0)
+    }
+
+    /// The next thing that happened to the deputy, if any, without waiting.
+    pub fn poll(&self) -> io::Result<Option<DeputyEvent>> {
+        let t = self.t();
+        let mut status = 0;
+        // SAFETY: plain syscall with a valid out pointer.
+        let r = unsafe { libc::waitpid(t.pid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r == 0 {
+            return Ok(None);
+        }
+        if r == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Some(match decode_status(status) {
+            // Suppressed: the signal is the running copy's business. The
+            // interrupted pause() is restarted by the kernel, since no
+            // handler ran.
+            Stop::Signal(sig) => {
+                t.cont(0)?;
+                DeputyEvent::Signal(sig)
+            }
+            Stop::Event(_) | Stop::OtherEvent(_) => {
+                t.cont(0)?;
+                return Ok(None);
+            }
+            Stop::Killed(sig) => {
+                self.gone();
+                DeputyEvent::Killed(sig)
+            }
+            Stop::Exited(code) => {
+                self.gone();
+                DeputyEvent::Exited(code)
+            }
+        }))
+    }
+
+    fn gone(&self) {
+        self.dead.set(true);
+    }
+
+    /// Stops the parked deputy so registers can be set.
+    fn interrupt(&self) -> io::Result<()> {
+        let t = self.t();
+        // SAFETY: plain ptrace request.
+        if unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, t.pid, 0, 0) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        loop {
+            match crate::ptrace::waitpid(t.pid)? {
+                Stop::Event(_) => return Ok(()),
+                // A signal raced in: it is the copy's, not the deputy's.
+                Stop::Signal(_) | Stop::OtherEvent(_) => t.cont(0)?,
+                Stop::Exited(c) => return Err(io::Error::other(format!("deputy exited ({c})"))),
+                Stop::Killed(s) => return Err(io::Error::other(format!("deputy killed ({s})"))),
+            }
+        }
+    }
+
+    /// Ends the deputy the way the copy ended: the parent's `wait()` sees
+    /// the same exit code or signal. Returns once it is gone.
+    pub fn end_like(mut self, ending: Ending) -> io::Result<()> {
+        self.interrupt()?;
+        let t = self.tracee.take().expect("deputy already ended");
+        let mut r = self.base;
+        r.rip = self.insn;
+        r.orig_rax = u64::MAX;
+        match ending {
+            Ending::Exited(code) => {
+                r.rax = libc::SYS_exit_group as u64;
+                r.rdi = code as u64;
+                t.set_regs(&r)?;
+                t.cont(0)?;
+            }
+            Ending::Signaled(sig) => {
+                // Its handlers are the program's, on memory that is no
+                // longer current: reset the disposition, then deliver.
+                // struct kernel_sigaction {handler, flags, restorer, mask},
+                // all zero: SIG_DFL. Written below the red zone.
+                let at = (self.base.rsp - 4096) & !15;
+                t.write_mem(at, &[0u8; 32])?;
+                r.rax = libc::SYS_rt_sigaction as u64;
+                r.rdi = sig as u64;
+                r.rsi = at;
+                r.rdx = 0;
+                r.r10 = 8;
+                t.set_regs(&r)?;
+                loop {
+                    t.step()?;
+                    match crate::ptrace::waitpid(t.pid)? {
+                        Stop::Signal(libc::SIGTRAP) => break,
+                        // Another signal got in first: it is not ours to
+                        // deliver; step again, suppressing it.
+                        Stop::Signal(_) => t.set_regs(&r)?,
+                        other => {
+                            return Err(io::Error::other(format!("resetting {sig}: {other:?}")))
+                        }
+                    }
+                }
+                t.set_sigmask(0)?;
+                t.cont(sig)?;
+            }
+        }
+        loop {
+            match crate::ptrace::waitpid(t.pid)? {
+                Stop::Exited(_) | Stop::Killed(_) => return Ok(()),
+                // A stop signal's group stop, or a late signal: keep going.
+                Stop::Signal(s) if Some(s) == signal_of(ending) => t.cont(s)?,
+                _ => t.cont(0)?,
+            }
+        }
+    }
+}
+
+fn signal_of(e: Ending) -> Option<i32> {
+    match e {
+        Ending::Signaled(s) => Some(s),
+        Ending::Exited(_) => None,
+    }
+}
+
+impl Drop for Deputy {
+    /// A deputy dropped without an ending (its copy is lost): it dies, as
+    /// the process did; letting it resume would run the process twice.
+    fn drop(&mut self) {
+        if let Some(t) = self.tracee.take() {
+            if !self.dead.get() {
+                t.kill();
+                let _ = crate::ptrace::waitpid(t.pid);
+            }
+        }
+    }
+}

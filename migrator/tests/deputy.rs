@@ -1,0 +1,98 @@
+//! The deputy left at home: signals sent to it are seen (and kept from its
+//! stale handlers), and it ends the way the copy ended, so its parent's
+//! wait() gets the real status.
+mod common;
+
+use common::require_root;
+use mosix_migrator::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A shell that starts a sleeper with a SIGUSR1 handler that would print,
+/// and prints how the sleeper ended once it does. Returns the sleeper's pid.
+fn parent_and_child() -> (
+    std::process::Child,
+    i32,
+    BufReader<std::process::ChildStdout>,
+) {
+    let bin = common::compile("handler");
+    let mut sh = Command::new("sh")
+        .args([
+            "-c",
+            &format!("{} & wait $!; echo status=$?", bin.display()),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(sh.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid: i32 = line.trim().parse().unwrap();
+    // Let it install its trap.
+    std::thread::sleep(Duration::from_millis(200));
+    (sh, pid, out)
+}
+
+fn next_event(d: &Deputy) -> DeputyEvent {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if let Some(e) = d.poll().unwrap() {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no deputy event in 5 s");
+}
+
+fn deputy_of(pid: i32) -> Deputy {
+    Checkpoint::take(pid)
+        .unwrap()
+        .keep_frozen()
+        .into_deputy()
+        .unwrap()
+}
+
+#[test]
+fn signals_reach_the_tracer_not_the_stale_handlers_and_the_exit_code_is_repeated() {
+    require_root();
+    let (mut sh, pid, mut out) = parent_and_child();
+    let d = deputy_of(pid);
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    assert_eq!(next_event(&d), DeputyEvent::Signal(libc::SIGUSR1));
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    assert_eq!(next_event(&d), DeputyEvent::Signal(libc::SIGINT));
+    // Still there, still parked.
+    assert!(d.poll().unwrap().is_none());
+    d.end_like(Ending::Exited(7)).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "status=7\n", "the handler must not have run");
+    sh.wait().unwrap();
+}
+
+#[test]
+fn a_signal_ending_is_repeated_even_over_a_handler() {
+    require_root();
+    let (mut sh, pid, mut out) = parent_and_child();
+    let d = deputy_of(pid);
+    d.end_like(Ending::Signaled(libc::SIGUSR1)).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, format!("status={}\n", 128 + libc::SIGUSR1));
+    sh.wait().unwrap();
+}
+
+#[test]
+fn sigkill_at_home_is_seen() {
+    require_root();
+    let (mut sh, pid, mut out) = parent_and_child();
+    let d = deputy_of(pid);
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(next_event(&d), DeputyEvent::Killed(libc::SIGKILL));
+    drop(d);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "status=137\n");
+    sh.wait().unwrap();
+}
