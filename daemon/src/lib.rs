@@ -5,6 +5,7 @@ pub mod identity;
 pub mod link;
 pub mod load;
 pub mod membership;
+pub mod migrate;
 pub mod mount;
 pub mod mounttable;
 pub mod startup;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use mosix_fs::service::{ClientId, Who};
 use mosix_net::{Peers, Tls, TlsFiles};
-use mosix_procview::node::{LocalNode, Stationary};
+use mosix_procview::node::LocalNode;
 use mosix_proto::fs::FsReply;
 use mosix_proto::{Datagram, RemoteError, Request, Response};
 
@@ -52,6 +53,7 @@ pub enum DaemonError {
 /// Serves authenticated peers.
 struct Node {
     name: String,
+    migrations: Arc<migrate::Migrations>,
     procs: Arc<LocalNode>,
     membership: Membership,
     export: Arc<mosix_fs::export::Export>,
@@ -74,9 +76,11 @@ impl mosix_net::Handler for Node {
             // The transport answers Discard and unpacks FsWrite itself;
             // reaching here is a bug in the peer's framing, not ours to
             // crash on.
-            Request::Discard { .. } | Request::FsWrite { .. } => Response::Error(
-                RemoteError::BadRequest("payload must follow on the stream".into()),
-            ),
+            Request::Discard { .. } | Request::FsWrite { .. } | Request::Arrive { .. } => {
+                Response::Error(RemoteError::BadRequest(
+                    "payload must follow on the stream".into(),
+                ))
+            }
             Request::NodeFile { file } => {
                 let procs = self.procs.clone();
                 Response::ProcData(
@@ -156,6 +160,16 @@ impl mosix_net::Handler for Node {
                 }
             }
         }
+    }
+
+    async fn stream(
+        &self,
+        peer: &mosix_net::Peer,
+        req: Request,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        self.migrations.clone().arrive(peer, req, send, recv).await
     }
 
     fn datagram(&self, peer: &mosix_net::Peer, data: Bytes) {
@@ -261,14 +275,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             source,
         })?,
     );
+    let migrations = migrate::Migrations::new(
+        cfg.name.clone(),
+        cfg.export.path.clone(),
+        membership.clone(),
+        peers.clone(),
+        tokio::runtime::Handle::current(),
+    );
     let procs = Arc::new(LocalNode::new(
         cfg.node_id(),
-        Arc::new(Stationary {
-            node: cfg.name.clone(),
-        }),
+        Arc::new(migrate::MigratorHandle(migrations.clone())),
     ));
     let node = Arc::new(Node {
         name: cfg.name.clone(),
+        migrations,
         procs: procs.clone(),
         membership: membership.clone(),
         export: export.clone(),
