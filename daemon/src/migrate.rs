@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -217,7 +217,15 @@ impl Migrations {
         // runs. A failure between the two leaves a deputy whose copy never
         // runs: it dies, and the process with it, but it never runs twice.
         let freeze = start.elapsed();
-        let deputy = match ck.keep_frozen().into_deputy() {
+        let reopened: Vec<i32> = ck
+            .image()
+            .fds
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, FdKind::File { .. } | FdKind::Directory { .. }))
+            .map(|e| e.fd)
+            .collect();
+        let deputy = match ck.keep_frozen().into_deputy(&reopened) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(pid, error = %e, "cannot park the deputy; the process is lost");
@@ -338,13 +346,7 @@ impl Migrations {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let Request::Arrive {
-            home,
-            home_pid,
-            home_root,
-            nmigs: _,
-        } = req
-        else {
+        let Request::Arrive { home, home_pid, .. } = req else {
             return;
         };
         // A node sends its own processes only.
@@ -359,12 +361,12 @@ impl Migrations {
         let (inbox_tx, inbox) = mpsc::channel::<GuestMsg>();
         let (recv_back, recv_rx) = tokio::sync::oneshot::channel();
         let home2 = home.clone();
+        let tag = format!("{home}-{home_pid}-{}", next_guest_tag());
+        let tag2 = tag.clone();
         // The restorer's thread owns the copy (its parent, and its ptrace).
         let spawned = std::thread::Builder::new()
             .name(format!("guest-{home}-{home_pid}"))
-            .spawn(move || {
-                me.guest_thread(home2, home_pid, home_root, recv, recv_back, inbox, to_home)
-            });
+            .spawn(move || me.guest_thread(home2, home_pid, tag2, recv, recv_back, inbox, to_home));
         if spawned.is_err() {
             return;
         }
@@ -401,6 +403,7 @@ impl Migrations {
         let _ = send.finish();
         let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
         reader.abort();
+        let _ = std::fs::remove_dir(guest_view_dir(&tag));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -408,7 +411,7 @@ impl Migrations {
         self: Arc<Self>,
         home: String,
         home_pid: u32,
-        home_root: String,
+        tag: String,
         recv: quinn::RecvStream,
         recv_back: tokio::sync::oneshot::Sender<quinn::RecvStream>,
         inbox: mpsc::Receiver<GuestMsg>,
@@ -452,22 +455,17 @@ impl Migrations {
                 );
             }
         }
-        let mount = PathBuf::from("/mosix/nodes").join(&home);
-        let root = PathBuf::from(&home_root);
-        let translate = move |p: &Path| -> PathBuf {
-            // Stateless devices (/dev/null and the like) are this node's own;
-            // /dev is never exported anyway.
-            if p.starts_with("/dev") {
-                return p.to_path_buf();
-            }
-            match p.strip_prefix(&root) {
-                Ok(rel) => mount.join(rel),
-                // Outside the home's export: nothing reaches it from here.
-                Err(_) => mount.join(p.strip_prefix("/").unwrap_or(p)),
+        // The copy sees its home's files at `/`; paths in its image are
+        // home paths, so they need no translation there.
+        let view = match enter_home_view(&home, &tag) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(%home, home_pid, error = %e, "cannot build the home view");
+                let _ = to_home.send(GuestMsg::Built(Err(e.raw_os_error().unwrap_or(libc::EIO))));
+                return;
             }
         };
         let opts = RestoreOptions {
-            translate_path: Some(&translate),
             replacements,
             keep_pid: true,
             ..Default::default()
@@ -535,6 +533,9 @@ impl Migrations {
         });
         let ending = wait_ending(pid);
         self.guests.lock().expect("guests").remove(&(pid as u32));
+        // The view's mounts go with this thread's namespace; its directory
+        // in the node's own tree is removed by `arrive`.
+        let _ = view;
         tracing::info!(%home, home_pid, pid, ?ending, "guest ended");
         let _ = to_home.send(GuestMsg::Ended(ending));
     }
@@ -667,4 +668,93 @@ impl Migrator for MigratorHandle {
             tracing::info!(pid, target, freeze = ?t.freeze, total = ?t.total, bytes = t.bytes, "migration done");
         })
     }
+}
+
+/// Makes the calling thread (and the processes it creates) see its home
+/// node's files at `/`, as the process saw them at home: a private mount
+/// namespace whose root is a tmpfs holding a bind mount of each top-level
+/// entry of `/mosix/nodes/<home>`, with this node's own `/proc`, `/sys`,
+/// `/dev` and `/mosix`. So absolute paths (a database's journal, a config
+/// file, `/tmp/x`) keep meaning what they meant at home, not only the cwd
+/// and relative paths. Returns the directory to remove once the guest is
+/// gone.
+fn enter_home_view(home: &str, tag: &str) -> std::io::Result<PathBuf> {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    let io = |e: nix::Error| std::io::Error::from(e);
+    let root = guest_view_dir(tag);
+    std::fs::create_dir_all(&root)?;
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS).map_err(io)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(io)?;
+    mount(
+        Some("tmpfs"),
+        &root,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(io)?;
+    let src = PathBuf::from("/mosix/nodes").join(home);
+    let local = ["proc", "sys", "dev", "mosix"];
+    for entry in std::fs::read_dir(&src)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if local.iter().any(|l| name == *l) {
+            continue;
+        }
+        let (from, to) = (entry.path(), root.join(&name));
+        let ft = entry.file_type()?;
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+            continue;
+        }
+        if ft.is_dir() {
+            std::fs::create_dir(&to)?;
+        } else {
+            std::fs::File::create(&to)?;
+        }
+        mount(
+            Some(&from),
+            &to,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(io)?;
+    }
+    for l in local {
+        let to = root.join(l);
+        std::fs::create_dir_all(&to)?;
+        let from = PathBuf::from("/").join(l);
+        mount(
+            Some(&from),
+            &to,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(io)?;
+    }
+    nix::unistd::chroot(&root).map_err(io)?;
+    std::env::set_current_dir("/")?;
+    Ok(guest_view_dir(tag))
+}
+
+/// Where a guest's home view is built, in this node's own tree.
+fn guest_view_dir(tag: &str) -> PathBuf {
+    PathBuf::from("/run/mosix/guests").join(tag)
+}
+
+/// Tells apart guests that arrive with the same home and pid (one that
+/// moved away and came back).
+fn next_guest_tag() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }

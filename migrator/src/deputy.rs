@@ -48,8 +48,11 @@ pub struct Deputy {
 
 impl FrozenSource {
     /// Turns the frozen source into a deputy, parked until something
-    /// happens to it.
-    pub fn into_deputy(mut self) -> io::Result<Deputy> {
+    /// happens to it. Its descriptors `close` are closed first: the copy
+    /// reopened those files, and the deputy must not keep the POSIX locks
+    /// the process held on them (the copy takes them again, and would find
+    /// them held by itself at home).
+    pub fn into_deputy(mut self, close: &[i32]) -> io::Result<Deputy> {
         let tracee = self
             .take_tracee()
             .ok_or_else(|| io::Error::other("source already let go"))?;
@@ -64,6 +67,14 @@ impl FrozenSource {
             base,
             _not_send: PhantomData,
         };
+        {
+            let t = d.t();
+            t.set_sigmask(!0)?;
+            let inj = crate::inject::Injector { t, insn, base };
+            for fd in close {
+                inj.raw(libc::SYS_close, &[*fd as u64])?;
+            }
+        }
         d.park()?;
         Ok(d)
     }

@@ -49,7 +49,7 @@ fn deputy_of(pid: i32) -> Deputy {
     Checkpoint::take(pid)
         .unwrap()
         .keep_frozen()
-        .into_deputy()
+        .into_deputy(&[])
         .unwrap()
 }
 
