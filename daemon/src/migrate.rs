@@ -52,6 +52,42 @@ const DEPUTY_POLL: Duration = Duration::from_millis(10);
 /// Output relayed per message.
 const RELAY_CHUNK: usize = 64 << 10;
 
+/// Where a target can be told to fail on purpose, for tests of the
+/// transaction: `/run/mosix/fault` holding `abort:<phase>` (the daemon dies
+/// as if killed) or `cut:<phase>` (the stream to the home node breaks), with
+/// phase `pages` (image read, pages not yet) or `built` (copy built, waiting
+/// for `Run`). Only root can write there; without the file nothing happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Cut,
+}
+
+const FAULT_FILE: &str = "/run/mosix/fault";
+
+/// The fault file's contents, read once when a guest arrives: after that,
+/// the guest's thread sees its home node's files, not this node's.
+fn read_faults() -> Option<String> {
+    std::fs::read_to_string(FAULT_FILE).ok()
+}
+
+fn fault_at(spec: &Option<String>, phase: &str) -> Option<Fault> {
+    let (what, at) = spec.as_deref()?.trim().split_once(':')?;
+    if at != phase {
+        return None;
+    }
+    match what {
+        "abort" => {
+            tracing::warn!(phase, "fault injection: the daemon dies here");
+            std::process::abort()
+        }
+        "cut" => {
+            tracing::warn!(phase, "fault injection: the stream to home breaks here");
+            Some(Fault::Cut)
+        }
+        _ => None,
+    }
+}
+
 /// One of this node's processes running elsewhere.
 struct Away {
     target: String,
@@ -391,16 +427,24 @@ impl Migrations {
                 }
             }
         });
+        let mut finished = false;
         while let Some(m) = outbox.recv().await {
             let last = matches!(m, GuestMsg::Ended(_) | GuestMsg::Built(Err(_)));
             if write_frame(&mut send, &m, MAX_FRAME).await.is_err() {
                 break;
             }
             if last {
+                finished = true;
                 break;
             }
         }
-        let _ = send.finish();
+        if finished {
+            let _ = send.finish();
+        } else {
+            // The guest's side went away without a last word: break the
+            // stream, so home does not take it for an orderly end.
+            let _ = send.reset(mosix_net::server::ERR_PROTOCOL.into());
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
         reader.abort();
         let _ = std::fs::remove_dir(guest_view_dir(&tag));
@@ -417,6 +461,7 @@ impl Migrations {
         inbox: mpsc::Receiver<GuestMsg>,
         to_home: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
     ) {
+        let faults = read_faults();
         let mut r = SyncIoBridge::new_with_handle(recv, self.rt.clone());
         let image = match read_image(&mut r) {
             Ok(i) => i,
@@ -425,6 +470,11 @@ impl Migrations {
                 return;
             }
         };
+        if fault_at(&faults, "pages") == Some(Fault::Cut) {
+            // Dropping both halves resets the stream mid-transfer.
+            drop(r);
+            return;
+        }
         // The process's descriptors whose other end is at home: local pipes
         // whose other ends this daemon relays.
         let mut replacements = Vec::new();
@@ -481,6 +531,12 @@ impl Migrations {
                 return;
             }
         };
+        if fault_at(&faults, "built") == Some(Fault::Cut) {
+            // The stream breaks with the copy built: home never hears of it
+            // and never says Run, so this copy must never run.
+            restored.abort();
+            return;
+        }
         let _ = to_home.send(GuestMsg::Built(Ok(restored.pid() as u32)));
         // Only home's word lets the copy run: a home that died meanwhile
         // still has the source, which runs there again.

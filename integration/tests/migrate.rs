@@ -40,17 +40,27 @@ fn assert_gap_free(text: &str, n: usize, what: &str) {
     assert_eq!(got, want, "{what} is not a gap-free 1..{n}");
 }
 
+/// A background `mosix enter`, reaped when the test is done with it.
+struct Bg(std::process::Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `script` (bash) on `node` in the background; it is the parent of
 /// whatever it runs.
-fn start(c: &Cluster, node: &str, script: &str) -> std::process::Child {
-    Command::new(mosix_integration::mosix_bin())
+fn start(c: &Cluster, node: &str, script: &str) -> Bg {
+    Bg(Command::new(mosix_integration::mosix_bin())
         .args(["enter", "--state"])
         .arg(c.state())
         .args([node, "--", "bash", "-c", script])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap())
 }
 
 /// Writes `target` to the process's `where`; returns what the writer saw.
@@ -356,4 +366,118 @@ fn a_program_with_a_device_open_is_refused_and_keeps_running() {
         "it stopped running"
     );
     assert!(c.sh("n2", "pgrep -x dev || true").trim().is_empty());
+}
+
+/// A migration fails on purpose on the target at `phase` (`abort`: its
+/// daemon dies; `cut`: the stream breaks); the process must go on at home,
+/// exactly once, with its output intact.
+fn failed_migration_resumes_at_home(
+    c: &Cluster,
+    counter: &Path,
+    trial: usize,
+    fault: &str,
+    phase: &str,
+) {
+    let dir = format!("/tmp/f{trial}");
+    let n = 80;
+    c.sh("n1", &format!("mkdir -p {dir}"));
+    let _r = start(
+        c,
+        "n1",
+        &format!(
+            "cd {dir} && {} {n} > /dev/null; echo $? > {dir}/status",
+            counter.display()
+        ),
+    );
+    let started = Cluster::wait_for(Duration::from_secs(10), || {
+        c.sh(
+            "n1",
+            &format!("wc -l < {dir}/seq.txt 2>/dev/null || echo 0"),
+        )
+        .trim()
+        .parse::<usize>()
+        .unwrap_or(0)
+            > 5
+    });
+    assert!(
+        started.is_some(),
+        "trial {trial}: the counter never started"
+    );
+    let pid = pid_of(c, "n1", "counter");
+    c.sh("n2", &format!("echo {fault}:{phase} > /run/mosix/fault"));
+    let out = move_to(c, "n1", gpid(1, pid), "n2");
+    assert!(
+        !out.status.success(),
+        "trial {trial} ({fault} at {phase}): the move should have failed: {}",
+        output_text(&out)
+    );
+    if fault == "abort" {
+        c.restart_daemon("n2");
+    } else {
+        c.sh("n2", "rm -f /run/mosix/fault");
+    }
+    let status = wait_file(
+        c,
+        "n1",
+        &format!("{dir}/status"),
+        "7",
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        status.trim(),
+        "7",
+        "trial {trial} ({fault} at {phase}): exit at home"
+    );
+    assert_gap_free(
+        &c.sh("n1", &format!("cat {dir}/seq.txt")),
+        n,
+        &format!("trial {trial} ({fault} at {phase}): seq.txt"),
+    );
+    assert!(
+        c.sh("n2", "pgrep -x counter || true").trim().is_empty(),
+        "trial {trial} ({fault} at {phase}): a copy runs on n2"
+    );
+}
+
+#[test]
+fn a_migration_that_fails_midway_leaves_the_process_running_once_at_home() {
+    let c = Cluster::up(3);
+    let counter = compile(&c, "counter");
+    let mut trial = 0;
+    // 20 trials of each fault, over both phases before the commit.
+    for fault in ["cut", "abort"] {
+        for i in 0..20 {
+            let phase = if i % 2 == 0 { "pages" } else { "built" };
+            failed_migration_resumes_at_home(&c, &counter, trial, fault, phase);
+            trial += 1;
+        }
+    }
+    // And after all that, a migration still works.
+    c.sh("n2", "rm -f /run/mosix/fault");
+    c.sh("n1", "mkdir -p /tmp/ok");
+    let _r = start(
+        &c,
+        "n1",
+        &format!(
+            "cd /tmp/ok && {} 200 > /dev/null; echo $? > /tmp/ok/status",
+            counter.display()
+        ),
+    );
+    Cluster::wait_for(Duration::from_secs(10), || {
+        !c.sh("n1", "pgrep -x counter || true").trim().is_empty()
+    });
+    let pid = pid_of(&c, "n1", "counter");
+    let ok = Cluster::wait_for(Duration::from_secs(10), || {
+        move_to(&c, "n1", gpid(1, pid), "n2").status.success()
+    });
+    assert!(ok.is_some(), "migration after the faults");
+    assert_eq!(
+        wait_file(&c, "n1", "/tmp/ok/status", "7", Duration::from_secs(20)).trim(),
+        "7"
+    );
+    assert_gap_free(
+        &c.sh("n1", "cat /tmp/ok/seq.txt"),
+        200,
+        "seq.txt after the faults",
+    );
 }
