@@ -481,3 +481,49 @@ fn a_migration_that_fails_midway_leaves_the_process_running_once_at_home() {
         "seq.txt after the faults",
     );
 }
+
+/// CPU time (user + system, clock ticks) of `pid` as `node`'s own /proc
+/// says.
+fn cpu_ticks(c: &Cluster, node: &str, pid: u32) -> u64 {
+    let stat = c.sh(node, &format!("cat /proc/{pid}/stat"));
+    let after = &stat[stat.rfind(')').expect("stat") + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of proc_pid_stat(5); `after` starts at field 3.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_moved_process_computes_on_the_target_and_its_home_stays_idle() {
+    // Patterns say `i=[0]` so they match the spinner, not the shell that
+    // runs pgrep with the pattern in its own command line.
+    let c = Cluster::up(3);
+    let _r = start(&c, "n1", "exec -a spin sh -c 'i=0; while :; do i=$((i+1)); done'");
+    Cluster::wait_for(Duration::from_secs(10), || {
+        !c.sh("n1", "pgrep -f 'i=[0]; while' || true").trim().is_empty()
+    });
+    let pid: u32 = c
+        .sh("n1", "pgrep -f 'i=[0]; while' | head -1")
+        .trim()
+        .parse()
+        .expect("spinner pid");
+    let out = move_to(&c, "n1", gpid(1, pid), "n2");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let there: u32 = c
+        .sh("n2", "pgrep -f 'i=[0]; while' | head -1")
+        .trim()
+        .parse()
+        .expect("the spinner is not in n2's /proc");
+    let (home0, there0) = (cpu_ticks(&c, "n1", pid), cpu_ticks(&c, "n2", there));
+    std::thread::sleep(Duration::from_secs(2));
+    let (home1, there1) = (cpu_ticks(&c, "n1", pid), cpu_ticks(&c, "n2", there));
+    // A clock tick is 10 ms: two seconds of computing are about 200 on the
+    // target (less on a busy machine), and the deputy at home uses none.
+    assert!(there1 - there0 >= 50, "the copy computed only {} ticks", there1 - there0);
+    assert!(home1 - home0 <= 2, "the deputy used {} ticks at home", home1 - home0);
+    // SIGTERM at home ends it there, and the home pid's parent sees that.
+    c.sh("n1", &format!("kill -TERM {pid}"));
+    let gone = Cluster::wait_for(Duration::from_secs(5), || {
+        c.sh("n2", "pgrep -f 'i=[0]; while' || true").trim().is_empty()
+    });
+    assert!(gone.is_some(), "the copy survived SIGTERM at home");
+}
