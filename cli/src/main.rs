@@ -11,6 +11,7 @@ macro_rules! outln {
 }
 
 mod local;
+mod migrate;
 mod mon;
 mod ns;
 mod procs;
@@ -97,6 +98,28 @@ enum Cmd {
         /// Where /mosix is mounted.
         #[arg(long, default_value = "/mosix")]
         mosix: PathBuf,
+    },
+    /// Move a running process to another node (or `home`); returns once it
+    /// runs there.
+    Migrate {
+        gpid: u32,
+        /// A node name, or `home`.
+        target: String,
+        /// Where /mosix is mounted.
+        #[arg(long, default_value = "/mosix")]
+        mosix: PathBuf,
+    },
+    /// Run a command, on another node with --on (started here, then moved);
+    /// exits as the command did.
+    Run {
+        /// The node to run it on (default: here).
+        #[arg(long)]
+        on: Option<String>,
+        /// Where /mosix is mounted.
+        #[arg(long, default_value = "/mosix")]
+        mosix: PathBuf,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
     },
     /// Watch every node's load, memory and processes live (q quits).
     Mon {
@@ -278,6 +301,12 @@ fn main() {
             timeout,
         } => runtime().block_on(status::run(&control, json, wait_alive, timeout)),
         Cmd::Ps { user, node, mosix } => procs::ps(&mosix, user.as_deref(), node.as_deref()),
+        Cmd::Migrate {
+            gpid,
+            target,
+            mosix,
+        } => migrate::migrate(&mosix, gpid, &target),
+        Cmd::Run { on, mosix, cmd } => migrate::run(&mosix, on.as_deref(), &cmd),
         Cmd::Mon { control, interval } => runtime().block_on(mon::run(
             &control,
             std::time::Duration::from_secs_f64(interval.max(0.1)),

@@ -708,6 +708,12 @@ impl Migrator for MigratorHandle {
         if self.0.is_away(pid) {
             return None;
         }
+        if pid == 1 {
+            return Some("the node's init stays on its node".into());
+        }
+        if pid == std::process::id() {
+            return Some("the node's mosix daemon stays on its node".into());
+        }
         check_movable(pid as i32).err().map(|e| e.to_string())
     }
 
@@ -719,6 +725,11 @@ impl Migrator for MigratorHandle {
         }
         if target == "home" || target == this.name {
             return Ok(());
+        }
+        // The node's init and this daemon hold the node together: they
+        // stay, whoever asks.
+        if pid == 1 || pid == std::process::id() {
+            return Err(libc::EPERM);
         }
         this.send_away(pid, target).map(|t| {
             tracing::info!(pid, target, freeze = ?t.freeze, total = ?t.total, bytes = t.bytes, "migration done");

@@ -497,9 +497,15 @@ fn a_moved_process_computes_on_the_target_and_its_home_stays_idle() {
     // Patterns say `i=[0]` so they match the spinner, not the shell that
     // runs pgrep with the pattern in its own command line.
     let c = Cluster::up(3);
-    let _r = start(&c, "n1", "exec -a spin sh -c 'i=0; while :; do i=$((i+1)); done'");
+    let _r = start(
+        &c,
+        "n1",
+        "exec -a spin sh -c 'i=0; while :; do i=$((i+1)); done'",
+    );
     Cluster::wait_for(Duration::from_secs(10), || {
-        !c.sh("n1", "pgrep -f 'i=[0]; while' || true").trim().is_empty()
+        !c.sh("n1", "pgrep -f 'i=[0]; while' || true")
+            .trim()
+            .is_empty()
     });
     let pid: u32 = c
         .sh("n1", "pgrep -f 'i=[0]; while' | head -1")
@@ -518,12 +524,86 @@ fn a_moved_process_computes_on_the_target_and_its_home_stays_idle() {
     let (home1, there1) = (cpu_ticks(&c, "n1", pid), cpu_ticks(&c, "n2", there));
     // A clock tick is 10 ms: two seconds of computing are about 200 on the
     // target (less on a busy machine), and the deputy at home uses none.
-    assert!(there1 - there0 >= 50, "the copy computed only {} ticks", there1 - there0);
-    assert!(home1 - home0 <= 2, "the deputy used {} ticks at home", home1 - home0);
+    assert!(
+        there1 - there0 >= 50,
+        "the copy computed only {} ticks",
+        there1 - there0
+    );
+    assert!(
+        home1 - home0 <= 2,
+        "the deputy used {} ticks at home",
+        home1 - home0
+    );
     // SIGTERM at home ends it there, and the home pid's parent sees that.
     c.sh("n1", &format!("kill -TERM {pid}"));
     let gone = Cluster::wait_for(Duration::from_secs(5), || {
-        c.sh("n2", "pgrep -f 'i=[0]; while' || true").trim().is_empty()
+        c.sh("n2", "pgrep -f 'i=[0]; while' || true")
+            .trim()
+            .is_empty()
     });
     assert!(gone.is_some(), "the copy survived SIGTERM at home");
+}
+
+#[test]
+fn mosix_run_on_starts_a_program_elsewhere_and_mosix_migrate_moves_one() {
+    let c = Cluster::up(3);
+    let counter = compile(&c, "counter");
+    let bin = mosix_integration::mosix_bin();
+    c.sh("n1", "mkdir -p /tmp/r");
+    let _r = start(
+        &c,
+        "n1",
+        &format!(
+            "cd /tmp/r && {} run --on n3 -- {} 300 > /tmp/r/out; echo $? > /tmp/r/status",
+            bin.display(),
+            counter.display()
+        ),
+    );
+    let there = Cluster::wait_for(Duration::from_secs(10), || {
+        !c.sh("n3", "pgrep -x counter || true").trim().is_empty()
+    });
+    assert!(there.is_some(), "mosix run --on n3 did not run it on n3");
+    assert_eq!(
+        wait_file(&c, "n1", "/tmp/r/status", "7", Duration::from_secs(30)).trim(),
+        "7"
+    );
+    assert_gap_free(&c.sh("n1", "cat /tmp/r/seq.txt"), 300, "seq.txt");
+    assert_gap_free(&c.sh("n1", "cat /tmp/r/out"), 300, "stdout");
+
+    c.sh("n1", "mkdir -p /tmp/m");
+    let _r = start(
+        &c,
+        "n1",
+        &format!(
+            "cd /tmp/m && {} 300 > /dev/null; echo $? > /tmp/m/status",
+            counter.display()
+        ),
+    );
+    Cluster::wait_for(Duration::from_secs(10), || {
+        !c.sh("n1", "pgrep -x counter || true").trim().is_empty()
+    });
+    let pid = pid_of(&c, "n1", "counter");
+    let out = c.sh(
+        "n2",
+        &format!("{} migrate {} n2", bin.display(), gpid(1, pid)),
+    );
+    assert!(out.contains("n1 -> n2"), "{out}");
+    assert!(!c.sh("n2", "pgrep -x counter || true").trim().is_empty());
+    assert_eq!(
+        wait_file(&c, "n1", "/tmp/m/status", "7", Duration::from_secs(30)).trim(),
+        "7"
+    );
+    // A refusal is reported, with its reason: the node's init stays.
+    let init = gpid(1, 1).to_string();
+    assert!(c
+        .sh("n1", &format!("cat /mosix/proc/{init}/cantmove"))
+        .contains("init"));
+    let out = c.enter("n1", &[bin.to_str().unwrap(), "migrate", &init, "n2"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(c.sh("n1", &format!("cat /mosix/proc/{init}/where")), "n1\n");
 }
