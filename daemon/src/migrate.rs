@@ -92,6 +92,32 @@ fn fault_at(spec: &Option<String>, phase: &str) -> Option<Fault> {
 struct Away {
     target: String,
     nmigs: u32,
+    /// Requests to move it again, to its home thread.
+    cmds: mpsc::Sender<Command>,
+}
+
+/// A request to move a process that already runs away from home.
+struct Command {
+    target: String,
+    done: mpsc::Sender<Outcome>,
+}
+
+/// What reaches a deputy's thread.
+enum HomeEvent {
+    /// From the copy, on the stream of stay number `gen`.
+    Guest(u64, GuestMsg),
+    /// What the process's input at home produced, for the copy.
+    Input(GuestMsg),
+}
+
+/// Where the copy of a process with a deputy runs.
+enum Stay {
+    Away {
+        target: String,
+        to: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
+    },
+    /// Back home, as a new process of this daemon, beside its deputy.
+    Home { pid: i32 },
 }
 
 /// Another node's process running here.
@@ -142,14 +168,18 @@ impl Migrations {
         self.away.lock().expect("away").contains_key(&pid)
     }
 
+    fn alive_addr(&self, target: &str) -> Result<std::net::SocketAddr, i32> {
+        match self.membership.member(target) {
+            Some((addr, MemberState::Alive)) => Ok(addr),
+            Some(_) => Err(libc::EHOSTDOWN),
+            None => Err(libc::ENOENT),
+        }
+    }
+
     /// Moves this node's process `pid` to `target` and returns once it runs
     /// there (or failed and runs here again).
     fn send_away(self: &Arc<Self>, pid: u32, target: &str) -> Outcome {
-        let addr = match self.membership.member(target) {
-            Some((addr, MemberState::Alive)) => addr,
-            Some(_) => return Err(libc::EHOSTDOWN),
-            None => return Err(libc::ENOENT),
-        };
+        let addr = self.alive_addr(target)?;
         check_movable(pid as i32).map_err(|e| e.errno())?;
         let (tx, rx) = mpsc::channel();
         let me = self.clone();
@@ -161,6 +191,87 @@ impl Migrations {
             .spawn(move || me.home_thread(pid, target, addr, tx))
             .map_err(|_| libc::EAGAIN)?;
         rx.recv().unwrap_or(Err(libc::EIO))
+    }
+
+    /// Opens the stream that brings process `pid` to `addr`.
+    fn open_arrive(
+        &self,
+        pid: u32,
+        addr: std::net::SocketAddr,
+        nmigs: u32,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), i32> {
+        let req = Request::Arrive {
+            home: self.name.clone(),
+            home_pid: pid,
+            home_root: self.export_root.to_string_lossy().into_owned(),
+            nmigs,
+        };
+        self.rt
+            .block_on(self.peers.open_stream(addr, &req))
+            .map_err(|e| {
+                tracing::warn!(pid, %addr, error = %e, "cannot reach the target");
+                libc::EHOSTDOWN
+            })
+    }
+
+    /// Waits for the target's word that the copy is built.
+    fn await_built(&self, recv: &mut quinn::RecvStream) -> Result<(), i32> {
+        let built = self.rt.block_on(async {
+            tokio::time::timeout(
+                RUN_TIMEOUT + mosix_net::REQUEST_TIMEOUT,
+                read_frame::<_, GuestMsg>(recv, MAX_FRAME),
+            )
+            .await
+        });
+        match built {
+            Ok(Ok(Some(GuestMsg::Built(Ok(_))))) => Ok(()),
+            Ok(Ok(Some(GuestMsg::Built(Err(e))))) => Err(e),
+            _ => Err(libc::EIO),
+        }
+    }
+
+    /// The copy at the other end of `send`/`recv` is told to run; what it
+    /// says comes to the home thread tagged `gen`. Returns the way to it.
+    fn start_stay(
+        &self,
+        gen: u64,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        events: mpsc::Sender<HomeEvent>,
+    ) -> tokio::sync::mpsc::UnboundedSender<GuestMsg> {
+        let (to, mut from_home) = tokio::sync::mpsc::unbounded_channel::<GuestMsg>();
+        self.rt.spawn(async move {
+            if write_frame(&mut send, &GuestMsg::Run, MAX_FRAME)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while let Some(m) = from_home.recv().await {
+                if write_frame(&mut send, &m, MAX_FRAME).await.is_err() {
+                    return;
+                }
+            }
+            let _ = send.finish();
+        });
+        self.rt.spawn(async move {
+            loop {
+                match read_frame::<_, GuestMsg>(&mut recv, MAX_FRAME).await {
+                    Ok(Some(m)) => {
+                        if events.send(HomeEvent::Guest(gen, m)).is_err() {
+                            return;
+                        }
+                    }
+                    _ => {
+                        // The target is gone: the copy is lost.
+                        let lost = GuestMsg::Ended(Ending::Signaled(libc::SIGKILL));
+                        let _ = events.send(HomeEvent::Guest(gen, lost));
+                        return;
+                    }
+                }
+            }
+        });
+        to
     }
 
     fn home_thread(
@@ -178,15 +289,9 @@ impl Migrations {
                 return;
             }
         };
-        let nmigs = 1;
-        let req = Request::Arrive {
-            home: self.name.clone(),
-            home_pid: pid,
-            home_root: self.export_root.to_string_lossy().into_owned(),
-            nmigs,
-        };
         // Descriptors whose other end stays here: the deputy's copies, to
-        // relay. Taken while the source is frozen.
+        // relay (and to give back to the process if it comes home). Taken
+        // while the source is frozen.
         let relayed: Vec<(i32, bool, OwnedFd)> = ck
             .image()
             .fds
@@ -198,14 +303,7 @@ impl Migrations {
                 ck.dup_source_fd(e.fd).ok().map(|fd| (e.fd, input, fd))
             })
             .collect();
-        let sent = self
-            .rt
-            .block_on(self.peers.open_stream(addr, &req))
-            .map_err(|e| {
-                tracing::warn!(pid, %target, error = %e, "cannot reach the target");
-                libc::EHOSTDOWN
-            });
-        let (send, mut recv) = match sent {
+        let (send, mut recv) = match self.open_arrive(pid, addr, 1) {
             Ok(s) => s,
             Err(e) => {
                 let _ = done.send(Err(e));
@@ -228,26 +326,11 @@ impl Migrations {
                 return;
             }
         };
-        let mut send = w.into_inner();
-        let built = self.rt.block_on(async {
-            tokio::time::timeout(
-                RUN_TIMEOUT + mosix_net::REQUEST_TIMEOUT,
-                read_frame::<_, GuestMsg>(&mut recv, MAX_FRAME),
-            )
-            .await
-        });
-        match built {
-            Ok(Ok(Some(GuestMsg::Built(Ok(_))))) => {}
-            Ok(Ok(Some(GuestMsg::Built(Err(e))))) => {
-                tracing::warn!(pid, %target, errno = e, "the target could not rebuild the process; it resumes here");
-                let _ = done.send(Err(e));
-                return;
-            }
-            other => {
-                tracing::warn!(pid, %target, answer = ?other, "no rebuild from the target; the process resumes here");
-                let _ = done.send(Err(libc::EIO));
-                return;
-            }
+        let send = w.into_inner();
+        if let Err(e) = self.await_built(&mut recv) {
+            tracing::warn!(pid, %target, errno = e, "the target did not rebuild the process; it resumes here");
+            let _ = done.send(Err(e));
+            return;
         }
         // The commit point: the source becomes the deputy, then the copy
         // runs. A failure between the two leaves a deputy whose copy never
@@ -269,53 +352,29 @@ impl Migrations {
                 return;
             }
         };
-        let (to_target, from_home) = tokio::sync::mpsc::unbounded_channel::<GuestMsg>();
-        let (events_tx, events) = mpsc::channel::<GuestMsg>();
-        self.rt.spawn(async move {
-            let mut from_home = from_home;
-            if write_frame(&mut send, &GuestMsg::Run, MAX_FRAME)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            while let Some(m) = from_home.recv().await {
-                if write_frame(&mut send, &m, MAX_FRAME).await.is_err() {
-                    return;
-                }
-            }
-            let _ = send.finish();
-        });
+        let (events_tx, events) = mpsc::channel::<HomeEvent>();
+        let mut gen = 1;
+        let to = self.start_stay(gen, send, recv, events_tx.clone());
+        let stop_inputs = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writers: HashMap<i32, std::fs::File> = HashMap::new();
+        let mut originals: Vec<(i32, OwnedFd)> = Vec::new();
         for (fd, input, file) in relayed {
+            if let Ok(dup) = file.try_clone() {
+                originals.push((fd, dup));
+            }
             if input {
-                spawn_input_relay(&self.rt, fd, file, to_target.clone());
+                spawn_input_relay(&self.rt, fd, file, events_tx.clone(), stop_inputs.clone());
             } else {
                 writers.insert(fd, std::fs::File::from(file));
             }
         }
-        let ev = events_tx.clone();
-        self.rt.spawn(async move {
-            loop {
-                match read_frame::<_, GuestMsg>(&mut recv, MAX_FRAME).await {
-                    Ok(Some(m)) => {
-                        if ev.send(m).is_err() {
-                            return;
-                        }
-                    }
-                    _ => {
-                        // The target is gone: the copy is lost.
-                        let _ = ev.send(GuestMsg::Ended(Ending::Signaled(libc::SIGKILL)));
-                        return;
-                    }
-                }
-            }
-        });
+        let (cmds_tx, cmds) = mpsc::channel::<Command>();
         self.away.lock().expect("away").insert(
             pid,
             Away {
                 target: target.clone(),
-                nmigs,
+                nmigs: 1,
+                cmds: cmds_tx,
             },
         );
         tracing::info!(pid, %target, ?freeze, bytes, "process migrated; deputy at home");
@@ -324,54 +383,257 @@ impl Migrations {
             total: start.elapsed(),
             bytes,
         }));
-        // The deputy's life: forward what is sent to it, repeat how the
-        // copy ends.
-        loop {
+        let mut stay = Stay::Away { target, to };
+        let mut nmigs = 1;
+        // The deputy's life: forward what is sent to it, relay, move the
+        // copy on when asked, and repeat how the copy ends.
+        let ending = loop {
             match events.recv_timeout(DEPUTY_POLL) {
-                Ok(GuestMsg::Data { fd, bytes }) => {
-                    // Output of the copy, to where it went at home. A reader
-                    // that went away is the copy's business (EPIPE there).
+                Ok(HomeEvent::Guest(g, GuestMsg::Data { fd, bytes })) => {
+                    // Output of the copy (also late output of an earlier
+                    // stay), to where it went at home.
+                    let _ = g;
                     if let Some(f) = writers.get_mut(&fd) {
                         if f.write_all(&bytes).is_err() {
                             writers.remove(&fd);
                         }
                     }
                 }
-                Ok(GuestMsg::Eof { fd }) => {
+                Ok(HomeEvent::Guest(g, GuestMsg::Eof { fd })) if g == gen => {
                     writers.remove(&fd);
                 }
-                Ok(GuestMsg::Ended(ending)) => {
-                    let e = match ending {
-                        Ending::Exited(c) => mosix_migrator::Ending::Exited(c),
-                        Ending::Signaled(s) => mosix_migrator::Ending::Signaled(s),
-                    };
-                    if let Err(err) = deputy.end_like(e) {
-                        tracing::warn!(pid, error = %err, "the deputy could not end like its copy");
+                Ok(HomeEvent::Guest(g, GuestMsg::Ended(e))) if g == gen => break Some(e),
+                Ok(HomeEvent::Guest(..)) => {}
+                Ok(HomeEvent::Input(m)) => {
+                    if let Stay::Away { to, .. } = &stay {
+                        let _ = to.send(m);
                     }
-                    break;
                 }
-                Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+            }
+            if let Ok(cmd) = cmds.try_recv() {
+                let Stay::Away {
+                    to: old,
+                    target: from,
+                } = &stay
+                else {
+                    let _ = cmd.done.send(Err(libc::EOPNOTSUPP));
+                    continue;
+                };
+                let outcome = self.move_on(
+                    pid,
+                    nmigs + 1,
+                    old,
+                    from,
+                    &cmd.target,
+                    gen + 1,
+                    &events,
+                    &events_tx,
+                    &mut writers,
+                    &originals,
+                );
+                match outcome {
+                    Ok((next, timing)) => {
+                        gen += 1;
+                        nmigs += 1;
+                        if let Stay::Home { .. } = next {
+                            // The process is here again, on the real
+                            // descriptors: nothing to relay any more.
+                            stop_inputs.store(true, std::sync::atomic::Ordering::Relaxed);
+                            writers.clear();
+                        }
+                        let running_on = match &next {
+                            Stay::Away { target, .. } => target.clone(),
+                            Stay::Home { .. } => self.name.clone(),
+                        };
+                        if let Some(a) = self.away.lock().expect("away").get_mut(&pid) {
+                            a.target = running_on;
+                            a.nmigs = nmigs;
+                        }
+                        stay = next;
+                        let _ = cmd.done.send(Ok(timing));
+                    }
+                    Err(e) => {
+                        let _ = cmd.done.send(Err(e));
+                    }
+                }
+            }
+            if let Stay::Home { pid: local } = &stay {
+                if let Some(e) = try_wait_ending(*local) {
+                    break Some(e);
+                }
             }
             match deputy.poll() {
-                Ok(Some(DeputyEvent::Signal(sig))) => {
-                    let _ = to_target.send(GuestMsg::Signal(sig));
-                }
+                Ok(Some(DeputyEvent::Signal(sig))) => match &stay {
+                    Stay::Away { to, .. } => {
+                        let _ = to.send(GuestMsg::Signal(sig));
+                    }
+                    // SAFETY: plain syscall on our own child.
+                    Stay::Home { pid } => unsafe {
+                        libc::kill(*pid, sig);
+                    },
+                },
                 // SIGKILL of the deputy kills the copy.
-                Ok(Some(DeputyEvent::Killed(_))) | Ok(Some(DeputyEvent::Exited(_))) => {
-                    let _ = to_target.send(GuestMsg::Signal(libc::SIGKILL));
-                    break;
+                Ok(Some(DeputyEvent::Killed(_))) | Ok(Some(DeputyEvent::Exited(_))) | Err(_) => {
+                    match &stay {
+                        Stay::Away { to, .. } => {
+                            let _ = to.send(GuestMsg::Signal(libc::SIGKILL));
+                        }
+                        // SAFETY: plain syscall on our own child.
+                        Stay::Home { pid } => unsafe {
+                            libc::kill(*pid, libc::SIGKILL);
+                        },
+                    }
+                    break None;
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(pid, error = %e, "lost the deputy");
-                    let _ = to_target.send(GuestMsg::Signal(libc::SIGKILL));
-                    break;
-                }
+            }
+        };
+        self.away.lock().expect("away").remove(&pid);
+        stop_inputs.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(ending) = ending {
+            let e = match ending {
+                Ending::Exited(c) => mosix_migrator::Ending::Exited(c),
+                Ending::Signaled(s) => mosix_migrator::Ending::Signaled(s),
+            };
+            if let Err(err) = deputy.end_like(e) {
+                tracing::warn!(pid, error = %err, "the deputy could not end like its copy");
             }
         }
-        self.away.lock().expect("away").remove(&pid);
+    }
+
+    /// Moves the copy running at `from` (reached through `old`) on to
+    /// `target`, or home: the copy is frozen there and sent here, then
+    /// either sent on (this node proxies the stream) or rebuilt here. The
+    /// copy at `from` stays frozen and intact until the new one is built.
+    #[allow(clippy::too_many_arguments)]
+    fn move_on(
+        &self,
+        pid: u32,
+        nmigs: u32,
+        old: &tokio::sync::mpsc::UnboundedSender<GuestMsg>,
+        from: &str,
+        target: &str,
+        gen: u64,
+        events: &mpsc::Receiver<HomeEvent>,
+        events_tx: &mpsc::Sender<HomeEvent>,
+        writers: &mut HashMap<i32, std::fs::File>,
+        originals: &[(i32, OwnedFd)],
+    ) -> Result<(Stay, Timing), i32> {
+        let start = Instant::now();
+        let home = target == "home" || target == self.name;
+        if !home && target == from {
+            return Err(libc::EALREADY);
+        }
+        let addr = if home {
+            None
+        } else {
+            Some(self.alive_addr(target)?)
+        };
+        let _ = old.send(GuestMsg::Leave);
+        // Where the copy's image goes: on to the next target, or into
+        // memory to rebuild it here.
+        let mut next = match addr {
+            Some(a) => Some(self.open_arrive(pid, a, nmigs).map_err(|e| {
+                let _ = old.send(GuestMsg::Stay);
+                e
+            })?),
+            None => None,
+        };
+        let mut image: Vec<u8> = Vec::new();
+        let mut bytes = 0u64;
+        let received: Result<(), i32> = loop {
+            match events.recv_timeout(RUN_TIMEOUT) {
+                Ok(HomeEvent::Guest(_, GuestMsg::Chunk(c))) => {
+                    bytes += c.len() as u64;
+                    match &mut next {
+                        Some((send, _)) => {
+                            if self.rt.block_on(send.write_all(&c)).is_err() {
+                                break Err(libc::EIO);
+                            }
+                        }
+                        None => image.extend_from_slice(&c),
+                    }
+                }
+                Ok(HomeEvent::Guest(_, GuestMsg::Left)) => break Ok(()),
+                Ok(HomeEvent::Guest(_, GuestMsg::Data { fd, bytes })) => {
+                    if let Some(f) = writers.get_mut(&fd) {
+                        let _ = f.write_all(&bytes);
+                    }
+                }
+                Ok(HomeEvent::Guest(_, GuestMsg::Ended(_)))
+                | Ok(HomeEvent::Guest(_, GuestMsg::Built(Err(_)))) => break Err(libc::EIO),
+                Ok(_) => {}
+                Err(_) => break Err(libc::ETIMEDOUT),
+            }
+        };
+        if let Err(e) = received {
+            tracing::warn!(
+                pid,
+                from,
+                to = target,
+                errno = e,
+                "moving on failed; the copy stays"
+            );
+            let _ = old.send(GuestMsg::Stay);
+            return Err(e);
+        }
+        let stay = match next {
+            Some((send, mut recv)) => {
+                if let Err(e) = self.await_built(&mut recv) {
+                    let _ = old.send(GuestMsg::Stay);
+                    return Err(e);
+                }
+                let _ = old.send(GuestMsg::Moved);
+                let to = self.start_stay(gen, send, recv, events_tx.clone());
+                Stay::Away {
+                    target: target.to_string(),
+                    to,
+                }
+            }
+            None => {
+                let mut r = std::io::Cursor::new(image);
+                let built = read_image(&mut r).map_err(|e| e.errno()).and_then(|img| {
+                    let replacements = originals
+                        .iter()
+                        .map(|(fd, f)| FdReplacement {
+                            fd: *fd,
+                            from: f.as_raw_fd(),
+                        })
+                        .collect();
+                    let opts = RestoreOptions {
+                        replacements,
+                        ..Default::default()
+                    };
+                    restore(&img, &mut StreamSource::new(&mut r), &opts).map_err(|e| e.errno())
+                });
+                let restored = match built {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = old.send(GuestMsg::Stay);
+                        return Err(e);
+                    }
+                };
+                let _ = old.send(GuestMsg::Moved);
+                match restored.run() {
+                    Ok(local) => Stay::Home { pid: local },
+                    Err(e) => {
+                        tracing::error!(pid, error = %e, "the copy came home but cannot run");
+                        return Err(libc::EIO);
+                    }
+                }
+            }
+        };
+        tracing::info!(pid, from, to = target, bytes, took = ?start.elapsed(), "process moved on");
+        Ok((
+            stay,
+            Timing {
+                freeze: start.elapsed(),
+                total: start.elapsed(),
+                bytes,
+            },
+        ))
     }
 
     /// A process arriving from its home node on `send`/`recv`.
@@ -428,8 +690,13 @@ impl Migrations {
             }
         });
         let mut finished = false;
+        let mut built = false;
         while let Some(m) = outbox.recv().await {
-            let last = matches!(m, GuestMsg::Ended(_) | GuestMsg::Built(Err(_)));
+            // A failure to build ends the stay; once the copy runs, only
+            // its end does (a failed move on leaves it running here).
+            let last =
+                matches!(m, GuestMsg::Ended(_)) || (!built && matches!(m, GuestMsg::Built(Err(_))));
+            built |= matches!(m, GuestMsg::Built(Ok(_)));
             if write_frame(&mut send, &m, MAX_FRAME).await.is_err() {
                 break;
             }
@@ -561,15 +828,22 @@ impl Migrations {
             .expect("guests")
             .insert(pid as u32, Guest { home: home.clone() });
         tracing::info!(%home, home_pid, pid, "guest runs here");
+        // Set once the copy moved on: its end here is not its end.
+        let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for (fd, file) in outputs {
-            spawn_output_relay(&self.rt, fd, file, to_home.clone());
+            spawn_output_relay(&self.rt, fd, file, to_home.clone(), left.clone());
         }
         // Home's messages to the copy, on their own thread: this one waits
         // for the copy to end.
+        let (to, left2) = (to_home.clone(), left.clone());
         std::thread::spawn(move || {
+            let mut frozen: Option<Checkpoint> = None;
             for m in inbox {
                 match m {
-                    GuestMsg::Signal(sig) => {
+                    // Not once it left: its pid may be another's by now.
+                    GuestMsg::Signal(sig)
+                        if frozen.is_none() && !left2.load(std::sync::atomic::Ordering::SeqCst) =>
+                    {
                         // SAFETY: plain syscall on our own child.
                         unsafe { libc::kill(pid, sig) };
                     }
@@ -583,6 +857,45 @@ impl Migrations {
                     GuestMsg::Eof { fd } => {
                         inputs.remove(&fd);
                     }
+                    // Home moves it on: freeze it and send it back whole;
+                    // it stays here, frozen and intact, until home decides.
+                    GuestMsg::Leave if frozen.is_none() => match Checkpoint::take(pid) {
+                        Ok(ck) => {
+                            let mut w = ChunkWriter::new(to.clone());
+                            let sent = write_image(&mut w, ck.image())
+                                .map_err(|e| e.errno())
+                                .and_then(|_| {
+                                    ck.send_pages(&mut StreamSink::new(&mut w))
+                                        .map_err(|e| e.errno())
+                                })
+                                .and_then(|_| w.flush().map_err(|_| libc::EIO));
+                            match sent {
+                                Ok(()) => {
+                                    let _ = to.send(GuestMsg::Left);
+                                    frozen = Some(ck);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(pid, errno = e, "cannot send the copy back");
+                                    let _ = to.send(GuestMsg::Built(Err(e)));
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(pid, error = %e, "cannot freeze the copy to move it on");
+                            let _ = to.send(GuestMsg::Built(Err(e.errno())));
+                        }
+                    },
+                    GuestMsg::Moved => {
+                        if let Some(ck) = frozen.take() {
+                            left2.store(true, std::sync::atomic::Ordering::SeqCst);
+                            let _ = ck.finish_source();
+                        }
+                    }
+                    GuestMsg::Stay => {
+                        if let Some(ck) = frozen.take() {
+                            let _ = ck.resume_source();
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -592,17 +905,43 @@ impl Migrations {
         // The view's mounts go with this thread's namespace; its directory
         // in the node's own tree is removed by `arrive`.
         let _ = view;
-        tracing::info!(%home, home_pid, pid, ?ending, "guest ended");
-        let _ = to_home.send(GuestMsg::Ended(ending));
+        if left.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!(%home, home_pid, pid, "guest moved on");
+        } else {
+            tracing::info!(%home, home_pid, pid, ?ending, "guest ended");
+            let _ = to_home.send(GuestMsg::Ended(ending));
+        }
     }
 }
 
-/// How child `pid` ended.
+/// How child `pid` ended, if it has.
+fn try_wait_ending(pid: i32) -> Option<Ending> {
+    let mut status = 0;
+    // SAFETY: plain syscall with a valid out pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if r == -1 {
+        return Some(Ending::Signaled(libc::SIGKILL));
+    }
+    if r == 0 {
+        return None;
+    }
+    if libc::WIFEXITED(status) {
+        Some(Ending::Exited(libc::WEXITSTATUS(status)))
+    } else if libc::WIFSIGNALED(status) {
+        Some(Ending::Signaled(libc::WTERMSIG(status)))
+    } else {
+        None
+    }
+}
+
+/// How child `pid` ended. `__WNOTHREAD`: when another thread of this
+/// daemon traces the child (to move it on), its ptrace stops are that
+/// thread's to see, not ours.
 fn wait_ending(pid: i32) -> Ending {
     loop {
         let mut status = 0;
         // SAFETY: plain syscall with a valid out pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WNOTHREAD) };
         if r == -1 {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
@@ -618,30 +957,44 @@ fn wait_ending(pid: i32) -> Ending {
     }
 }
 
-/// What the process reads at home (its stdin pipe or tty), sent on to it.
+/// What the process reads at home (its stdin pipe or tty), sent on to it,
+/// until `stop` (the process came home and reads it itself).
 fn spawn_input_relay(
     rt: &tokio::runtime::Handle,
     fd: i32,
     file: OwnedFd,
-    to: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
+    to: mpsc::Sender<HomeEvent>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut f = std::fs::File::from(file);
     rt.spawn_blocking(move || {
         let mut buf = vec![0u8; RELAY_CHUNK];
         loop {
+            // Wait for input a little at a time, so a stop is seen.
+            let mut pfd = libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, 100) };
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            if n <= 0 {
+                continue;
+            }
             match std::io::Read::read(&mut f, &mut buf) {
                 Ok(0) | Err(_) => {
-                    let _ = to.send(GuestMsg::Eof { fd });
+                    let _ = to.send(HomeEvent::Input(GuestMsg::Eof { fd }));
                     return;
                 }
                 Ok(n) => {
-                    if to
-                        .send(GuestMsg::Data {
-                            fd,
-                            bytes: buf[..n].to_vec(),
-                        })
-                        .is_err()
-                    {
+                    let m = GuestMsg::Data {
+                        fd,
+                        bytes: buf[..n].to_vec(),
+                    };
+                    if to.send(HomeEvent::Input(m)).is_err() {
                         return;
                     }
                 }
@@ -650,19 +1003,23 @@ fn spawn_input_relay(
     });
 }
 
-/// What the copy writes to a relayed descriptor, sent home.
+/// What the copy writes to a relayed descriptor, sent home (its end, only
+/// if the copy did not move on).
 fn spawn_output_relay(
     rt: &tokio::runtime::Handle,
     fd: i32,
     mut f: std::fs::File,
     to: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
+    left: Arc<std::sync::atomic::AtomicBool>,
 ) {
     rt.spawn_blocking(move || {
         let mut buf = vec![0u8; RELAY_CHUNK];
         loop {
             match std::io::Read::read(&mut f, &mut buf) {
                 Ok(0) | Err(_) => {
-                    let _ = to.send(GuestMsg::Eof { fd });
+                    if !left.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = to.send(GuestMsg::Eof { fd });
+                    }
                     return;
                 }
                 Ok(n) => {
@@ -674,6 +1031,44 @@ fn spawn_output_relay(
             }
         }
     });
+}
+
+/// Writes the migrator's stream as `Chunk` messages on a guest stream.
+struct ChunkWriter {
+    to: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    const SIZE: usize = 1 << 20;
+
+    fn new(to: tokio::sync::mpsc::UnboundedSender<GuestMsg>) -> Self {
+        ChunkWriter {
+            to,
+            buf: Vec::with_capacity(Self::SIZE),
+        }
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(Self::SIZE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == Self::SIZE {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::SIZE));
+        self.to
+            .send(GuestMsg::Chunk(chunk))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
 }
 
 /// The daemon's migrations as the process view's [`Migrator`].
@@ -719,9 +1114,24 @@ impl Migrator for MigratorHandle {
 
     fn migrate(&self, _creds: &Creds, pid: u32, target: &str) -> Result<(), i32> {
         let this = &self.0;
-        if this.is_away(pid) {
-            // Moving again, or home, is not built yet.
-            return Err(libc::EOPNOTSUPP);
+        let away = this
+            .away
+            .lock()
+            .expect("away")
+            .get(&pid)
+            .map(|a| a.cmds.clone());
+        if let Some(cmds) = away {
+            // It runs elsewhere (or came back beside its deputy): its home
+            // thread moves it on.
+            let (tx, rx) = mpsc::channel();
+            cmds.send(Command {
+                target: target.to_string(),
+                done: tx,
+            })
+            .map_err(|_| libc::ESRCH)?;
+            return rx.recv().unwrap_or(Err(libc::EIO)).map(|t| {
+                tracing::info!(pid, target, total = ?t.total, bytes = t.bytes, "migration done");
+            });
         }
         if target == "home" || target == this.name {
             return Ok(());

@@ -83,7 +83,7 @@ fn wait_file(c: &Cluster, node: &str, path: &str, want: &str, limit: Duration) -
 }
 
 #[test]
-fn a_running_counter_moves_and_its_parent_pipe_and_exit_code_stay_home() {
+fn a_running_counter_moves_n1_n2_n3_home_and_its_parent_pipe_and_exit_code_stay_home() {
     let c = Cluster::up(3);
     let counter = compile(&c, "counter");
     let n = 400;
@@ -133,6 +133,36 @@ fn a_running_counter_moves_and_its_parent_pipe_and_exit_code_stay_home() {
     assert!(!there.trim().is_empty(), "no counter in n2's /proc");
     assert_eq!(c.sh("n3", &format!("cat /mosix/proc/{g}/where")), "n2\n");
     assert_eq!(c.sh("n1", &format!("cat /mosix/proc/{g}/home")), "n1\n");
+
+    // On to n3 (asked from n3), then home again; the deputy stays home.
+    let lines = |c: &Cluster| {
+        c.sh("n1", "wc -l < /tmp/w/seq.txt")
+            .trim()
+            .parse::<usize>()
+            .unwrap()
+    };
+    let before = lines(&c);
+    let out = move_to(&c, "n3", g, "n3");
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        c.sh("n2", "pgrep -x counter || true").trim().is_empty(),
+        "still on n2"
+    );
+    assert!(
+        !c.sh("n3", "pgrep -x counter || true").trim().is_empty(),
+        "not on n3"
+    );
+    assert_eq!(c.sh("n1", &format!("cat /mosix/proc/{g}/where")), "n3\n");
+    assert_eq!(c.sh("n1", &format!("cat /mosix/proc/{g}/nmigs")), "2\n");
+    Cluster::wait_for(Duration::from_secs(5), || lines(&c) > before + 5);
+    let out = move_to(&c, "n2", g, "home");
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        c.sh("n3", "pgrep -x counter || true").trim().is_empty(),
+        "still on n3"
+    );
+    assert_eq!(c.sh("n1", &format!("cat /mosix/proc/{g}/where")), "n1\n");
+    assert_eq!(c.sh("n1", &format!("cat /mosix/proc/{g}/nmigs")), "3\n");
 
     // It finishes: the file in its cwd is gap-free across the move, its
     // output reached the pipe at home, and the parent got exit code 7.

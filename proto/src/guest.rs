@@ -32,4 +32,16 @@ pub enum GuestMsg {
     Eof { fd: i32 },
     /// Target to home: the process ended.
     Ended(Ending),
+    /// Home to target: freeze the copy and send it back (to move it on, or
+    /// home); it stays frozen and intact until `Moved` or `Stay`.
+    Leave,
+    /// Target to home: a piece of the frozen copy's image and pages, in the
+    /// migrator's stream format.
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Target to home: the whole copy was sent.
+    Left,
+    /// Home to target: the copy runs elsewhere now; drop the frozen one.
+    Moved,
+    /// Home to target: the move failed; let the frozen copy go on here.
+    Stay,
 }
