@@ -535,9 +535,8 @@ impl Migrations {
         // Where the copy's image goes: on to the next target, or into
         // memory to rebuild it here.
         let mut next = match addr {
-            Some(a) => Some(self.open_arrive(pid, a, nmigs).map_err(|e| {
+            Some(a) => Some(self.open_arrive(pid, a, nmigs).inspect_err(|_| {
                 let _ = old.send(GuestMsg::Stay);
-                e
             })?),
             None => None,
         };
