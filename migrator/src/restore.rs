@@ -148,7 +148,23 @@ struct CloneArgs {
 /// (not fork) so the old pid can be requested with set_tid; the child runs
 /// only raw syscalls, which is all that is safe after forking a
 /// multi-threaded process.
-fn spawn_stub(want_pid: Option<i32>) -> io::Result<i32> {
+///
+/// The child first closes every inherited fd except `keep` (the
+/// replacements): holding the restorer's fds would, among other things,
+/// keep the write end of the very stream being restored from open, so a
+/// sender that dies mid-stream would never produce EOF.
+fn spawn_stub(want_pid: Option<i32>, keep: &[RawFd]) -> io::Result<i32> {
+    let mut keep: Vec<u32> = keep.iter().map(|&f| f as u32).collect();
+    keep.sort_unstable();
+    let mut closes: Vec<(u32, u32)> = Vec::new();
+    let mut lo = 0u32;
+    for &k in &keep {
+        if k > lo {
+            closes.push((lo, k - 1));
+        }
+        lo = k.saturating_add(1);
+    }
+    closes.push((lo, u32::MAX));
     let set_tid = [want_pid.unwrap_or(0)];
     let mut args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
@@ -168,6 +184,10 @@ fn spawn_stub(want_pid: Option<i32>) -> io::Result<i32> {
         )
     };
     if r == 0 {
+        for &(a, b) in &closes {
+            // SAFETY: raw syscall on our own fd table; no allocation here.
+            unsafe { libc::syscall(libc::SYS_close_range, a, b, 0) };
+        }
         loop {
             // SAFETY: raw syscall, async-signal-safe.
             unsafe { libc::syscall(libc::SYS_pause) };
@@ -197,9 +217,10 @@ pub fn restore(
             image.threads.len()
         )));
     }
+    let keep: Vec<RawFd> = opts.replacements.iter().map(|r| r.from).collect();
     let pid = match opts.keep_pid.then_some(image.pid) {
-        Some(p) => spawn_stub(Some(p)).or_else(|_| spawn_stub(None)),
-        None => spawn_stub(None),
+        Some(p) => spawn_stub(Some(p), &keep).or_else(|_| spawn_stub(None, &keep)),
+        None => spawn_stub(None, &keep),
     }
     .map_err(|e| RestoreError::sys("clone3 of the stub", e))?;
     let t = match Tracee::seize(pid, libc::PTRACE_O_EXITKILL) {
@@ -753,7 +774,8 @@ fn restore_fds(
     let entries = &image.fds.entries;
     let hi = entries.iter().map(|e| e.fd + 1).max().unwrap_or(0).max(3) as u64;
     // Park the replacements (inherited from us at the same numbers) above
-    // every target fd, then close everything else we inherited.
+    // every target fd. The stub closed everything else right after clone3;
+    // closing the rest again here just makes that independent of the stub.
     let mut parked: Vec<(i32, u64)> = Vec::new();
     for r in &opts.replacements {
         let p = rem.call(
