@@ -321,6 +321,16 @@ fn pick_hole(image: &ProcessImage, stub: &[RawVma], len: u64) -> Option<u64> {
         .filter(|r| r.0 < 0x7fff_ffff_f000)
         .collect();
     used.sort();
+    // The two layouts overlap each other: merge, or a gap between two
+    // areas could lie inside a third, larger one.
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(used.len());
+    for (s, e) in used {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    let used = merged;
     // Walk down from the top of the lower half; the low 4 GiB are left for
     // non-PIE binaries and MAP_32BIT users.
     let mut top: u64 = 0x7fff_0000_0000;
@@ -833,4 +843,55 @@ fn restore_fds(
         rem.call("close", libc::SYS_close, &[p])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(start: u64, end: u64) -> RawVma {
+        RawVma {
+            start,
+            end,
+            perms: *b"rw-p",
+            offset: 0,
+            path: String::new(),
+        }
+    }
+
+    #[test]
+    fn hole_avoids_overlapping_layouts() {
+        let g = 1u64 << 30;
+        let image_vmas = |v: &[(u64, u64)]| -> ProcessImage {
+            let mut img: ProcessImage = crate::pages::tests_support::tiny_image();
+            img.mm.vmas = v
+                .iter()
+                .map(|&(s, e)| Vma {
+                    start: s,
+                    end: e,
+                    prot: 3,
+                    shared: false,
+                    offset: 0,
+                    kind: VmaKind::Anon {
+                        name: String::new(),
+                    },
+                    growsdown: false,
+                })
+                .collect();
+            img
+        };
+        // A big stub area that spans the gap between two small target
+        // areas near the top of the address space.
+        let top = 0x7fff_0000_0000u64;
+        let target = [(top - 10 * g, top - 9 * g), (top - 3 * g, top - 2 * g)];
+        let stub_range = (top - 12 * g, top);
+        let img = image_vmas(&target);
+        let stub = [raw(stub_range.0, stub_range.1)];
+        let len = 1 << 20;
+        let h = pick_hole(&img, &stub, len).unwrap();
+        for (s, e) in target.into_iter().chain([stub_range]) {
+            assert!(h + len <= s || h >= e, "hole {h:#x} overlaps {s:#x}-{e:#x}");
+        }
+        assert_eq!(h % PAGE, 0);
+    }
 }
