@@ -72,6 +72,10 @@ fn spawn_cmd(mut cmd: Command, args: &[&str], cwd: &Path) -> Prog {
     }
 }
 
+pub fn lines_of(out: ChildStdout) -> mpsc::Receiver<String> {
+    reader(out)
+}
+
 fn reader(out: ChildStdout) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
