@@ -68,6 +68,12 @@ impl Checkpoint {
             Some(libc::EPERM) => CheckpointError::CantMove(CantMove::AlreadyTraced { tracer: -1 }),
             _ => CheckpointError::sys("seizing the source", e),
         })?;
+        if t.first_stop != libc::SIGTRAP {
+            // It entered a group-stop between the check and the seize;
+            // detaching leaves it stopped, as it was.
+            let _ = t.detach();
+            return Err(CantMove::Stopped.into());
+        }
         match capture(&t) {
             Ok(image) => {
                 tracing::debug!(
