@@ -62,10 +62,18 @@ impl Checkpoint {
     pub fn take(pid: i32) -> Result<Checkpoint, CheckpointError> {
         crate::movable::check(pid, None)?;
         let t = Tracee::seize(pid, 0).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => CheckpointError::CantMove(CantMove::NoSuchProcess { pid }),
+            Some(libc::ESRCH | libc::ENOENT) => {
+                CheckpointError::CantMove(CantMove::NoSuchProcess { pid })
+            }
             Some(libc::EPERM) => CheckpointError::CantMove(CantMove::AlreadyTraced { tracer: -1 }),
             _ => CheckpointError::sys("seizing the source", e),
         })?;
+        if t.first_stop != libc::SIGTRAP {
+            // It entered a group-stop between the check and the seize;
+            // detaching leaves it stopped, as it was.
+            let _ = t.detach();
+            return Err(CantMove::Stopped.into());
+        }
         match capture(&t) {
             Ok(image) => {
                 tracing::debug!(
@@ -213,13 +221,16 @@ fn capture(t: &Tracee) -> Result<ProcessImage, CheckpointError> {
     let pid = t.pid;
     crate::movable::check(pid, Some(gettid()))?;
     let sys = CheckpointError::sys;
-    let regs = t.regs().map_err(|e| sys("GETREGS", e))?;
+    let mut regs = t.regs().map_err(|e| sys("GETREGS", e))?;
     let xstate = t.xstate().map_err(|e| sys("GETREGSET xstate", e))?;
     let blocked = t.sigmask().map_err(|e| sys("GETSIGMASK", e))?;
     let rseq = t
         .rseq_config()
         .map_err(|e| sys("GET_RSEQ_CONFIGURATION", e))?
         .map(|(addr, len, sig)| RseqState { addr, len, sig });
+    if let Some(r) = rseq {
+        rseq_abort_fixup(t, r.addr, &mut regs).map_err(|e| sys("reading the rseq area", e))?;
+    }
     let mut pending = Vec::new();
     for shared in [false, true] {
         for siginfo in t.peek_siginfo(shared).map_err(|e| sys("PEEKSIGINFO", e))? {
@@ -322,6 +333,38 @@ fn capture(t: &Tracee) -> Result<ProcessImage, CheckpointError> {
         fds,
         misc,
     })
+}
+
+/// If the task stopped inside an rseq critical section, move it to the
+/// section's abort handler — what the kernel does on any preemption, so it
+/// is always a legal outcome. Needed because the kernel's own fixup, on the
+/// way back to user mode, sees our injected rip instead of the real one
+/// (and clears `rseq_cs`), and the restored copy starts with no history.
+fn rseq_abort_fixup(t: &Tracee, area: u64, regs: &mut Regs) -> std::io::Result<()> {
+    // struct rseq { u32 cpu_id_start; u32 cpu_id; u64 rseq_cs; ... }
+    let mut b = [0u8; 8];
+    t.read_mem(area + 8, &mut b)?;
+    let cs = u64::from_ne_bytes(b);
+    if cs == 0 {
+        return Ok(());
+    }
+    // struct rseq_cs { u32 version; u32 flags; u64 start_ip;
+    //                  u64 post_commit_offset; u64 abort_ip; }
+    let mut c = [0u8; 32];
+    t.read_mem(cs, &mut c)?;
+    let start = u64::from_ne_bytes(c[8..16].try_into().unwrap());
+    let len = u64::from_ne_bytes(c[16..24].try_into().unwrap());
+    let abort = u64::from_ne_bytes(c[24..32].try_into().unwrap());
+    if regs.rip >= start && regs.rip - start < len {
+        tracing::debug!(
+            rip = regs.rip,
+            abort,
+            "stopped inside an rseq critical section"
+        );
+        regs.rip = abort;
+        t.write_mem(area + 8, &0u64.to_ne_bytes())?;
+    }
+    Ok(())
 }
 
 fn read_creds(pid: i32, dumpable: u32) -> std::io::Result<CredState> {

@@ -17,6 +17,8 @@ pub enum CantMove {
     Exiting { pid: i32 },
     #[error("process has {threads} threads; only single-threaded processes move")]
     MultiThreaded { threads: u64 },
+    #[error("process is stopped by job control; move it once it runs")]
+    Stopped,
     #[error("process is already ptraced by {tracer}")]
     AlreadyTraced { tracer: i32 },
     #[error("fd {fd} is a device ({path}) that only exists on this node")]
@@ -58,6 +60,7 @@ impl CantMove {
             CantMove::KernelThread { .. } => libc::EPERM,
             CantMove::Exiting { .. } => libc::ESRCH,
             CantMove::MultiThreaded { .. } => libc::EOPNOTSUPP,
+            CantMove::Stopped => libc::EAGAIN,
             CantMove::AlreadyTraced { .. } => libc::EBUSY,
             CantMove::DeviceOpen { .. } => libc::EBUSY,
             CantMove::DeviceMapped { .. } => libc::EBUSY,

@@ -28,6 +28,11 @@ pub(crate) fn check(pid: i32, our_tracer: Option<i32>) -> Result<(), CantMove> {
     if matches!(stat.state, 'Z' | 'X' | 'x') {
         return Err(CantMove::Exiting { pid });
     }
+    // A group-stopped task would re-enter its stop in the middle of our
+    // injected syscalls; and moving a stopped job is pointless anyway.
+    if stat.state == 'T' {
+        return Err(CantMove::Stopped);
+    }
     if stat.num_threads > 1 {
         return Err(CantMove::MultiThreaded {
             threads: stat.num_threads as u64,

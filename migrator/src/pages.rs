@@ -164,11 +164,10 @@ impl<R: Read> PageSource for StreamSource<R> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod tests_support {
     use crate::state::*;
 
-    fn tiny_image() -> ProcessImage {
+    pub(crate) fn tiny_image() -> ProcessImage {
         ProcessImage {
             version: IMAGE_VERSION,
             pid: 42,
@@ -246,6 +245,13 @@ mod tests {
             },
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::tiny_image;
+    use super::*;
+    use crate::state::*;
 
     /// Image, batches of odd sizes and the end marker survive the byte
     /// stream, and nothing is read past the end frame.

@@ -28,6 +28,9 @@ pub(crate) enum Stop {
 
 pub(crate) struct Tracee {
     pub pid: i32,
+    /// Signal of the first PTRACE_EVENT_STOP: SIGTRAP when our interrupt
+    /// stopped it, a stop signal when it was already in a group-stop.
+    pub first_stop: i32,
     mem: File,
 }
 
@@ -85,19 +88,26 @@ impl Tracee {
             .write(true)
             .open(format!("/proc/{pid}/mem"))?;
         ptrace(libc::PTRACE_SEIZE, pid, 0, options as usize)?;
-        let t = Tracee { pid, mem };
-        if let Err(e) = t.interrupt_and_wait() {
-            let _ = t.detach();
-            return Err(e);
+        let mut t = Tracee {
+            pid,
+            first_stop: 0,
+            mem,
+        };
+        match t.interrupt_and_wait() {
+            Ok(sig) => t.first_stop = sig,
+            Err(e) => {
+                let _ = t.detach();
+                return Err(e);
+            }
         }
         Ok(t)
     }
 
-    fn interrupt_and_wait(&self) -> io::Result<()> {
+    fn interrupt_and_wait(&self) -> io::Result<i32> {
         ptrace(libc::PTRACE_INTERRUPT, self.pid, 0, 0)?;
         loop {
             match waitpid(self.pid)? {
-                Stop::Event(_) => return Ok(()),
+                Stop::Event(sig) => return Ok(sig),
                 // A signal was being delivered when we came in: let it go
                 // through as the process would have seen it; the interrupt
                 // stays pending and stops the task right after.

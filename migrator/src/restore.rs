@@ -148,7 +148,23 @@ struct CloneArgs {
 /// (not fork) so the old pid can be requested with set_tid; the child runs
 /// only raw syscalls, which is all that is safe after forking a
 /// multi-threaded process.
-fn spawn_stub(want_pid: Option<i32>) -> io::Result<i32> {
+///
+/// The child first closes every inherited fd except `keep` (the
+/// replacements): holding the restorer's fds would, among other things,
+/// keep the write end of the very stream being restored from open, so a
+/// sender that dies mid-stream would never produce EOF.
+fn spawn_stub(want_pid: Option<i32>, keep: &[RawFd]) -> io::Result<i32> {
+    let mut keep: Vec<u32> = keep.iter().map(|&f| f as u32).collect();
+    keep.sort_unstable();
+    let mut closes: Vec<(u32, u32)> = Vec::new();
+    let mut lo = 0u32;
+    for &k in &keep {
+        if k > lo {
+            closes.push((lo, k - 1));
+        }
+        lo = k.saturating_add(1);
+    }
+    closes.push((lo, u32::MAX));
     let set_tid = [want_pid.unwrap_or(0)];
     let mut args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
@@ -168,6 +184,10 @@ fn spawn_stub(want_pid: Option<i32>) -> io::Result<i32> {
         )
     };
     if r == 0 {
+        for &(a, b) in &closes {
+            // SAFETY: raw syscall on our own fd table; no allocation here.
+            unsafe { libc::syscall(libc::SYS_close_range, a, b, 0) };
+        }
         loop {
             // SAFETY: raw syscall, async-signal-safe.
             unsafe { libc::syscall(libc::SYS_pause) };
@@ -197,9 +217,10 @@ pub fn restore(
             image.threads.len()
         )));
     }
+    let keep: Vec<RawFd> = opts.replacements.iter().map(|r| r.from).collect();
     let pid = match opts.keep_pid.then_some(image.pid) {
-        Some(p) => spawn_stub(Some(p)).or_else(|_| spawn_stub(None)),
-        None => spawn_stub(None),
+        Some(p) => spawn_stub(Some(p), &keep).or_else(|_| spawn_stub(None, &keep)),
+        None => spawn_stub(None, &keep),
     }
     .map_err(|e| RestoreError::sys("clone3 of the stub", e))?;
     let t = match Tracee::seize(pid, libc::PTRACE_O_EXITKILL) {
@@ -300,6 +321,16 @@ fn pick_hole(image: &ProcessImage, stub: &[RawVma], len: u64) -> Option<u64> {
         .filter(|r| r.0 < 0x7fff_ffff_f000)
         .collect();
     used.sort();
+    // The two layouts overlap each other: merge, or a gap between two
+    // areas could lie inside a third, larger one.
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(used.len());
+    for (s, e) in used {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    let used = merged;
     // Walk down from the top of the lower half; the low 4 GiB are left for
     // non-PIE binaries and MAP_32BIT users.
     let mut top: u64 = 0x7fff_0000_0000;
@@ -753,7 +784,8 @@ fn restore_fds(
     let entries = &image.fds.entries;
     let hi = entries.iter().map(|e| e.fd + 1).max().unwrap_or(0).max(3) as u64;
     // Park the replacements (inherited from us at the same numbers) above
-    // every target fd, then close everything else we inherited.
+    // every target fd. The stub closed everything else right after clone3;
+    // closing the rest again here just makes that independent of the stub.
     let mut parked: Vec<(i32, u64)> = Vec::new();
     for r in &opts.replacements {
         let p = rem.call(
@@ -811,4 +843,55 @@ fn restore_fds(
         rem.call("close", libc::SYS_close, &[p])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(start: u64, end: u64) -> RawVma {
+        RawVma {
+            start,
+            end,
+            perms: *b"rw-p",
+            offset: 0,
+            path: String::new(),
+        }
+    }
+
+    #[test]
+    fn hole_avoids_overlapping_layouts() {
+        let g = 1u64 << 30;
+        let image_vmas = |v: &[(u64, u64)]| -> ProcessImage {
+            let mut img: ProcessImage = crate::pages::tests_support::tiny_image();
+            img.mm.vmas = v
+                .iter()
+                .map(|&(s, e)| Vma {
+                    start: s,
+                    end: e,
+                    prot: 3,
+                    shared: false,
+                    offset: 0,
+                    kind: VmaKind::Anon {
+                        name: String::new(),
+                    },
+                    growsdown: false,
+                })
+                .collect();
+            img
+        };
+        // A big stub area that spans the gap between two small target
+        // areas near the top of the address space.
+        let top = 0x7fff_0000_0000u64;
+        let target = [(top - 10 * g, top - 9 * g), (top - 3 * g, top - 2 * g)];
+        let stub_range = (top - 12 * g, top);
+        let img = image_vmas(&target);
+        let stub = [raw(stub_range.0, stub_range.1)];
+        let len = 1 << 20;
+        let h = pick_hole(&img, &stub, len).unwrap();
+        for (s, e) in target.into_iter().chain([stub_range]) {
+            assert!(h + len <= s || h >= e, "hole {h:#x} overlaps {s:#x}-{e:#x}");
+        }
+        assert_eq!(h % PAGE, 0);
+    }
 }

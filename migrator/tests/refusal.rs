@@ -64,7 +64,8 @@ fn other_refusals() {
     }
     let bin = compile("dev");
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, fn(&CantMove) -> bool); 3] = [
+    type Want = fn(&CantMove) -> bool;
+    let cases: [(&str, Want); 3] = [
         ("/dev/ptmx", |c| {
             matches!(c, CantMove::DeviceOpen { fd: 3, .. })
         }),

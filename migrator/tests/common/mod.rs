@@ -21,14 +21,34 @@ pub fn require_root() {
     );
 }
 
-/// Compile tests/c/<name>.c into a fresh temp dir.
+/// Compile tests/c/<name>.c once per test process, into cargo's per-target
+/// temp dir when there is one (so repeated runs don't litter /tmp). One
+/// executable per process: replacing a binary another test is running would
+/// turn its exe mapping into a deleted file, which the migrator (rightly)
+/// refuses to move. Copies left by finished processes are removed.
 pub fn compile(name: &str) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap();
+    if let Some(p) = built.get_or_insert_with(HashMap::new).get(name) {
+        return p.clone();
+    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = Path::new(option_env!("CARGO_TARGET_TMPDIR").unwrap_or("/tmp")).join("migrator-c");
+    std::fs::create_dir_all(&dir).unwrap();
     // Executable by unprivileged test programs too.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = dir.join(name);
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let f = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = f.strip_prefix(&format!("{name}.")) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let out = dir.join(format!("{name}.{}", std::process::id()));
     let st = Command::new("cc")
         .args(["-O1", "-Wall", "-o"])
         .arg(&out)
@@ -36,6 +56,10 @@ pub fn compile(name: &str) -> PathBuf {
         .status()
         .expect("cc");
     assert!(st.success(), "compiling {name}.c");
+    built
+        .as_mut()
+        .unwrap()
+        .insert(name.to_string(), out.clone());
     out
 }
 
@@ -70,6 +94,10 @@ fn spawn_cmd(mut cmd: Command, args: &[&str], cwd: &Path) -> Prog {
         child,
         lines: reader(out),
     }
+}
+
+pub fn lines_of(out: ChildStdout) -> mpsc::Receiver<String> {
+    reader(out)
 }
 
 fn reader(out: ChildStdout) -> mpsc::Receiver<String> {
