@@ -17,6 +17,7 @@
 //!   outside the export.
 //! - [`callers`]: the caller's credentials; [`attr`]: attributes and
 //!   entries; [`ttl`]: the one kernel-cache lifetime policy.
+//! - [`fh`]: which file handles are local passthrough opens.
 //! - [`passthrough`], [`posix_locks`], [`invalidate`]: the fuser-free logic
 //!   behind kernel passthrough, close-time lock release and kernel cache
 //!   invalidation.
@@ -28,6 +29,7 @@ pub mod creds;
 pub mod error;
 pub mod export;
 pub mod faulty;
+pub mod fh;
 pub mod fuse;
 pub mod ino;
 pub mod invalidate;

@@ -493,7 +493,7 @@ impl MosixFs {
         if self.locks.closed(i, owner) {
             self.release_locks(caller, i, owner).await;
         }
-        if crate::passthrough::is_passthrough(fh) {
+        if crate::fh::is_passthrough(fh) {
             return Ok(());
         }
         let (b, _) = self.file(caller, i).await?;
@@ -518,7 +518,7 @@ impl MosixFs {
 
     /// The last close of an open file: its handle goes.
     pub async fn release(&self, i: u64, fh: u64) {
-        if crate::passthrough::is_passthrough(fh) {
+        if crate::fh::is_passthrough(fh) {
             return;
         }
         if ino::is_generated(i) {

@@ -21,13 +21,7 @@ use crate::callers::Caller;
 use crate::error::{FsError, FsResult};
 use crate::namespace::MosixFs;
 
-/// File handles with this bit are local kernel-passthrough opens: the
-/// daemon holds nothing for them but the backing file.
-const PASSTHROUGH_FH: u64 = 1 << 63;
-
-pub fn is_passthrough(fh: u64) -> bool {
-    fh & PASSTHROUGH_FH != 0
-}
+use crate::fh::{is_passthrough, PASSTHROUGH_FH};
 
 /// A backing file registered with the kernel (`B` is the kernel's id).
 pub struct Backing<B> {

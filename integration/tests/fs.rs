@@ -578,3 +578,36 @@ fn a_client_that_restarts_fast_loses_its_locks_and_handles_on_the_server() {
     let _ = holder.kill();
     let _ = holder.wait();
 }
+
+#[test]
+fn a_write_by_another_user_clears_set_id_bits_on_a_remote_file() {
+    let c = Cluster::up(3);
+    // Owned by uid 1000, writable by anyone, set-user-ID and set-group-ID
+    // (group-executable, so set-group-ID means what it says).
+    c.sh(
+        "n2",
+        "echo x > /tmp/sid && chown 1000:1000 /tmp/sid && chmod 06777 /tmp/sid",
+    );
+    let f = "/mosix/nodes/n2/tmp/sid";
+    assert_eq!(c.sh("n1", &format!("stat -c %a {f}")), "6777\n");
+    // Another user writes through the remote path: the kernel's rule (as on
+    // a local file) clears both bits, seen through fstat on the same
+    // descriptor and through stat, on the writing node and the serving one.
+    let out = c.sh(
+        "n1",
+        &format!(
+            "setpriv --reuid=2000 --regid=2000 --clear-groups python3 -c \"\
+import os\n\
+fd = os.open('{f}', os.O_WRONLY)\n\
+os.write(fd, b'y')\n\
+print(oct(os.fstat(fd).st_mode & 0o7777))\""
+        ),
+    );
+    assert_eq!(out, "0o777\n");
+    assert_eq!(c.sh("n1", &format!("stat -c %a {f}")), "777\n");
+    assert_eq!(c.sh("n2", "stat -c %a /tmp/sid"), "777\n");
+    // Root's write keeps them (CAP_FSETID), as locally.
+    c.sh("n2", "chmod 06777 /tmp/sid");
+    c.sh("n1", &format!("sh -c 'echo z >> {f}'"));
+    assert_eq!(c.sh("n2", "stat -c %a /tmp/sid"), "6777\n");
+}
