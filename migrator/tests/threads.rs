@@ -3,7 +3,8 @@
 //! working, and threads blocked in a futex wait at the freeze wake up.
 mod common;
 use common::*;
-use mosix_migrator::check_movable;
+use mosix_migrator::*;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -136,4 +137,148 @@ fn python_threads_move() {
     let rest = prog.rest(20);
     assert_eq!(rest.last().map(String::as_str), Some("ok 450 1"));
     assert_eq!(code, 7);
+}
+
+fn tids_of(pid: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Restored after the source is gone (pages kept in memory), with
+/// `keep_pid`: the process gets its pid back and every thread its tid
+/// (clone3 set_tid), and still computes the right total.
+#[test]
+fn threads_keep_their_tids_when_free() {
+    require_root();
+    let bin = compile("threads");
+    let dir = tempfile::tempdir().unwrap();
+    let prog = spawn(&bin, &["count", "300"], dir.path());
+    assert_eq!(prog.line(10), "ready");
+    let first = prog.line(10);
+    let pid = prog.pid();
+    let ck = Checkpoint::take(pid).unwrap();
+    let image = ck.image().clone();
+    let old_tids: Vec<i32> = image.threads.iter().map(|c| c.tid).collect();
+    assert_eq!(old_tids.len(), 5);
+    let mut pages = MemPages::new();
+    ck.send_pages(&mut pages).unwrap();
+    use std::os::fd::AsRawFd;
+    let held: Vec<(i32, std::os::fd::OwnedFd)> = image
+        .fds
+        .entries
+        .iter()
+        .filter(|e| e.kind.needs_relay())
+        .map(|e| (e.fd, ck.dup_source_fd(e.fd).unwrap()))
+        .collect();
+    ck.finish_source().unwrap();
+    let opts = RestoreOptions {
+        keep_pid: true,
+        replacements: held
+            .iter()
+            .map(|(fd, h)| FdReplacement {
+                fd: *fd,
+                from: h.as_raw_fd(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let r = restore(&image, &mut pages, &opts).unwrap();
+    drop(held);
+    assert_eq!(r.pid(), pid, "old pid reused");
+    let mut want = old_tids.clone();
+    want.sort();
+    assert_eq!(tids_of(pid), want, "every thread kept its tid");
+    r.run().unwrap();
+    assert_eq!(wait_exit(pid, 60), 0);
+    let mut lines = vec![first];
+    lines.extend(prog.rest(20));
+    assert_eq!(lines.last().map(String::as_str), Some("total 1200"));
+}
+
+/// The deputy of a multi-threaded process: every thread is parked, a
+/// signal sent to one particular thread (tgkill) or to the process is
+/// reported whichever thread takes it, the program's handler never runs,
+/// and the deputy ends with the copy's exit code.
+#[test]
+fn multithreaded_deputy_sees_signals_to_any_thread() {
+    require_root();
+    let bin = compile("threads");
+    let dir = tempfile::tempdir().unwrap();
+    // A shell is the parent, so the exit status goes to it (the tracer
+    // would consume it if it were the parent itself).
+    let sh = format!(
+        "\"{}\" cond & echo pid=$!; wait $!; echo status=$?",
+        bin.display()
+    );
+    let mut prog = spawn(Path::new("/bin/sh"), &["-c", &sh], dir.path());
+    let mut pid = 0;
+    for _ in 0..2 {
+        let l = prog.line(10);
+        if let Some(p) = l.strip_prefix("pid=") {
+            pid = p.parse().unwrap();
+        } else {
+            assert_eq!(l, "ready");
+        }
+    }
+    let d = Checkpoint::take(pid)
+        .unwrap()
+        .keep_frozen()
+        .into_deputy(&[])
+        .unwrap();
+    let tids = tids_of(pid);
+    assert_eq!(tids.len(), 2);
+    let waiter = *tids.iter().find(|&&t| t != pid).unwrap();
+    let next = || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Some(e) = d.poll().unwrap() {
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no deputy event in 5 s");
+    };
+    unsafe { libc::syscall(libc::SYS_tgkill, pid, waiter, libc::SIGUSR1) };
+    assert_eq!(next(), DeputyEvent::Signal(libc::SIGUSR1));
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    assert_eq!(next(), DeputyEvent::Signal(libc::SIGUSR2));
+    assert!(d.poll().unwrap().is_none());
+    d.end_like(Ending::Exited(7)).unwrap();
+    assert_eq!(
+        prog.rest(10),
+        vec!["status=7".to_string()],
+        "the handler must not have run (nothing woke)"
+    );
+    prog.child.wait().unwrap();
+}
+
+/// A restore that fails after the threads were created (fault injected at
+/// the last step) leaves no stub behind, and the multi-threaded source,
+/// resumed, finishes exactly once with the right total.
+#[test]
+fn failed_threaded_restore_resumes_all_source_threads() {
+    require_root();
+    let bin = compile("threads");
+    let dir = tempfile::tempdir().unwrap();
+    let mut prog = spawn(&bin, &["count", "200"], dir.path());
+    assert_eq!(prog.line(10), "ready");
+    let mut lines = vec![prog.line(10)];
+    let err = migrate(prog.pid(), Some(RestoreStep::RegistersSet))
+        .err()
+        .expect("the restore must fail");
+    assert!(err.contains("fault injection"), "{err}");
+    // The source runs on, every thread of it.
+    assert_eq!(status_field(prog.pid(), "TracerPid"), "0");
+    lines.extend(prog.rest(30));
+    assert_eq!(lines.last().map(String::as_str), Some("total 800"));
+    let progress: Vec<u32> = lines[..lines.len() - 1]
+        .iter()
+        .map(|l| l.strip_prefix("c ").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(progress, (1..=8).map(|i| i * 100).collect::<Vec<_>>());
+    assert_eq!(prog.child.wait().unwrap().code(), Some(0));
 }
