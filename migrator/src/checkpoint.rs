@@ -8,7 +8,7 @@ use crate::error::{CantMove, CheckpointError};
 use crate::inject::{errno_of, find_syscall_insn, Injector};
 use crate::pages::{PageSink, DEFAULT_BATCH_BYTES};
 use crate::proc::{self, RawVma};
-use crate::ptrace::{waitpid, Stop, Tracee};
+use crate::ptrace::{Group, Tracee};
 use crate::state::*;
 use std::fs::File;
 use std::marker::PhantomData;
@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt;
 const PAGE: u64 = 4096;
 
 pub struct Checkpoint {
-    tracee: Option<Tracee>,
+    tracee: Option<Group>,
     image: ProcessImage,
     /// The tracer is a thread, not a process: keep the handle on it.
     _not_send: PhantomData<*const ()>,
@@ -26,7 +26,7 @@ pub struct Checkpoint {
 /// A source kept stopped under ptrace after a successful migration, for the
 /// deputy to own. Dropping it lets the process run again.
 pub struct FrozenSource {
-    tracee: Option<Tracee>,
+    tracee: Option<Group>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -74,23 +74,25 @@ impl Checkpoint {
             let _ = t.detach();
             return Err(CantMove::Stopped.into());
         }
-        match capture(&t) {
+        let g = seize_threads(t)?;
+        match capture(&g) {
             Ok(image) => {
                 tracing::debug!(
                     pid,
+                    threads = image.threads.len(),
                     vmas = image.mm.vmas.len(),
                     fds = image.fds.entries.len(),
                     "source frozen and captured"
                 );
                 Ok(Checkpoint {
-                    tracee: Some(t),
+                    tracee: Some(g),
                     image,
                     _not_send: PhantomData,
                 })
             }
             Err(e) => {
                 tracing::debug!(pid, error = %e, "capture failed; source let go");
-                let _ = t.detach();
+                let _ = g.detach_all();
                 Err(e)
             }
         }
@@ -107,7 +109,11 @@ impl Checkpoint {
     /// Pages, lazily read from the frozen process in batches of at most
     /// `batch_bytes`.
     pub fn pages(&self, batch_bytes: usize) -> Result<PageReader<'_>, CheckpointError> {
-        let t = self.tracee.as_ref().expect("checkpoint already consumed");
+        let t = &self
+            .tracee
+            .as_ref()
+            .expect("checkpoint already consumed")
+            .main;
         let pagemap = File::open(format!("/proc/{}/pagemap", t.pid))
             .map_err(|e| CheckpointError::sys("opening pagemap", e))?;
         Ok(PageReader {
@@ -145,23 +151,17 @@ impl Checkpoint {
 
     /// The migration failed or was cancelled: let the source continue.
     pub fn resume_source(mut self) -> Result<(), CheckpointError> {
-        let t = self.tracee.take().expect("checkpoint already consumed");
-        t.detach()
+        let g = self.tracee.take().expect("checkpoint already consumed");
+        g.detach_all()
             .map_err(|e| CheckpointError::sys("detaching the source", e))
     }
 
     /// The copy runs elsewhere now: kill the source and collect its exit
     /// (which also reaps it when the caller is its parent).
     pub fn finish_source(mut self) -> Result<(), CheckpointError> {
-        let t = self.tracee.take().expect("checkpoint already consumed");
-        t.kill();
-        loop {
-            match waitpid(t.pid) {
-                Ok(Stop::Killed(_)) | Ok(Stop::Exited(_)) => return Ok(()),
-                Ok(_) => continue,
-                Err(e) => return Err(CheckpointError::sys("reaping the source", e)),
-            }
-        }
+        let g = self.tracee.take().expect("checkpoint already consumed");
+        g.kill_and_reap();
+        Ok(())
     }
 
     /// Hand the still-stopped source to whoever will act as its deputy.
@@ -176,31 +176,31 @@ impl Checkpoint {
 impl Drop for Checkpoint {
     /// Never leave the source stuck: an abandoned checkpoint resumes it.
     fn drop(&mut self) {
-        if let Some(t) = self.tracee.take() {
-            let _ = t.detach();
+        if let Some(g) = self.tracee.take() {
+            let _ = g.detach_all();
         }
     }
 }
 
 impl FrozenSource {
-    pub(crate) fn take_tracee(&mut self) -> Option<Tracee> {
+    pub(crate) fn take_tracee(&mut self) -> Option<Group> {
         self.tracee.take()
     }
 
     pub fn pid(&self) -> i32 {
-        self.tracee.as_ref().map(|t| t.pid).unwrap_or(-1)
+        self.tracee.as_ref().map(|g| g.pid()).unwrap_or(-1)
     }
     pub fn resume(mut self) -> Result<(), CheckpointError> {
-        let t = self.tracee.take().expect("consumed");
-        t.detach()
+        let g = self.tracee.take().expect("consumed");
+        g.detach_all()
             .map_err(|e| CheckpointError::sys("detaching the source", e))
     }
 }
 
 impl Drop for FrozenSource {
     fn drop(&mut self) {
-        if let Some(t) = self.tracee.take() {
-            let _ = t.detach();
+        if let Some(g) = self.tracee.take() {
+            let _ = g.detach_all();
         }
     }
 }
@@ -208,18 +208,78 @@ impl Drop for FrozenSource {
 /// What the injected calls in the source found out.
 struct Injected {
     actions: Vec<SigAction>,
-    altstack: AltStack,
     itimers: [ItimerVal; 3],
-    clear_child_tid: u64,
-    robust_list: (u64, u64),
     brk: u64,
     dumpable: u32,
     rlimits: Vec<Rlimit>,
+    /// Per thread, in the group's order (main first).
+    threads: Vec<ThreadInjected>,
 }
 
-fn capture(t: &Tracee) -> Result<ProcessImage, CheckpointError> {
-    let pid = t.pid;
-    crate::movable::check(pid, Some(gettid()))?;
+/// What only a thread itself can say about itself.
+#[derive(Default, Clone, Copy)]
+struct ThreadInjected {
+    altstack: AltStack,
+    clear_child_tid: u64,
+    robust_list: (u64, u64),
+}
+
+/// Seize every other thread of the (already seized) main thread's process.
+/// Threads still running may create new ones meanwhile, so the task list is
+/// read again until a whole pass finds nobody new. A thread that exits
+/// before it can be stopped is simply not part of the image.
+fn seize_threads(main: Tracee) -> Result<Group, CheckpointError> {
+    let pid = main.pid;
+    let mut g = Group::single(main);
+    for round in 0.. {
+        let tids = match proc::read_tids(pid) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = g.detach_all();
+                return Err(CheckpointError::sys("listing threads", e));
+            }
+        };
+        let mut found = false;
+        for tid in tids {
+            if tid == pid || g.others.iter().any(|t| t.pid == tid) {
+                continue;
+            }
+            match Tracee::seize(tid, 0) {
+                Ok(t) => {
+                    g.others.push(t);
+                    found = true;
+                }
+                Err(_) if !proc::thread_alive(pid, tid) => {}
+                Err(e) => {
+                    let _ = g.detach_all();
+                    return Err(CheckpointError::sys(format!("seizing thread {tid}"), e));
+                }
+            }
+        }
+        if !found {
+            break;
+        }
+        // A process that keeps spawning threads faster than we stop them.
+        if round > 100 {
+            let n = g.others.len() as u64 + 1;
+            let _ = g.detach_all();
+            return Err(CantMove::MultiThreaded { threads: n }.into());
+        }
+    }
+    g.others.sort_by_key(|t| t.pid);
+    Ok(g)
+}
+
+/// CPU and signal state of one stopped thread, read by ptrace.
+struct ThreadRead {
+    regs: Regs,
+    xstate: Vec<u8>,
+    blocked: u64,
+    rseq: Option<RseqState>,
+    pending: Vec<PendingSignal>,
+}
+
+fn read_thread(t: &Tracee) -> Result<ThreadRead, CheckpointError> {
     let sys = CheckpointError::sys;
     let mut regs = t.regs().map_err(|e| sys("GETREGS", e))?;
     let xstate = t.xstate().map_err(|e| sys("GETREGSET xstate", e))?;
@@ -231,20 +291,71 @@ fn capture(t: &Tracee) -> Result<ProcessImage, CheckpointError> {
     if let Some(r) = rseq {
         rseq_abort_fixup(t, r.addr, &mut regs).map_err(|e| sys("reading the rseq area", e))?;
     }
+    let pending = t
+        .peek_siginfo(false)
+        .map_err(|e| sys("PEEKSIGINFO", e))?
+        .into_iter()
+        .map(|siginfo| PendingSignal {
+            shared: false,
+            siginfo,
+        })
+        .collect();
+    Ok(ThreadRead {
+        regs,
+        xstate,
+        blocked,
+        rseq,
+        pending,
+    })
+}
+
+fn capture(g: &Group) -> Result<ProcessImage, CheckpointError> {
+    let t = &g.main;
+    let pid = t.pid;
+    crate::movable::check(pid, Some(gettid()))?;
+    let sys = CheckpointError::sys;
+    let mut reads = Vec::with_capacity(g.others.len() + 1);
+    for th in g.all() {
+        reads.push(read_thread(th)?);
+    }
     let mut pending = Vec::new();
-    for shared in [false, true] {
-        for siginfo in t.peek_siginfo(shared).map_err(|e| sys("PEEKSIGINFO", e))? {
-            pending.push(PendingSignal { shared, siginfo });
-        }
+    for siginfo in t.peek_siginfo(true).map_err(|e| sys("PEEKSIGINFO", e))? {
+        pending.push(PendingSignal {
+            shared: true,
+            siginfo,
+        });
     }
 
     let raw_vmas = proc::read_vmas(pid).map_err(|e| sys("reading smaps", e))?;
-    let inj = inject_queries(t, &regs, &raw_vmas);
-    // Whatever happened inside, the source gets its own registers and mask
+    let inj = inject_queries(g, &reads, &raw_vmas);
+    // Whatever happened inside, the source gets its own registers and masks
     // back before anything else can go wrong.
-    let restored = t.set_regs(&regs).and_then(|_| t.set_sigmask(blocked));
+    let mut restored = Ok(());
+    for (th, r) in g.all().zip(&reads) {
+        let one = th.set_regs(&r.regs).and_then(|_| th.set_sigmask(r.blocked));
+        if restored.is_ok() {
+            restored = one;
+        }
+    }
     let inj = inj?;
     restored.map_err(|e| sys("restoring source registers", e))?;
+    let mut threads = Vec::with_capacity(reads.len());
+    for ((th, r), ti) in g.all().zip(reads).zip(&inj.threads) {
+        threads.push(CoreState {
+            tid: th.pid,
+            regs: r.regs,
+            xstate: r.xstate,
+            blocked: r.blocked,
+            rseq: r.rseq,
+            robust_list: ti.robust_list,
+            clear_child_tid: ti.clear_child_tid,
+            altstack: ti.altstack,
+            pending: r.pending,
+            comm: std::fs::read_to_string(format!("/proc/{pid}/task/{}/comm", th.pid))
+                .map(|s| s.trim_end_matches('\n').to_string())
+                .unwrap_or_default(),
+        });
+    }
 
     // Read the layout again: the scratch page is gone now and nothing else
     // may have changed while the process was stopped.
@@ -314,16 +425,7 @@ fn capture(t: &Tracee) -> Result<ProcessImage, CheckpointError> {
         creds,
         version: IMAGE_VERSION,
         pid,
-        threads: vec![CoreState {
-            tid: pid,
-            regs,
-            xstate,
-            blocked,
-            rseq,
-            robust_list: inj.robust_list,
-            clear_child_tid: inj.clear_child_tid,
-            altstack: inj.altstack,
-        }],
+        threads,
         mm,
         sig: SigState {
             actions: inj.actions,
@@ -421,13 +523,71 @@ pub(crate) fn syscall_site(t: &Tracee, vmas: &[RawVma]) -> std::io::Result<Optio
     Ok(None)
 }
 
+/// One injected syscall; a negative return is an error.
+fn icall(inj: &Injector, nr: i64, args: &[u64]) -> Result<i64, CheckpointError> {
+    let r = inj
+        .raw(nr, args)
+        .map_err(|e| CheckpointError::sys(format!("injecting syscall {nr}"), e))?;
+    match errno_of(r) {
+        Some(errno) => Err(CheckpointError::Injected { nr, errno }),
+        None => Ok(r),
+    }
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap())
+}
+
+fn read_scratch(t: &Tracee, scratch: u64, len: usize) -> Result<Vec<u8>, CheckpointError> {
+    let mut b = vec![0u8; len];
+    t.read_mem(scratch, &mut b)
+        .map_err(|e| CheckpointError::sys("reading scratch", e))?;
+    Ok(b)
+}
+
+/// The per-thread questions (altstack, tid address, robust list), asked by
+/// the thread `inj` drives, answers through the shared scratch page.
+fn thread_queries(inj: &Injector, scratch: u64) -> Result<ThreadInjected, CheckpointError> {
+    let t = inj.t;
+    icall(inj, libc::SYS_sigaltstack, &[0, scratch])?;
+    let b = read_scratch(t, scratch, 24)?;
+    let altstack = AltStack {
+        sp: u64_at(&b, 0),
+        flags: u64_at(&b, 1) as i32,
+        size: u64_at(&b, 2),
+    };
+    // The kernel keeps clear_child_tid write-only except for this
+    // CONFIG_CHECKPOINT_RESTORE prctl, which must run in the task itself.
+    icall(
+        inj,
+        libc::SYS_prctl,
+        &[libc::PR_GET_TID_ADDRESS as u64, scratch],
+    )?;
+    let clear_child_tid = u64_at(&read_scratch(t, scratch, 8)?, 0);
+    icall(inj, libc::SYS_get_robust_list, &[0, scratch, scratch + 8])?;
+    let b = read_scratch(t, scratch, 16)?;
+    Ok(ThreadInjected {
+        altstack,
+        clear_child_tid,
+        robust_list: (u64_at(&b, 0), u64_at(&b, 1)),
+    })
+}
+
 /// State only the task itself can ask for (its signal dispositions, timers,
-/// tid address, robust list, brk), read by syscalls injected into it. All
-/// signals are blocked meanwhile so nothing is delivered into our borrowed
-/// register state; the caller restores registers and mask.
-fn inject_queries(t: &Tracee, regs: &Regs, vmas: &[RawVma]) -> Result<Injected, CheckpointError> {
+/// tid address, robust list, brk), read by syscalls injected into it; the
+/// per-thread part is asked of each thread. All signals are blocked in every
+/// thread meanwhile so nothing is delivered into our borrowed register
+/// state; the caller restores registers and masks.
+fn inject_queries(
+    g: &Group,
+    reads: &[ThreadRead],
+    vmas: &[RawVma],
+) -> Result<Injected, CheckpointError> {
     let sys = CheckpointError::sys;
-    t.set_sigmask(!0).map_err(|e| sys("SETSIGMASK", e))?;
+    let t = &g.main;
+    for th in g.all() {
+        th.set_sigmask(!0).map_err(|e| sys("SETSIGMASK", e))?;
+    }
     let insn = syscall_site(t, vmas)
         .map_err(|e| sys("looking for a syscall instruction", e))?
         .ok_or_else(|| {
@@ -436,17 +596,9 @@ fn inject_queries(t: &Tracee, regs: &Regs, vmas: &[RawVma]) -> Result<Injected, 
     let inj = Injector {
         t,
         insn,
-        base: *regs,
+        base: reads[0].regs,
     };
-    let call = |nr: i64, args: &[u64]| -> Result<i64, CheckpointError> {
-        let r = inj
-            .raw(nr, args)
-            .map_err(|e| CheckpointError::sys(format!("injecting syscall {nr}"), e))?;
-        match errno_of(r) {
-            Some(errno) => Err(CheckpointError::Injected { nr, errno }),
-            None => Ok(r),
-        }
-    };
+    let call = |nr: i64, args: &[u64]| icall(&inj, nr, args);
     let scratch = call(
         libc::SYS_mmap,
         &[
@@ -459,14 +611,7 @@ fn inject_queries(t: &Tracee, regs: &Regs, vmas: &[RawVma]) -> Result<Injected, 
         ],
     )? as u64;
     let res = (|| -> Result<Injected, CheckpointError> {
-        let read = |len: usize| -> Result<Vec<u8>, CheckpointError> {
-            let mut b = vec![0u8; len];
-            t.read_mem(scratch, &mut b)
-                .map_err(|e| sys("reading scratch", e))?;
-            Ok(b)
-        };
-        let u64_at =
-            |b: &[u8], i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        let read = |len: usize| read_scratch(t, scratch, len);
         let mut actions = Vec::with_capacity(64);
         for sig in 1..=64u64 {
             if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
@@ -482,13 +627,6 @@ fn inject_queries(t: &Tracee, regs: &Regs, vmas: &[RawVma]) -> Result<Injected, 
                 mask: u64_at(&b, 3),
             });
         }
-        call(libc::SYS_sigaltstack, &[0, scratch])?;
-        let b = read(24)?;
-        let altstack = AltStack {
-            sp: u64_at(&b, 0),
-            flags: u64_at(&b, 1) as i32,
-            size: u64_at(&b, 2),
-        };
         let mut itimers = [ItimerVal::default(); 3];
         for (which, it) in itimers.iter_mut().enumerate() {
             call(libc::SYS_getitimer, &[which as u64, scratch])?;
@@ -500,13 +638,15 @@ fn inject_queries(t: &Tracee, regs: &Regs, vmas: &[RawVma]) -> Result<Injected, 
                 value_usec: u64_at(&b, 3) as i64,
             };
         }
-        // The kernel keeps clear_child_tid write-only except for this
-        // CONFIG_CHECKPOINT_RESTORE prctl, which must run in the task itself.
-        call(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch])?;
-        let clear_child_tid = u64_at(&read(8)?, 0);
-        call(libc::SYS_get_robust_list, &[0, scratch, scratch + 8])?;
-        let b = read(16)?;
-        let robust_list = (u64_at(&b, 0), u64_at(&b, 1));
+        let mut threads = vec![thread_queries(&inj, scratch)?];
+        for (th, r) in g.others.iter().zip(&reads[1..]) {
+            let ti = Injector {
+                t: th,
+                insn,
+                base: r.regs,
+            };
+            threads.push(thread_queries(&ti, scratch)?);
+        }
         let brk = call(libc::SYS_brk, &[0])? as u64;
         let dumpable = call(libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])? as u32;
         // Asked from inside: prlimit on another user's process needs
@@ -525,11 +665,9 @@ fn inject_queries(t: &Tracee, regs: &Regs, vmas: &[RawVma]) -> Result<Injected, 
             rlimits,
             dumpable,
             actions,
-            altstack,
             itimers,
-            clear_child_tid,
-            robust_list,
             brk,
+            threads,
         })
     })();
     let unmapped = call(libc::SYS_munmap, &[scratch, PAGE]);

@@ -9,13 +9,17 @@
 //! the `pause()`. When the copy ends, the deputy ends the same way, so the
 //! parent's `wait()` gets the real exit status or signal.
 //!
+//! A multi-threaded deputy has every thread parked that way: a signal sent
+//! to the process is taken by whichever thread the kernel picks, and one
+//! sent to a thread by that thread, so `poll` looks at each of them.
+//!
 //! Like everything ptrace, a `Deputy` belongs to the thread that seized the
 //! process.
 use std::io;
 use std::marker::PhantomData;
 
 use crate::checkpoint::FrozenSource;
-use crate::ptrace::{decode_status, Stop, Tracee};
+use crate::ptrace::{decode_status, Group, Stop, Tracee};
 use crate::state::Regs;
 
 /// Something that happened to the deputy.
@@ -37,7 +41,9 @@ pub enum Ending {
 }
 
 pub struct Deputy {
-    tracee: Option<Tracee>,
+    tracee: Option<Group>,
+    /// Registers each thread (main first) parks from.
+    bases: Vec<Regs>,
     /// Set once waitpid reported the deputy's death: nothing to kill.
     dead: std::cell::Cell<bool>,
     /// A `syscall` instruction in the deputy, and registers to start from.
@@ -56,12 +62,18 @@ impl FrozenSource {
         let tracee = self
             .take_tracee()
             .ok_or_else(|| io::Error::other("source already let go"))?;
-        let vmas = crate::proc::read_vmas(tracee.pid)?;
-        let insn = crate::checkpoint::syscall_site(&tracee, &vmas)?
+        let vmas = crate::proc::read_vmas(tracee.pid())?;
+        let insn = crate::checkpoint::syscall_site(&tracee.main, &vmas)?
             .ok_or_else(|| io::Error::other("no syscall instruction in the deputy"))?;
-        let base = tracee.regs()?;
+        let base = tracee.main.regs()?;
+        let mut bases = Vec::new();
+        for t in tracee.all() {
+            bases.push(t.regs()?);
+            t.set_sigmask(!0)?;
+        }
         let d = Deputy {
             tracee: Some(tracee),
+            bases,
             dead: std::cell::Cell::new(false),
             insn,
             base,
@@ -69,7 +81,6 @@ impl FrozenSource {
         };
         {
             let t = d.t();
-            t.set_sigmask(!0)?;
             let inj = crate::inject::Injector { t, insn, base };
             for fd in close {
                 inj.raw(libc::SYS_close, &[*fd as u64])?;
@@ -81,40 +92,55 @@ impl FrozenSource {
 }
 
 impl Deputy {
-    fn t(&self) -> &Tracee {
+    fn g(&self) -> &Group {
         self.tracee.as_ref().expect("deputy already ended")
+    }
+
+    fn t(&self) -> &Tracee {
+        &self.g().main
     }
 
     pub fn pid(&self) -> i32 {
         self.t().pid
     }
 
-    /// Into `pause()`, every signal unblocked: the next signal stops it.
+    /// Every thread into `pause()`, every signal unblocked: the next signal
+    /// stops one of them.
     fn park(&self) -> io::Result<()> {
-        let t = self.t();
-        let mut r = self.base;
-        r.rip = self.insn;
-        r.rax = libc::SYS_pause as u64;
-        // Not inside a syscall: nothing for the kernel to restart on resume.
-        r.orig_rax = u64::MAX;
-        t.set_regs(&r)?;
-        t.set_sigmask(0)?;
-        t.cont(0)
+        for (t, base) in self.g().all().zip(&self.bases) {
+            let mut r = *base;
+            r.rip = self.insn;
+            r.rax = libc::SYS_pause as u64;
+            // Not inside a syscall: nothing for the kernel to restart on resume.
+            r.orig_rax = u64::MAX;
+            t.set_regs(&r)?;
+            t.set_sigmask(0)?;
+            t.cont(0)?;
+        }
+        Ok(())
     }
 
     /// The next thing that happened to the deputy, if any, without waiting.
     pub fn poll(&self) -> io::Result<Option<DeputyEvent>> {
+        // The other threads first: a signal may stop any of them, and the
+        // main thread's death is reported only once they are reaped.
+        for t in &self.g().others {
+            match try_wait(t.pid)? {
+                None => {}
+                Some(Stop::Signal(sig)) => {
+                    t.cont(0)?;
+                    return Ok(Some(DeputyEvent::Signal(sig)));
+                }
+                Some(Stop::Event(_) | Stop::OtherEvent(_)) => t.cont(0)?,
+                // Gone with the whole process; the main thread says how.
+                Some(Stop::Exited(_) | Stop::Killed(_)) => {}
+            }
+        }
         let t = self.t();
-        let mut status = 0;
-        // SAFETY: plain syscall with a valid out pointer.
-        let r = unsafe { libc::waitpid(t.pid, &mut status, libc::__WALL | libc::WNOHANG) };
-        if r == 0 {
+        let Some(stop) = try_wait(t.pid)? else {
             return Ok(None);
-        }
-        if r == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Some(match decode_status(status) {
+        };
+        Ok(Some(match stop {
             // Suppressed: the signal is the running copy's business. The
             // interrupted pause() is restarted by the kernel, since no
             // handler ran.
@@ -163,7 +189,8 @@ impl Deputy {
     /// the same exit code or signal. Returns once it is gone.
     pub fn end_like(mut self, ending: Ending) -> io::Result<()> {
         self.interrupt()?;
-        let t = self.tracee.take().expect("deputy already ended");
+        let g = self.tracee.take().expect("deputy already ended");
+        let t = &g.main;
         let mut r = self.base;
         r.rip = self.insn;
         r.orig_rax = u64::MAX;
@@ -203,6 +230,11 @@ impl Deputy {
                 t.cont(sig)?;
             }
         }
+        // The whole group dies with it; the other threads are reaped first,
+        // or the main thread's end is never reported.
+        for o in &g.others {
+            crate::ptrace::reap(o.pid);
+        }
         loop {
             match crate::ptrace::waitpid(t.pid)? {
                 Stop::Exited(_) | Stop::Killed(_) => return Ok(()),
@@ -212,6 +244,25 @@ impl Deputy {
             }
         }
     }
+}
+
+/// A stop or the end of traced thread `tid`, without waiting; `None` also
+/// when it was already reaped (a thread that died with its process).
+fn try_wait(tid: i32) -> io::Result<Option<Stop>> {
+    let mut status = 0;
+    // SAFETY: plain syscall with a valid out pointer.
+    let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+    if r == 0 {
+        return Ok(None);
+    }
+    if r == -1 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ECHILD) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(decode_status(status)))
 }
 
 fn signal_of(e: Ending) -> Option<i32> {
@@ -225,10 +276,9 @@ impl Drop for Deputy {
     /// A deputy dropped without an ending (its copy is lost): it dies, as
     /// the process did; letting it resume would run the process twice.
     fn drop(&mut self) {
-        if let Some(t) = self.tracee.take() {
+        if let Some(g) = self.tracee.take() {
             if !self.dead.get() {
-                t.kill();
-                let _ = crate::ptrace::waitpid(t.pid);
+                g.kill_and_reap();
             }
         }
     }

@@ -15,7 +15,8 @@ pub enum CantMove {
     KernelThread { pid: i32 },
     #[error("process {pid} is a zombie or already exiting")]
     Exiting { pid: i32 },
-    #[error("process has {threads} threads; only single-threaded processes move")]
+    /// Threads kept appearing faster than the checkpoint could stop them.
+    #[error("process kept creating threads while being frozen ({threads} so far)")]
     MultiThreaded { threads: u64 },
     #[error("process is stopped by job control; move it once it runs")]
     Stopped,
@@ -59,7 +60,7 @@ impl CantMove {
             CantMove::NoSuchProcess { .. } => libc::ESRCH,
             CantMove::KernelThread { .. } => libc::EPERM,
             CantMove::Exiting { .. } => libc::ESRCH,
-            CantMove::MultiThreaded { .. } => libc::EOPNOTSUPP,
+            CantMove::MultiThreaded { .. } => libc::EAGAIN,
             CantMove::Stopped => libc::EAGAIN,
             CantMove::AlreadyTraced { .. } => libc::EBUSY,
             CantMove::DeviceOpen { .. } => libc::EBUSY,

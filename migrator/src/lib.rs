@@ -1,4 +1,4 @@
-//! Checkpoint/restore of a single-threaded x86_64 Linux process, built on
+//! Checkpoint/restore of an x86_64 Linux process (all its threads), built on
 //! ptrace and syscalls injected into the stopped task (no parasite blob, no
 //! kernel module). See `README.md` in this crate for the design.
 //!

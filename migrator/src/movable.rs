@@ -33,11 +33,6 @@ pub(crate) fn check(pid: i32, our_tracer: Option<i32>) -> Result<(), CantMove> {
     if stat.state == 'T' {
         return Err(CantMove::Stopped);
     }
-    if stat.num_threads > 1 {
-        return Err(CantMove::MultiThreaded {
-            threads: stat.num_threads as u64,
-        });
-    }
     let tracer: i32 = read_status_field(pid, "TracerPid")
         .map_err(gone(pid))?
         .and_then(|v| v.parse().ok())

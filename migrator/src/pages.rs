@@ -183,6 +183,8 @@ pub(crate) mod tests_support {
                 }),
                 robust_list: (0x2000, 24),
                 clear_child_tid: 0x3000,
+                pending: Vec::new(),
+                comm: "t".into(),
                 altstack: AltStack::default(),
             }],
             mm: MmState {

@@ -321,3 +321,26 @@ pub(crate) fn read_status_field(pid: i32, key: &str) -> io::Result<Option<String
 pub(crate) fn read_link(p: impl AsRef<Path>) -> io::Result<PathBuf> {
     fs::read_link(p)
 }
+
+/// Tids of every thread of `pid`, from `/proc/pid/task`.
+pub(crate) fn read_tids(pid: i32) -> io::Result<Vec<i32>> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = e?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            v.push(tid);
+        }
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// Whether thread `tid` of `pid` still exists and is not exiting.
+pub(crate) fn thread_alive(pid: i32, tid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised comm, which may contain spaces.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .is_some_and(|s| !matches!(s, 'Z' | 'X' | 'x'))
+}

@@ -366,3 +366,63 @@ fn to_libc(r: &Regs) -> libc::user_regs_struct {
         gs: r.gs,
     }
 }
+
+/// Wait for a traced task to be gone, consuming whatever stops it reports
+/// on the way (it was sent SIGKILL). Errors (already reaped) end the wait.
+pub(crate) fn reap(tid: i32) {
+    while let Ok(s) = waitpid(tid) {
+        if matches!(s, Stop::Exited(_) | Stop::Killed(_)) {
+            break;
+        }
+    }
+}
+
+/// Every thread of one traced process: the main thread (tid == pid) and
+/// the others, each its own ptrace relationship.
+pub(crate) struct Group {
+    pub main: Tracee,
+    pub others: Vec<Tracee>,
+}
+
+impl Group {
+    pub fn single(main: Tracee) -> Group {
+        Group {
+            main,
+            others: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.main.pid
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Tracee> {
+        std::iter::once(&self.main).chain(self.others.iter())
+    }
+
+    /// Let every thread run again, the others first; the first error is
+    /// returned but every thread is detached regardless.
+    pub fn detach_all(&self) -> io::Result<()> {
+        let mut res = Ok(());
+        for t in self.others.iter().chain(std::iter::once(&self.main)) {
+            if let Err(e) = t.detach() {
+                if res.is_ok() {
+                    res = Err(e);
+                }
+            }
+        }
+        res
+    }
+
+    /// SIGKILL the process and reap every traced thread. The other threads
+    /// first: the kernel reports a group leader's death (even to its
+    /// tracer) only once all its other threads are reaped, and traced ones
+    /// wait for us.
+    pub fn kill_and_reap(&self) {
+        self.main.kill();
+        for t in &self.others {
+            reap(t.pid);
+        }
+        reap(self.main.pid);
+    }
+}

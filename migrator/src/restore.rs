@@ -13,8 +13,10 @@
 //! 8. signal dispositions, altstack, itimers
 //! 9. umask, cwd, robust list, tid address, rseq, comm
 //! 10. file descriptors (replacements from the caller, files by path)
-//! 11. pending signals, rlimits
-//! 12. unmap the trampoline, load registers, xstate and signal mask
+//! 11. the other threads: injected clone3 (CLONE_THREAD, set_tid), each
+//!     seized and given its own per-thread state
+//! 12. pending signals, rlimits, credentials (in every thread)
+//! 13. unmap the trampoline, load every thread's registers, xstate and mask
 //!
 //! The result is left stopped: the caller runs it once the source is gone.
 
@@ -23,7 +25,7 @@ use crate::error::RestoreError;
 use crate::inject::{errno_of, Injector};
 use crate::pages::PageSource;
 use crate::proc::{read_vmas, RawVma};
-use crate::ptrace::{waitpid, Stop, Tracee};
+use crate::ptrace::{Group, Tracee};
 use crate::state::*;
 use std::collections::HashMap;
 use std::io;
@@ -33,6 +35,8 @@ use std::path::{Path, PathBuf};
 
 const PAGE: u64 = 4096;
 const SCRATCH: u64 = 64 * 1024;
+/// Offset in the trampoline page of the `syscall; jmp .` new threads start in.
+const THREAD_SPIN: u64 = 16;
 
 /// Points where a test can make the restore fail on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +88,7 @@ impl RestoreOptions<'_> {
 /// A fully built process, still stopped under ptrace. Dropping it without
 /// `run` kills it: nothing half-made ever runs.
 pub struct Restored {
-    tracee: Option<Tracee>,
+    tracee: Option<Group>,
     pid: i32,
     _not_send: PhantomData<*const ()>,
 }
@@ -97,33 +101,24 @@ impl Restored {
 
     /// Let it run from where the source stopped.
     pub fn run(mut self) -> Result<i32, RestoreError> {
-        let t = self.tracee.take().expect("consumed");
-        t.detach()
+        let g = self.tracee.take().expect("consumed");
+        g.detach_all()
             .map_err(|e| RestoreError::sys("detaching the restored process", e))?;
         Ok(self.pid)
     }
 
     /// Kill and reap it.
     pub fn abort(mut self) {
-        if let Some(t) = self.tracee.take() {
-            kill_and_reap(&t);
+        if let Some(g) = self.tracee.take() {
+            g.kill_and_reap();
         }
     }
 }
 
 impl Drop for Restored {
     fn drop(&mut self) {
-        if let Some(t) = self.tracee.take() {
-            kill_and_reap(&t);
-        }
-    }
-}
-
-fn kill_and_reap(t: &Tracee) {
-    t.kill();
-    while let Ok(s) = waitpid(t.pid) {
-        if matches!(s, Stop::Exited(_) | Stop::Killed(_)) {
-            break;
+        if let Some(g) = self.tracee.take() {
+            g.kill_and_reap();
         }
     }
 }
@@ -211,11 +206,10 @@ pub fn restore(
             image.version
         )));
     }
-    if image.threads.len() != 1 {
-        return Err(RestoreError::BadImage(format!(
-            "{} threads; only single-threaded images restore",
-            image.threads.len()
-        )));
+    if image.threads.first().map(|c| c.tid) != Some(image.pid) {
+        return Err(RestoreError::BadImage(
+            "the first thread must be the main thread".into(),
+        ));
     }
     let keep: Vec<RawFd> = opts.replacements.iter().map(|r| r.from).collect();
     let pid = match opts.keep_pid.then_some(image.pid) {
@@ -234,12 +228,13 @@ pub fn restore(
             return Err(RestoreError::sys("seizing the stub", e));
         }
     };
-    let r = Restored {
-        tracee: Some(t),
+    let mut r = Restored {
+        tracee: Some(Group::single(t)),
         pid,
         _not_send: PhantomData,
     };
-    if let Err(e) = build(r.tracee.as_ref().unwrap(), image, pages, opts) {
+    let g = r.tracee.as_mut().unwrap();
+    if let Err(e) = build(&g.main, &mut g.others, image, pages, opts) {
         tracing::debug!(stub = pid, error = %e, "restore failed; stub killed");
         return Err(e);
     }
@@ -345,6 +340,7 @@ fn pick_hole(image: &ProcessImage, stub: &[RawVma], len: u64) -> Option<u64> {
 
 fn build(
     t: &Tracee,
+    others: &mut Vec<Tracee>,
     image: &ProcessImage,
     pages: &mut dyn PageSource,
     opts: &RestoreOptions,
@@ -397,7 +393,11 @@ fn build(
     if got != tramp {
         return Err(RestoreError::Unexpected(format!("trampoline at {got:#x}")));
     }
+    // +0: `syscall; int3` for injection. +16: `syscall; jmp .` for clone3:
+    // the new thread returns from it into a loop, where it waits to be
+    // seized (single-stepping is not inherited by the child).
     t.write_mem(tramp, &[0x0f, 0x05, 0xcc, 0xcc])
+        .and_then(|_| t.write_mem(tramp + THREAD_SPIN, &[0x0f, 0x05, 0xeb, 0xfe]))
         .map_err(|e| sys("writing trampoline", e))?;
     rem.inj.insn = tramp;
     rem.scratch = tramp + PAGE;
@@ -576,14 +576,6 @@ fn build(
         let at = rem.put(0, &u64s(&[a.handler, a.flags, a.restorer, a.mask]))?;
         rem.call("rt_sigaction", libc::SYS_rt_sigaction, &[sig, at, 0, 8])?;
     }
-    let alt = &core.altstack;
-    let ss = if alt.flags & libc::SS_DISABLE != 0 {
-        u64s(&[0, libc::SS_DISABLE as u64, 0])
-    } else {
-        u64s(&[alt.sp, 0, alt.size])
-    };
-    let at = rem.put(0, &ss)?;
-    rem.call("sigaltstack", libc::SYS_sigaltstack, &[at, 0])?;
     for (which, it) in image.sig.itimers.iter().enumerate() {
         let v = [
             it.interval_sec,
@@ -599,6 +591,148 @@ fn build(
     rem.call("umask", libc::SYS_umask, &[image.misc.umask as u64])?;
     let cwd = rem.put_path(&opts.translate(&image.misc.cwd))?;
     rem.call("chdir", libc::SYS_chdir, &[cwd])?;
+    thread_state(&rem, core, &image.misc.comm)?;
+    opts.fault(RestoreStep::StateRestored)?;
+
+    // 10. File descriptors.
+    restore_fds(&rem, image, opts)?;
+    opts.fault(RestoreStep::FdsRestored)?;
+
+    // 11. The other threads, created by the main thread (which the stub
+    // became) and seized as they spin.
+    let mut tids = vec![t.pid];
+    for core in &image.threads[1..] {
+        let tid = spawn_thread(&rem, tramp + THREAD_SPIN, core, opts.keep_pid)?;
+        let th = Tracee::seize(tid, libc::PTRACE_O_EXITKILL)
+            .map_err(|e| RestoreError::sys(format!("seizing new thread {tid}"), e))?;
+        others.push(th);
+        tids.push(tid);
+        let th = others.last().unwrap();
+        let base = th.regs().map_err(|e| sys("GETREGS of a new thread", e))?;
+        let trem = Remote {
+            inj: Injector {
+                t: th,
+                insn: tramp,
+                base,
+            },
+            scratch: rem.scratch,
+        };
+        let comm = if core.comm.is_empty() {
+            &image.misc.comm
+        } else {
+            &core.comm
+        };
+        thread_state(&trem, core, comm)?;
+    }
+
+    // 12. Pending signals, queued by the process to itself (the kernel lets
+    // only the process itself queue siginfo that claims a kernel origin,
+    // and only from its main thread: the check compares the caller's tid
+    // with the tgid).
+    for (core, &tid) in image.threads.iter().zip(&tids) {
+        for p in &core.pending {
+            let signo = i32::from_ne_bytes(p.siginfo[0..4].try_into().unwrap()) as u64;
+            let at = rem.put(0, &p.siginfo)?;
+            rem.call(
+                "rt_tgsigqueueinfo",
+                libc::SYS_rt_tgsigqueueinfo,
+                &[t.pid as u64, tid as u64, signo, at],
+            )?;
+        }
+    }
+    for p in &image.sig.pending {
+        let signo = i32::from_ne_bytes(p.siginfo[0..4].try_into().unwrap()) as u64;
+        let at = rem.put(0, &p.siginfo)?;
+        if p.shared {
+            rem.call(
+                "rt_sigqueueinfo",
+                libc::SYS_rt_sigqueueinfo,
+                &[t.pid as u64, signo, at],
+            )?;
+        } else {
+            rem.call(
+                "rt_tgsigqueueinfo",
+                libc::SYS_rt_tgsigqueueinfo,
+                &[t.pid as u64, t.pid as u64, signo, at],
+            )?;
+        }
+    }
+    // glibc caches each thread's tid in its TCB, at the address it gave to
+    // set_tid_address; raise() and mutexes use it. With a new tid, fix it.
+    for (core, &tid) in image.threads.iter().zip(&tids) {
+        if tid != core.tid && core.clear_child_tid != 0 {
+            let mut b = [0u8; 4];
+            if t.read_mem(core.clear_child_tid, &mut b).is_ok() && i32::from_ne_bytes(b) == core.tid
+            {
+                t.write_mem(core.clear_child_tid, &tid.to_ne_bytes())
+                    .map_err(|e| sys("fixing the cached tid", e))?;
+            }
+        }
+    }
+    for l in &image.misc.rlimits {
+        let new = libc::rlimit64 {
+            rlim_cur: l.cur,
+            rlim_max: l.max,
+        };
+        // SAFETY: plain syscall with valid pointers.
+        if unsafe { libc::prlimit64(t.pid, l.resource, &new, std::ptr::null_mut()) } != 0 {
+            return Err(RestoreError::sys(
+                format!("prlimit {}", l.resource),
+                io::Error::last_os_error(),
+            ));
+        }
+    }
+
+    // Credentials last: everything above needed the restorer's privileges.
+    // They are per thread in the kernel: each thread gets them.
+    for th in others.iter() {
+        let base = th.regs().map_err(|e| sys("GETREGS of a new thread", e))?;
+        let trem = Remote {
+            inj: Injector {
+                t: th,
+                insn: tramp,
+                base,
+            },
+            scratch: rem.scratch,
+        };
+        restore_creds(&trem, &image.creds)?;
+    }
+    restore_creds(&rem, &image.creds)?;
+
+    // 13. Drop the trampoline, borrowing a syscall from the restored image,
+    // then load the CPU state.
+    let now = read_vmas(t.pid).map_err(|e| sys("reading restored maps", e))?;
+    let own: Vec<RawVma> = now
+        .into_iter()
+        .filter(|v| v.end <= tramp || v.start >= tramp + tramp_len)
+        .collect();
+    rem.inj.insn = syscall_site(t, &own)
+        .map_err(|e| sys("looking for a syscall instruction", e))?
+        .ok_or_else(|| RestoreError::Unexpected("no syscall instruction in the image".into()))?;
+    rem.call("munmap trampoline", libc::SYS_munmap, &[tramp, tramp_len])?;
+
+    for (th, core) in std::iter::once(t).chain(others.iter()).zip(&image.threads) {
+        th.set_regs(&core.regs).map_err(|e| sys("SETREGS", e))?;
+        th.set_xstate(&core.xstate)
+            .map_err(|e| sys("SETREGSET xstate", e))?;
+        th.set_sigmask(core.blocked)
+            .map_err(|e| sys("SETSIGMASK", e))?;
+    }
+    opts.fault(RestoreStep::RegistersSet)?;
+    Ok(())
+}
+
+/// What Linux keeps per thread, set by injection into that thread:
+/// altstack, robust list, tid address, rseq, name.
+fn thread_state(rem: &Remote, core: &CoreState, comm: &str) -> Result<(), RestoreError> {
+    let alt = &core.altstack;
+    let ss = if alt.flags & libc::SS_DISABLE != 0 {
+        u64s(&[0, libc::SS_DISABLE as u64, 0])
+    } else {
+        u64s(&[alt.sp, 0, alt.size])
+    };
+    let at = rem.put(0, &ss)?;
+    rem.call("sigaltstack", libc::SYS_sigaltstack, &[at, 0])?;
     let (head, len) = core.robust_list;
     rem.call(
         "set_robust_list",
@@ -617,85 +751,74 @@ fn build(
             &[r.addr, r.len as u64, 0, r.sig as u64],
         )?;
     }
-    let mut comm = image.misc.comm.as_bytes().to_vec();
-    comm.truncate(15);
-    comm.push(0);
-    let at = rem.put(0, &comm)?;
+    let mut name = comm.as_bytes().to_vec();
+    name.truncate(15);
+    name.push(0);
+    let at = rem.put(0, &name)?;
     rem.call(
         "prctl(PR_SET_NAME)",
         libc::SYS_prctl,
         &[libc::PR_SET_NAME as u64, at],
     )?;
-    opts.fault(RestoreStep::StateRestored)?;
-
-    // 10. File descriptors.
-    restore_fds(&rem, image, opts)?;
-    opts.fault(RestoreStep::FdsRestored)?;
-
-    // 11. Pending signals, queued by the process to itself (the kernel lets
-    // only the target itself queue siginfo that claims a kernel origin).
-    for p in &image.sig.pending {
-        let signo = i32::from_ne_bytes(p.siginfo[0..4].try_into().unwrap()) as u64;
-        let at = rem.put(0, &p.siginfo)?;
-        if p.shared {
-            rem.call(
-                "rt_sigqueueinfo",
-                libc::SYS_rt_sigqueueinfo,
-                &[t.pid as u64, signo, at],
-            )?;
-        } else {
-            rem.call(
-                "rt_tgsigqueueinfo",
-                libc::SYS_rt_tgsigqueueinfo,
-                &[t.pid as u64, t.pid as u64, signo, at],
-            )?;
-        }
-    }
-    // glibc caches the tid in the TCB, at the address it gave to
-    // set_tid_address; raise() and mutexes use it. With a new pid, fix it.
-    if t.pid != image.pid && core.clear_child_tid != 0 {
-        let mut b = [0u8; 4];
-        if t.read_mem(core.clear_child_tid, &mut b).is_ok() && i32::from_ne_bytes(b) == image.pid {
-            t.write_mem(core.clear_child_tid, &t.pid.to_ne_bytes())
-                .map_err(|e| sys("fixing the cached tid", e))?;
-        }
-    }
-    for l in &image.misc.rlimits {
-        let new = libc::rlimit64 {
-            rlim_cur: l.cur,
-            rlim_max: l.max,
-        };
-        // SAFETY: plain syscall with valid pointers.
-        if unsafe { libc::prlimit64(t.pid, l.resource, &new, std::ptr::null_mut()) } != 0 {
-            return Err(RestoreError::sys(
-                format!("prlimit {}", l.resource),
-                io::Error::last_os_error(),
-            ));
-        }
-    }
-
-    // Credentials last: everything above needed the restorer's privileges.
-    restore_creds(&rem, &image.creds)?;
-
-    // 12. Drop the trampoline, borrowing a syscall from the restored image,
-    // then load the CPU state.
-    let now = read_vmas(t.pid).map_err(|e| sys("reading restored maps", e))?;
-    let own: Vec<RawVma> = now
-        .into_iter()
-        .filter(|v| v.end <= tramp || v.start >= tramp + tramp_len)
-        .collect();
-    rem.inj.insn = syscall_site(t, &own)
-        .map_err(|e| sys("looking for a syscall instruction", e))?
-        .ok_or_else(|| RestoreError::Unexpected("no syscall instruction in the image".into()))?;
-    rem.call("munmap trampoline", libc::SYS_munmap, &[tramp, tramp_len])?;
-
-    t.set_regs(&core.regs).map_err(|e| sys("SETREGS", e))?;
-    t.set_xstate(&core.xstate)
-        .map_err(|e| sys("SETREGSET xstate", e))?;
-    t.set_sigmask(core.blocked)
-        .map_err(|e| sys("SETSIGMASK", e))?;
-    opts.fault(RestoreStep::RegistersSet)?;
     Ok(())
+}
+
+/// Inject `clone3` into the (main thread of the) stub for one more thread
+/// of the group, at `spin` (`syscall; jmp .`): the child comes out of the
+/// syscall into the loop with no stack use, and waits there to be seized.
+/// Its registers, TLS included, are set later from the image; CLONE_SETTLS
+/// gives it the right fs_base from its first instruction anyway. Keeps the
+/// old tid when asked and free, like the pid.
+fn spawn_thread(
+    rem: &Remote,
+    spin: u64,
+    core: &CoreState,
+    keep_tid: bool,
+) -> Result<i32, RestoreError> {
+    let crem = Remote {
+        inj: Injector {
+            t: rem.inj.t,
+            insn: spin,
+            base: rem.inj.base,
+        },
+        scratch: rem.scratch,
+    };
+    let flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_SETTLS) as u64;
+    let set_tid_at = rem.scratch + 1024;
+    let args = |set_tid: bool| {
+        u64s(&[
+            flags,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            core.regs.fs_base,
+            if set_tid { set_tid_at } else { 0 },
+            set_tid as u64,
+            0,
+        ])
+    };
+    if keep_tid {
+        crem.put(1024, &(core.tid as u64).to_ne_bytes())?;
+        let at = crem.put(0, &args(true))?;
+        match crem.call("clone3 thread (set_tid)", libc::SYS_clone3, &[at, 88]) {
+            Ok(tid) => return Ok(tid as i32),
+            // Taken (or not allowed here): any tid will do.
+            Err(RestoreError::Injected { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let at = crem.put(0, &args(false))?;
+    crem.call("clone3 thread", libc::SYS_clone3, &[at, 88])
+        .map(|tid| tid as i32)
 }
 
 /// The CRIU order: bounding set while we still hold CAP_SETPCAP, groups and

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 /// Bumped whenever a field's meaning changes, so a mixed-version cluster
 /// refuses instead of restoring garbage.
-pub const IMAGE_VERSION: u32 = 1;
+pub const IMAGE_VERSION: u32 = 2;
 
 /// Everything about a process except its page contents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,8 +16,7 @@ pub struct ProcessImage {
     pub version: u32,
     /// Pid on the source node; the restore keeps it when it is free.
     pub pid: i32,
-    /// One entry per thread; exactly one today. A `Vec` so that adding
-    /// threads later does not change the format of single-thread images.
+    /// One entry per thread, the main thread (tid == pid) first.
     pub threads: Vec<CoreState>,
     pub mm: MmState,
     pub sig: SigState,
@@ -43,6 +42,11 @@ pub struct CoreState {
     /// `set_tid_address` pointer (glibc points it at the TCB's tid field).
     pub clear_child_tid: u64,
     pub altstack: AltStack,
+    /// Signals queued to this thread only (its private queue), as raw
+    /// siginfo; the process-wide queue is in [`SigState::pending`].
+    pub pending: Vec<PendingSignal>,
+    /// This thread's name (`PR_SET_NAME` is per thread).
+    pub comm: String,
 }
 
 /// `struct user_regs_struct` from `<sys/user.h>`, field for field, so the
@@ -164,8 +168,9 @@ pub enum VmaKind {
 pub struct SigState {
     /// Index `i` is signal `i + 1`, 64 entries (SIGKILL/SIGSTOP are default).
     pub actions: Vec<SigAction>,
-    /// Pending signals, private queue then shared queue, as raw 128-byte
-    /// siginfo, re-queued on the target with rt_tgsigqueueinfo.
+    /// Pending process-wide signals (the shared queue), as raw 128-byte
+    /// siginfo, re-queued on the target with rt_sigqueueinfo. Each thread's
+    /// private queue is in its [`CoreState::pending`].
     pub pending: Vec<PendingSignal>,
     /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF.
     pub itimers: [ItimerVal; 3],

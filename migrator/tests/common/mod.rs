@@ -50,7 +50,7 @@ pub fn compile(name: &str) -> PathBuf {
     }
     let out = dir.join(format!("{name}.{}", std::process::id()));
     let st = Command::new("cc")
-        .args(["-O1", "-Wall", "-o"])
+        .args(["-O1", "-Wall", "-pthread", "-o"])
         .arg(&out)
         .arg(&src)
         .status()
