@@ -637,3 +637,49 @@ fn mosix_run_on_starts_a_program_elsewhere_and_mosix_migrate_moves_one() {
     );
     assert_eq!(c.sh("n1", &format!("cat /mosix/proc/{init}/where")), "n1\n");
 }
+
+#[test]
+fn a_threaded_python_program_moves_and_keeps_working() {
+    let c = Cluster::up(3);
+    c.sh("n1", "mkdir -p /tmp/w");
+    std::fs::write(
+        c.state().join("threads.py"),
+        "import threading, time, sys\n\
+         results = {}\n\
+         def work(k):\n    s = 0\n    for i in range(200):\n        s += i * k\n        time.sleep(0.01)\n    results[k] = s\n\
+         ts = [threading.Thread(target=work, args=(k,)) for k in (1, 2, 3)]\n\
+         [t.start() for t in ts]\n\
+         print('started', flush=True)\n\
+         [t.join() for t in ts]\n\
+         print(sorted(results.items()), flush=True)\n\
+         sys.exit(7)\n",
+    )
+    .unwrap();
+    let _r = start(
+        &c,
+        "n1",
+        &format!(
+            "cd /tmp/w && /usr/bin/python3 {} | cat > /tmp/w/out; echo ${{PIPESTATUS[0]}} > /tmp/w/status",
+            c.state().join("threads.py").display()
+        ),
+    );
+    Cluster::wait_for(Duration::from_secs(20), || {
+        c.sh("n1", "cat /tmp/w/out 2>/dev/null || true")
+            .starts_with("started")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = pid_of(&c, "n1", "python3");
+    let out = move_to(&c, "n1", gpid(1, pid), "n2");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let there = c.sh("n2", "pgrep -x python3 || true");
+    assert!(!there.trim().is_empty(), "python3 is not on n2");
+    let threads = c.sh("n2", &format!("ls /proc/{}/task | wc -l", there.trim()));
+    assert_eq!(threads.trim(), "4", "main thread and three workers on n2");
+    let status = wait_file(&c, "n1", "/tmp/w/status", "7", Duration::from_secs(30));
+    assert_eq!(status.trim(), "7");
+    let s = |k: u64| (0..200u64).map(|i| i * k).sum::<u64>();
+    assert_eq!(
+        c.sh("n1", "tail -1 /tmp/w/out"),
+        format!("[(1, {}), (2, {}), (3, {})]\n", s(1), s(2), s(3))
+    );
+}
