@@ -261,6 +261,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             source,
         })?,
     );
+    export.set_local_node(&cfg.name);
+    tracing::info!(limits = ?export.limits(), "client quotas");
     let procs = Arc::new(LocalNode::new(
         cfg.node_id(),
         Arc::new(Stationary {

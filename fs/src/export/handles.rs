@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use mosix_proto::fs::RemoteFh;
 
+use super::limits::FdTicket;
 use super::sessions::Session;
 use super::Res;
 
@@ -20,6 +21,8 @@ pub(super) struct Handle {
     pub dir: Option<Mutex<()>>,
     /// Only the session that opened a handle may use it.
     owner: Arc<Session>,
+    /// The descriptor counted against its session's quotas.
+    _ticket: FdTicket,
 }
 
 #[derive(Debug)]
@@ -44,6 +47,7 @@ impl Handles {
         file: File,
         (dev, ino): (u64, u64),
         dir: bool,
+        ticket: FdTicket,
     ) -> Res<RemoteFh> {
         let h = Arc::new(Handle {
             file,
@@ -51,6 +55,7 @@ impl Handles {
             ino,
             dir: dir.then(|| Mutex::new(())),
             owner: owner.clone(),
+            _ticket: ticket,
         });
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         // Checked under the lock that ending a session's sweep takes.

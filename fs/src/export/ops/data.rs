@@ -2,12 +2,11 @@
 //! through handles.
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 
 use mosix_proto::fs::{Attr, FileKind, RemoteFh, RemoteIno};
 
 use super::super::attr::kind_of;
-use super::super::inodes::Inode;
+use super::super::inodes::Reached;
 use super::super::policy::Intent;
 use super::super::sys::{cvt, cvt_size, fd_name, fstat, io_errno, openat, retry, to_off_t};
 use super::super::{Export, Res};
@@ -36,7 +35,7 @@ pub(in super::super) fn open_inode(
     export: &Export,
     ino: RemoteIno,
     flags: i32,
-) -> Res<(File, Arc<Inode>)> {
+) -> Res<(File, Reached)> {
     let mut flags = flags & OPEN_FLAGS_ALLOWED;
     let inode = export.inodes.get(ino)?;
     match inode.kind {
@@ -56,9 +55,10 @@ impl Export {
     /// `flags` are open(2)'s; O_CREAT and O_EXCL mean nothing here.
     pub fn open(&self, who: &Who, ino: RemoteIno, flags: i32) -> Res<RemoteFh> {
         let call = self.begin(who, Intent::of_open(flags & OPEN_FLAGS_ALLOWED))?;
+        let ticket = self.fd_ticket(&call, who)?;
         let (file, inode) = open_inode(self, ino, flags)?;
         self.handles
-            .add(&call.session, file, (inode.dev, inode.ino), false)
+            .add(&call.session, file, (inode.dev, inode.ino), false, ticket)
     }
 
     /// Creates `name` and opens it; without O_EXCL in `flags` an existing
@@ -73,6 +73,7 @@ impl Export {
         flags: i32,
     ) -> Res<(Attr, RemoteFh)> {
         let call = self.begin(who, Intent::Write)?;
+        let ticket = self.fd_ticket(&call, who)?;
         let (parent, name) = self.new_name(parent, name)?;
         let excl = flags & libc::O_EXCL != 0;
         let flags = flags & OPEN_FLAGS_ALLOWED;
@@ -130,6 +131,7 @@ impl Export {
             File::from(file),
             (st.st_dev, st.st_ino),
             false,
+            ticket,
         )?;
         Ok((attr, fh))
     }

@@ -2,12 +2,11 @@
 //! groups them; and the ways every operation reaches its files.
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 
 use mosix_proto::fs::{Attr, RemoteIno};
 
 use super::attr::attr_of;
-use super::inodes::Inode;
+use super::inodes::Reached;
 use super::sessions::Session;
 use super::sys::{component, fstat, fstatfs, openat};
 use super::{Export, Res};
@@ -24,7 +23,7 @@ pub(super) use data::open_inode;
 impl Export {
     /// Parent and validated name for an operation that creates `name`.
     /// A hidden name cannot be created or replaced.
-    fn new_name(&self, parent: RemoteIno, name: &[u8]) -> Res<(Arc<Inode>, CString)> {
+    fn new_name(&self, parent: RemoteIno, name: &[u8]) -> Res<(Reached, CString)> {
         let parent = self.inodes.get(parent)?;
         let name = component(name)?;
         if self
@@ -38,7 +37,7 @@ impl Export {
 
     /// Parent and validated name for an operation on an existing `name`.
     /// A hidden name does not exist.
-    fn old_name(&self, parent: RemoteIno, name: &[u8]) -> Res<(Arc<Inode>, CString)> {
+    fn old_name(&self, parent: RemoteIno, name: &[u8]) -> Res<(Reached, CString)> {
         let parent = self.inodes.get(parent)?;
         let name = component(name)?;
         if self
@@ -52,7 +51,7 @@ impl Export {
 
     /// Single-component, no-follow lookup; adds one reference for
     /// `session` to the result.
-    fn lookup_at(&self, session: &Session, parent: &Inode, name: &CStr) -> Res<Attr> {
+    fn lookup_at(&self, session: &Session, parent: &Reached, name: &CStr) -> Res<Attr> {
         if self
             .policy
             .hides_name(parent.dev, parent.ino, name.to_bytes())
