@@ -29,6 +29,16 @@ pub const MAX_REQUESTS_PER_PEER: usize = 128;
 /// The least a request is charged for its reply, besides its frame.
 pub const REPLY_ALLOWANCE: usize = 64 << 10;
 
+/// The most memory `connections` authenticated connections can make a node
+/// hold for incoming frames, whatever they send: the frames being read or
+/// handled (their budgets), plus what QUIC holds unread for each, which
+/// is at most its receive window of data, in packet buffers of up to twice
+/// that size.
+pub fn frame_memory_bound(connections: usize) -> usize {
+    (connections * FRAME_BUDGET_PER_CONNECTION).min(FRAME_BUDGET_TOTAL)
+        + connections * 2 * crate::RECEIVE_WINDOW
+}
+
 /// Bytes of frames in memory, per connection and in total.
 #[derive(Debug, Clone)]
 pub struct FrameBudget {

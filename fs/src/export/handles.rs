@@ -1,6 +1,7 @@
 //! The open-handle table: files and directories clients have open.
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -19,6 +20,8 @@ pub(super) struct Handle {
     /// For directories: serialises lseek + getdents64, which share the
     /// file position.
     pub dir: Option<Mutex<()>>,
+    /// Opened with O_APPEND: its writes take turns (see `appends.rs`).
+    pub append: bool,
     /// Only the session that opened a handle may use it.
     owner: Arc<Session>,
     /// The descriptor counted against its session's quotas.
@@ -49,7 +52,11 @@ impl Handles {
         dir: bool,
         ticket: FdTicket,
     ) -> Res<RemoteFh> {
+        // SAFETY: plain fcntl on a file we own.
+        let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        let append = fl >= 0 && fl & libc::O_APPEND != 0;
         let h = Arc::new(Handle {
+            append,
             file,
             dev,
             ino,

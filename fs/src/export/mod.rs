@@ -55,6 +55,7 @@ use mosix_proto::fs::Creds;
 use crate::creds::{become_caller, CredGuard};
 use crate::service::Who;
 
+mod appends;
 mod attr;
 mod config;
 mod dirent;
@@ -108,6 +109,13 @@ pub struct Export {
     sessions: Sessions,
     /// Descriptors held for clients, against [`Limits`].
     fds: FdBudget,
+    /// Whose turn it is to append to each file.
+    appends: appends::AppendTurns,
+    /// (st_dev, st_ino) of the export root.
+    root_key: (u64, u64),
+    /// Whether a directory can be moved out of the export at all: not when
+    /// the export is the whole tree of the daemon's mount namespace.
+    confine: bool,
 }
 
 /// One operation under way: the caller's session, and the caller's
@@ -176,6 +184,14 @@ impl Export {
             locks: LockServer::default(),
             sessions: Sessions::default(),
             fds: FdBudget::new(limits),
+            appends: appends::AppendTurns::default(),
+            root_key: (st.st_dev, st.st_ino),
+            confine: std::fs::metadata("/")
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.dev(), m.ino()) != (st.st_dev, st.st_ino)
+                })
+                .unwrap_or(true),
         })
     }
 

@@ -212,7 +212,7 @@ pub(super) fn open_by_handle(mount_fd: RawFd, h: &KernelHandle) -> Res<OwnedFd> 
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-const CAP_DAC_READ_SEARCH: u32 = 2;
+pub(super) const CAP_DAC_READ_SEARCH: u32 = 2;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 #[repr(C)]
@@ -231,7 +231,7 @@ struct CapData {
 
 /// Runs `f` with capability `cap` (below 32) raised in this thread's
 /// effective set, if it is permitted, then puts the set back as it was.
-fn with_cap<T>(cap: u32, f: impl FnOnce() -> Res<T>) -> Res<T> {
+pub(super) fn with_cap<T>(cap: u32, f: impl FnOnce() -> Res<T>) -> Res<T> {
     let mut hdr = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,

@@ -153,3 +153,49 @@ fn a_client_over_its_inode_quota_gets_enfile() {
     assert!(e.lookup(&a, ROOT_INO, b"f3").is_ok());
     assert!(e.lookup(&caller("b", 0), ROOT_INO, b"f100").is_ok());
 }
+
+#[test]
+fn a_directory_moved_out_of_the_export_is_out_of_reach() {
+    require_root("acts as a non-root caller too");
+    let top = tempfile::tempdir().unwrap();
+    let root = top.path().join("export");
+    std::fs::create_dir_all(root.join("d/sub")).unwrap();
+    std::fs::write(root.join("d/f"), b"in").unwrap();
+    std::fs::create_dir(top.path().join("outside")).unwrap();
+    for p in [&root, &root.join("d"), &root.join("d/sub")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let e = Export::new(ExportConfig {
+        root: root.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    for w in [root_who(), caller("a", 1000)] {
+        let d = e.lookup(&w, ROOT_INO, b"d").unwrap().ino;
+        let sub = e.lookup(&w, d, b"sub").unwrap().ino;
+        assert!(e.lookup(&w, d, b"f").is_ok());
+        // A local user moves d out of the export, while the client holds d
+        // and d/sub (as a remote process with its cwd there would).
+        std::fs::rename(root.join("d"), top.path().join("outside/d")).unwrap();
+        assert_eq!(e.lookup(&w, d, b"f"), Err(libc::ENOENT));
+        assert_eq!(e.lookup(&w, sub, b"x"), Err(libc::ENOENT));
+        assert_eq!(e.mkdir(&w, d, b"new", 0o755, 0), Err(libc::ENOENT));
+        assert_eq!(
+            e.create(&w, sub, b"new", 0o644, 0, libc::O_RDWR)
+                .map(|_| ()),
+            Err(libc::ENOENT)
+        );
+        assert_eq!(e.unlink(&w, d, b"f"), Err(libc::ENOENT));
+        assert_eq!(e.opendir(&w, d), Err(libc::ENOENT));
+        assert!(!top.path().join("outside/d/new").exists());
+        assert!(top.path().join("outside/d/f").exists());
+        // Moved back, it is reachable again.
+        std::fs::rename(top.path().join("outside/d"), root.join("d")).unwrap();
+        assert!(e.lookup(&w, sub, b"x") == Err(libc::ENOENT));
+        assert!(e.lookup(&w, d, b"f").is_ok());
+    }
+}
+
+fn root_who() -> Who {
+    caller("a", 0)
+}

@@ -5,7 +5,9 @@ use std::os::fd::AsRawFd;
 
 use mosix_proto::fs::{Attr, FileKind, RemoteFh, RemoteIno};
 
+use super::super::appends;
 use super::super::attr::kind_of;
+use super::super::handles::Handle;
 use super::super::inodes::Reached;
 use super::super::policy::Intent;
 use super::super::sys::{cvt, cvt_size, fd_name, fstat, io_errno, openat, retry, to_off_t};
@@ -171,6 +173,20 @@ impl Export {
         let call = self.begin(who, Intent::Write)?;
         let h = self.handles.get(&call.session, fh)?;
         let off = to_off_t(offset)?;
+        if h.append {
+            let key = (h.dev, h.ino);
+            self.appends.enter(&call.session, key);
+            let r = self.write_at(&h, off, data);
+            let more = matches!(r, Ok(n) if n as usize == data.len())
+                && appends::may_continue(offset, data.len());
+            self.appends.leave(&call.session, key, more);
+            return r;
+        }
+        self.write_at(&h, off, data)
+    }
+
+    /// pwrite until all of `data` is written or an error; how much made it.
+    fn write_at(&self, h: &Handle, off: libc::off_t, data: &[u8]) -> Res<u32> {
         let mut done = 0;
         while done < data.len() {
             let at = off.checked_add(done as i64).ok_or(libc::EINVAL)?;
@@ -213,6 +229,10 @@ impl Export {
     pub fn release(&self, who: &Who, fh: RemoteFh) -> Res<()> {
         let call = self.begin(who, Intent::Read)?;
         let h = self.handles.remove(&call.session, fh)?;
+        if h.append {
+            // Closing ends any append of this client's still under way.
+            self.appends.leave(&call.session, (h.dev, h.ino), false);
+        }
         // Closed outside the table's lock: a last close can be slow.
         drop(h);
         Ok(())

@@ -24,6 +24,7 @@ impl Export {
         if inode.kind != FileKind::Dir {
             return Err(libc::ENOTDIR);
         }
+        let inode = self.dir_inside(ino)?;
         let ticket = self.fd_ticket(&call, who)?;
         let fd = self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
         self.handles.add(

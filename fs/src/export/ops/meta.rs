@@ -18,7 +18,7 @@ impl Export {
     /// holds one more reference to the result.
     pub fn lookup(&self, who: &Who, parent: RemoteIno, name: &[u8]) -> Res<Attr> {
         let call = self.begin(who, Intent::Read)?;
-        let parent = self.inodes.get(parent)?;
+        let parent = self.dir_inside(parent)?;
         let name = component(name)?;
         self.lookup_at(&call.session, &parent, &name)
     }
