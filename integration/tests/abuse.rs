@@ -188,7 +188,7 @@ fn holder_result(c: &Cluster, node: &str, within: Duration) -> (usize, usize, i3
 }
 
 #[test]
-fn an_unprivileged_walk_and_50000_opens_do_not_take_the_node() {
+fn an_unprivileged_walk_of_usr_does_not_take_the_node() {
     let c = Cluster::up(3);
     assert_served(&c, "n1", "n3", "before");
     let (fds_before, limit) = daemon_fds(&c, "n1");
