@@ -41,10 +41,29 @@ pub struct Ctx {
     pub peers: std::sync::Arc<mosix_net::Peers>,
 }
 
+/// First pause after a failed accept; doubled on each failure in a row.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between accepts that keep failing.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 pub async fn serve(listener: UnixListener, ctx: Ctx) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                stream
+            }
+            Err(e) => {
+                // EMFILE and the like do not go away by asking again at
+                // once: back off instead of spinning on a core.
+                if backoff == ACCEPT_BACKOFF_MIN {
+                    tracing::warn!(error = %e, "control socket: accept failed; backing off");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {

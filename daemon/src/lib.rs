@@ -282,6 +282,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         peers.clone(),
         tokio::runtime::Handle::current(),
     );
+    export.set_local_node(&cfg.name);
+    tracing::info!(limits = ?export.limits(), "client quotas");
     let procs = Arc::new(LocalNode::new(
         cfg.node_id(),
         Arc::new(migrate::MigratorHandle(migrations.clone())),

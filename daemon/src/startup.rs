@@ -16,6 +16,7 @@ pub const BIND_RETRY: Duration = Duration::from_secs(3);
 /// anything is bound, so that a second daemon says why it cannot start.
 pub fn preflight(mut cfg: Config) -> Result<Config, DaemonError> {
     identity::check(&mut cfg)?;
+    raise_nofile();
     if cfg.mount {
         mount::clean_stale_mount(&cfg.mountpoint).map_err(|source| DaemonError::Mount {
             path: cfg.mountpoint.clone(),
@@ -23,6 +24,42 @@ pub fn preflight(mut cfg: Config) -> Result<Config, DaemonError> {
         })?;
     }
     Ok(cfg)
+}
+
+/// Raises the soft descriptor limit to the hard one (systemd's default soft
+/// limit of 1,024 would let a few clients' opens exhaust the node; the
+/// quotas of the export are derived from the limit in force) and logs it.
+/// Returns the soft limit the daemon runs with.
+pub fn raise_nofile() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        tracing::warn!("cannot read the descriptor limit");
+        return 1024;
+    }
+    let before = rl.rlim_cur;
+    if rl.rlim_cur < rl.rlim_max {
+        rl.rlim_cur = rl.rlim_max;
+        // SAFETY: valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
+            tracing::warn!(
+                soft = before,
+                hard = rl.rlim_max,
+                "cannot raise the descriptor limit"
+            );
+            rl.rlim_cur = before;
+        }
+    }
+    tracing::info!(
+        nofile = rl.rlim_cur,
+        was = before,
+        hard = rl.rlim_max,
+        "descriptor limit"
+    );
+    rl.rlim_cur
 }
 
 /// [`mosix_net::bind_endpoint`], retried for up to [`BIND_RETRY`] while the
@@ -66,6 +103,17 @@ mod tests {
         })
         .unwrap()
         .server
+    }
+
+    #[test]
+    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+        let n = raise_nofile();
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+        assert_eq!((n, rl.rlim_cur), (rl.rlim_max, rl.rlim_max));
     }
 
     #[tokio::test]

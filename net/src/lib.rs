@@ -10,6 +10,7 @@
 //! Every remote operation is bounded in time: see [`CONNECT_TIMEOUT`] and
 //! [`REQUEST_TIMEOUT`].
 
+pub mod limits;
 pub mod peers;
 pub mod pki;
 pub mod server;
@@ -33,8 +34,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Keep-alive interval: a live peer misses six in a row before its
 /// connection is called dead.
 pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
-/// Most connections a node accepts at once; more are refused before TLS.
+/// Most established connections a node holds at once; more are refused.
+/// Handshakes under way count apart ([`limits::MAX_HANDSHAKES`]).
 pub const MAX_CONNECTIONS: usize = 1024;
+/// QUIC connection-level receive window: the most unread data a peer can
+/// make this node buffer on one connection.
+pub const RECEIVE_WINDOW: usize = 32 << 20;
 
 /// Errors of the transport layer.
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +82,11 @@ pub fn transport_config() -> quinn::TransportConfig {
             .try_into()
             .expect("idle timeout fits a QUIC varint"),
     ));
-    // Room for the bulk data path: a 1 GiB stream should not stall on flow control.
+    // Room for the bulk data path: a 1 GiB stream should not stall on flow
+    // control. The connection's window also bounds what a peer can make
+    // this node buffer unread on one connection (see `limits`).
     t.stream_receive_window((16u32 << 20).into());
-    t.receive_window((64u32 << 20).into());
+    t.receive_window((RECEIVE_WINDOW as u32).into());
     t.send_window(64 << 20);
     t.datagram_receive_buffer_size(Some(1 << 20));
     // Larger packets where the path allows (loopback, jumbo frames): packet

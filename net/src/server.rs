@@ -3,10 +3,17 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use mosix_proto::{read_frame, write_frame, RemoteError, Request, Response, MAX_FRAME};
+use mosix_proto::{write_frame, RemoteError, Request, Response, MAX_FRAME};
 use tracing::Instrument;
 
+use mosix_proto::FrameError;
+use tokio::sync::Semaphore;
+
+use crate::limits::{
+    Counter, FrameBudget, LogLimit, PeerTable, FRAME_BUDGET_TOTAL, MAX_HANDSHAKES, REPLY_ALLOWANCE,
+};
 use crate::{CONNECT_TIMEOUT, MAX_CONNECTIONS, REQUEST_TIMEOUT};
+use std::time::Duration;
 
 /// QUIC application error code used when we abort a stream for a protocol
 /// violation.
@@ -67,16 +74,42 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Accepts connections until the endpoint closes.
+///
+/// A stranger costs little: an Initial from an address not yet validated
+/// is answered with a stateless QUIC Retry (nothing is kept), handshakes
+/// from validated addresses are capped at [`MAX_HANDSHAKES`] apart from the
+/// [`MAX_CONNECTIONS`] established ones, and refusals are logged at most
+/// once a second.
 pub async fn serve<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>) {
+    let limits = Arc::new(ServerLimits::default());
+    tokio::spawn(give_back_memory(limits.frames.clone()));
     while let Some(incoming) = endpoint.accept().await {
         // Triage before any TLS work: an overloaded node refuses cheaply.
-        if endpoint.open_connections() >= MAX_CONNECTIONS {
-            tracing::warn!(remote = %incoming.remote_address(), "refusing connection: too many open");
-            incoming.refuse();
+        if !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                // Stateless: the peer must echo the token from its address.
+                let _ = incoming.retry();
+            } else {
+                incoming.ignore();
+            }
             continue;
         }
         let remote = incoming.remote_address();
-        let handler = handler.clone();
+        if limits.established.get() >= MAX_CONNECTIONS {
+            if let Some(left_out) = limits.refusals.allow() {
+                tracing::warn!(%remote, left_out, "refusing connection: too many open");
+            }
+            incoming.refuse();
+            continue;
+        }
+        let Some(handshaking) = limits.handshakes.try_take(MAX_HANDSHAKES) else {
+            if let Some(left_out) = limits.refusals.allow() {
+                tracing::warn!(%remote, left_out, "ignoring connection: too many handshakes");
+            }
+            incoming.ignore();
+            continue;
+        };
+        let (handler, limits) = (handler.clone(), limits.clone());
         tokio::spawn(
             async move {
                 let conn =
@@ -86,22 +119,84 @@ pub async fn serve<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>) {
                         Ok(Ok(c)) => c,
                         Ok(Err(e)) => {
                             // Includes peers without a CA-signed certificate.
-                            tracing::info!(error = %e, "handshake refused");
+                            if let Some(left_out) = limits.refusals.allow() {
+                                tracing::info!(error = %e, left_out, "handshake refused");
+                            }
                             return;
                         }
                         Err(_) => {
-                            tracing::info!("handshake timed out");
+                            if let Some(left_out) = limits.refusals.allow() {
+                                tracing::info!(left_out, "handshake timed out");
+                            }
                             return;
                         }
                     };
-                serve_connection(conn, handler).await;
+                drop(handshaking);
+                let Some(established) = limits.established.try_take(MAX_CONNECTIONS) else {
+                    conn.close(ERR_PROTOCOL.into(), b"too many connections");
+                    return;
+                };
+                serve_connection(conn, handler, &limits).await;
+                drop(established);
             }
             .instrument(tracing::info_span!("peer", %remote)),
         );
     }
 }
 
-async fn serve_connection<H: Handler>(conn: quinn::Connection, handler: Arc<H>) {
+/// The node's bounds on what its peers hold (see [`crate::limits`]).
+struct ServerLimits {
+    handshakes: Counter,
+    established: Counter,
+    peers: Arc<PeerTable>,
+    frames: Arc<Semaphore>,
+    refusals: LogLimit,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            handshakes: Counter::default(),
+            established: Counter::default(),
+            peers: Arc::default(),
+            frames: FrameBudget::node_total(),
+            refusals: LogLimit::new(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Hands memory freed by a burst of large frames back to the system: the
+/// allocator keeps freed heap pages for reuse otherwise, so a node that
+/// once held its whole frame budget would keep that much resident.
+async fn give_back_memory(frames: Arc<Semaphore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut busy = false;
+    loop {
+        tick.tick().await;
+        let in_use = FRAME_BUDGET_TOTAL - frames.available_permits();
+        if in_use >= 8 << 20 {
+            busy = true;
+        } else if busy {
+            busy = false;
+            trim_heap();
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe { nix::libc::malloc_trim(0) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
+async fn serve_connection<H: Handler>(
+    conn: quinn::Connection,
+    handler: Arc<H>,
+    limits: &ServerLimits,
+) {
     // The handshake verified the chain to the cluster CA; a certificate
     // without a node name in it names no member.
     let Some(peer) = Peer::of(&conn) else {
@@ -109,7 +204,15 @@ async fn serve_connection<H: Handler>(conn: quinn::Connection, handler: Arc<H>) 
         conn.close(ERR_PROTOCOL.into(), b"certificate names no node");
         return;
     };
+    let Some(slot) = limits.peers.connect(&peer.name) else {
+        if let Some(left_out) = limits.refusals.allow() {
+            tracing::warn!(peer = %peer.name, left_out, "refusing connection: the peer holds too many");
+        }
+        conn.close(ERR_PROTOCOL.into(), b"too many connections from this node");
+        return;
+    };
     let peer = Arc::new(peer);
+    let budget = FrameBudget::for_connection(&limits.frames);
     let dgram_conn = conn.clone();
     let dgram_handler = handler.clone();
     let dgram_peer = peer.clone();
@@ -125,7 +228,11 @@ async fn serve_connection<H: Handler>(conn: quinn::Connection, handler: Arc<H>) 
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let (handler, peer) = (handler.clone(), peer.clone());
-                tokio::spawn(handle_stream(handler, peer, send, recv).in_current_span());
+                let stream = Stream {
+                    budget: budget.clone(),
+                    requests: slot.requests.clone(),
+                };
+                tokio::spawn(handle_stream(handler, peer, stream, send, recv).in_current_span());
             }
             Err(e) => {
                 tracing::debug!(reason = %e, "connection ended");
@@ -135,20 +242,104 @@ async fn serve_connection<H: Handler>(conn: quinn::Connection, handler: Arc<H>) 
     }
 }
 
+/// What a stream draws on: its connection's frame budget and its peer's
+/// request slots.
+struct Stream {
+    budget: FrameBudget,
+    requests: Arc<Semaphore>,
+}
+
+/// Reads a request frame's length; `Ok(None)` if the stream ended first.
+async fn read_len(recv: &mut quinn::RecvStream) -> Result<Option<usize>, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match recv
+            .read(&mut len[got..])
+            .await
+            .map_err(|e| FrameError::Io(e.into()))?
+        {
+            Some(n) => got += n,
+            None if got == 0 => return Ok(None),
+            None => return Err(FrameError::Truncated),
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    Ok(Some(len))
+}
+
+/// Bytes the reply to `req` may take besides its frame, charged to the
+/// budget while the request is handled and its reply sent.
+fn reply_bytes(req: &Request) -> usize {
+    use mosix_proto::fs::FsRequest;
+    match req {
+        Request::Fs {
+            op: FsRequest::Read { size, .. },
+            ..
+        } => (*size as usize).min(MAX_FRAME),
+        Request::Fs {
+            op: FsRequest::ReadDir { .. },
+            ..
+        } => MAX_FRAME / 2,
+        Request::FsWrite { len, .. } => (*len as usize).min(MAX_FRAME),
+        _ => 0,
+    }
+    .max(REPLY_ALLOWANCE)
+}
+
 async fn handle_stream<H: Handler>(
     handler: Arc<H>,
     peer: Arc<Peer>,
+    stream: Stream,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let req = match in_time(
-        "request frame",
-        read_frame::<_, Request>(&mut recv, MAX_FRAME),
-    )
-    .await
-    {
+    // The frame's bytes are charged before they are read: a peer that
+    // sends more than the budget waits, and QUIC flow control stops it.
+    let read = async {
+        let Some(len) = read_len(&mut recv).await? else {
+            return Ok(None);
+        };
+        let bytes = stream.budget.take(len).await;
+        let body = crate::read_body(&mut recv, len)
+            .await
+            .map_err(|e| match e {
+                crate::NetError::Frame(f) => f,
+                e => FrameError::Io(std::io::Error::other(e.to_string())),
+            })?;
+        let req: Request = mosix_proto::decode(&body)?;
+        drop(body);
+        drop(bytes);
+        Ok::<_, FrameError>(Some(req))
+    };
+    let req = match in_time("request frame", read).await {
         Ok(Some(req)) => req,
         Ok(None) => return,
+        Err(why) => {
+            reject(&mut send, &mut recv, why).await;
+            return;
+        }
+    };
+    // One charge per stream at a time (never hold one while waiting for
+    // another): the write body or the reply it asks for.
+    let slot = async {
+        let bytes = stream.budget.take(reply_bytes(&req)).await;
+        let request = stream
+            .requests
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("request slots never close");
+        Ok::<_, FrameError>((bytes, request))
+    };
+    let _held = match in_time("a free slot", slot).await {
+        Ok(held) => held,
         Err(why) => {
             reject(&mut send, &mut recv, why).await;
             return;

@@ -109,6 +109,13 @@ impl Tls {
         let quic = QuicServerConfig::try_from(server).map_err(tls_err)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(Arc::new(transport_config()));
+        // Connection attempts waiting for the accept loop, and what they
+        // may buffer meanwhile: the loop answers each at once (Retry,
+        // ignore or accept), so a queue this long means a flood.
+        server
+            .max_incoming(crate::limits::MAX_HANDSHAKES * 4)
+            .incoming_buffer_size(64 << 10)
+            .incoming_buffer_size_total(8 << 20);
         let client = client_config(ca, Some((chain, key)))?;
         Ok(Tls { server, client })
     }

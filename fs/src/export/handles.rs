@@ -1,11 +1,13 @@
 //! The open-handle table: files and directories clients have open.
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use mosix_proto::fs::RemoteFh;
 
+use super::limits::FdTicket;
 use super::sessions::Session;
 use super::Res;
 
@@ -18,8 +20,12 @@ pub(super) struct Handle {
     /// For directories: serialises lseek + getdents64, which share the
     /// file position.
     pub dir: Option<Mutex<()>>,
+    /// Opened with O_APPEND: its writes take turns (see `appends.rs`).
+    pub append: bool,
     /// Only the session that opened a handle may use it.
     owner: Arc<Session>,
+    /// The descriptor counted against its session's quotas.
+    _ticket: FdTicket,
 }
 
 #[derive(Debug)]
@@ -44,13 +50,19 @@ impl Handles {
         file: File,
         (dev, ino): (u64, u64),
         dir: bool,
+        ticket: FdTicket,
     ) -> Res<RemoteFh> {
+        // SAFETY: plain fcntl on a file we own.
+        let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        let append = fl >= 0 && fl & libc::O_APPEND != 0;
         let h = Arc::new(Handle {
+            append,
             file,
             dev,
             ino,
             dir: dir.then(|| Mutex::new(())),
             owner: owner.clone(),
+            _ticket: ticket,
         });
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         // Checked under the lock that ending a session's sweep takes.

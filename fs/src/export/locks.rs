@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use mosix_proto::fs::RemoteIno;
 
+use super::limits::FdTicket;
 use super::sessions::Session;
 use super::sys::{cvt, to_off_t};
 use super::{lock, Res};
@@ -25,7 +26,9 @@ type Key = (ClientId, u64, RemoteIno);
 
 #[derive(Debug, Default)]
 pub(super) struct LockServer {
-    files: Mutex<HashMap<Key, File>>,
+    /// Each description with its descriptor's ticket (it counts against
+    /// the session's quotas like an open file).
+    files: Mutex<HashMap<Key, (File, FdTicket)>>,
 }
 
 fn flock_of(lk: &Lock) -> Res<libc::flock> {
@@ -52,7 +55,7 @@ impl LockServer {
         session: &Session,
         ino: RemoteIno,
         lk: &Lock,
-        open: impl FnOnce() -> Res<File>,
+        open: impl FnOnce() -> Res<(File, FdTicket)>,
     ) -> Res<()> {
         if !matches!(lk.typ, libc::F_RDLCK | libc::F_WRLCK | libc::F_UNLCK) {
             return Err(libc::EINVAL);
@@ -71,7 +74,7 @@ impl LockServer {
         if fresh {
             files.insert(key.clone(), open()?);
         }
-        let f = files.get(&key).ok_or(libc::EIO)?;
+        let (f, _) = files.get(&key).ok_or(libc::EIO)?;
         // SAFETY: fcntl on a file we own with a valid flock.
         let r = cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) });
         if let Err(e) = r {
@@ -104,7 +107,7 @@ impl LockServer {
         // with themselves), else a throwaway one: a query keeps nothing open.
         let throwaway;
         let f = match files.get(&key) {
-            Some(f) => f,
+            Some((f, _)) => f,
             None => {
                 throwaway = open()?;
                 &throwaway
@@ -129,7 +132,7 @@ impl LockServer {
 
     /// Drops every lock of a session that has ended (its descriptions
     /// close outside the lock).
-    pub fn release(&self, session: &Session) -> Vec<File> {
+    pub fn release(&self, session: &Session) -> Vec<(File, FdTicket)> {
         debug_assert!(session.ended());
         let mut files = lock(&self.files);
         let keys: Vec<Key> = files

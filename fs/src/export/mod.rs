@@ -55,11 +55,13 @@ use mosix_proto::fs::Creds;
 use crate::creds::{become_caller, CredGuard};
 use crate::service::Who;
 
+mod appends;
 mod attr;
 mod config;
 mod dirent;
 mod handles;
 mod inodes;
+mod limits;
 mod local;
 mod locks;
 mod ops;
@@ -71,12 +73,16 @@ mod wire;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_limits;
+#[cfg(test)]
 mod testutil;
 
 pub use config::ExportConfig;
+pub use limits::Limits;
 
 use handles::Handles;
-use inodes::{Inode, Inodes};
+use inodes::{Inodes, Reached};
+use limits::{FdBudget, FdTicket};
 use locks::LockServer;
 use policy::{Intent, Policy};
 use sessions::{Session, Sessions};
@@ -101,6 +107,15 @@ pub struct Export {
     handles: Handles,
     locks: LockServer,
     sessions: Sessions,
+    /// Descriptors held for clients, against [`Limits`].
+    fds: FdBudget,
+    /// Whose turn it is to append to each file.
+    appends: appends::AppendTurns,
+    /// (st_dev, st_ino) of the export root.
+    root_key: (u64, u64),
+    /// Whether a directory can be moved out of the export at all: not when
+    /// the export is the whole tree of the daemon's mount namespace.
+    confine: bool,
 }
 
 /// One operation under way: the caller's session, and the caller's
@@ -127,9 +142,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Export {
-    /// Opens the export root and records what to hide. Sets the process
-    /// umask to 0 (see the module docs).
+    /// Opens the export root and records what to hide, with the quotas of
+    /// this process's descriptor limit. Sets the process umask to 0 (see
+    /// the module docs).
     pub fn new(cfg: ExportConfig) -> std::io::Result<Export> {
+        Export::with_limits(cfg, Limits::for_this_process())
+    }
+
+    /// [`Export::new`] with the given quotas.
+    pub fn with_limits(cfg: ExportConfig, limits: Limits) -> std::io::Result<Export> {
         // SAFETY: umask cannot fail.
         unsafe { libc::umask(0) };
         let root_path = CString::new(cfg.root.as_os_str().as_bytes())?;
@@ -158,11 +179,37 @@ impl Export {
             root_squash: cfg.root_squash,
             policy: Policy::new(&cfg),
             proc_fd,
-            inodes: Inodes::new(root_fd, &st),
+            inodes: Inodes::new(root_fd, &st, limits.fd_cache, limits.session_inodes),
             handles: Handles::new(epoch),
             locks: LockServer::default(),
             sessions: Sessions::default(),
+            fds: FdBudget::new(limits),
+            appends: appends::AppendTurns::default(),
+            root_key: (st.st_dev, st.st_ino),
+            confine: std::fs::metadata("/")
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.dev(), m.ino()) != (st.st_dev, st.st_ino)
+                })
+                .unwrap_or(true),
         })
+    }
+
+    /// The quotas this export enforces.
+    pub fn limits(&self) -> Limits {
+        *self.fds.limits()
+    }
+
+    /// Names this node: its own session (its users' files through /mosix)
+    /// is not subject to the quotas that keep clients from exhausting it.
+    pub fn set_local_node(&self, node: &str) {
+        let _ = self.sessions.local.set(node.into());
+    }
+
+    /// Descriptors that client sessions hold open here now (open files,
+    /// directories being read, lock descriptions), for the node's log.
+    pub fn remote_fds_in_use(&self) -> usize {
+        self.fds.remote_in_use()
     }
 
     /// This run's identity; clients drop ids from another run.
@@ -229,9 +276,14 @@ impl Export {
         )
     }
 
+    /// A descriptor for the caller of `call`, counted against its quotas.
+    fn fd_ticket(&self, call: &Call, who: &Who) -> Res<FdTicket> {
+        self.fds.take(&call.session, who.creds.uid)
+    }
+
     /// Opens the inode behind an O_PATH fd through its magic link, with the
     /// thread's current credentials (so the kernel checks `flags`).
-    fn reopen(&self, inode: &Inode, flags: i32) -> Res<OwnedFd> {
+    fn reopen(&self, inode: &Reached, flags: i32) -> Res<OwnedFd> {
         let name = fd_name(inode.fd.as_raw_fd())?;
         openat(self.proc_fd.as_raw_fd(), &name, flags | libc::O_CLOEXEC, 0)
     }

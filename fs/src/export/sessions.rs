@@ -32,16 +32,29 @@ pub(super) struct Session {
     /// counts are these summed over sessions). Changed only under the inode
     /// store's lock.
     pub refs: Mutex<HashMap<RemoteIno, u64>>,
+    /// Whether the quotas apply: every client's session but this node's own.
+    pub quotas: bool,
+    /// Descriptors held for this client, in all and per calling user
+    /// (counted by [`super::limits::FdBudget`]).
+    pub fds: Mutex<FdCount>,
     // Leases (for the client cache) will belong here too, so that they end
     // with the client.
 }
 
+#[derive(Debug, Default)]
+pub(super) struct FdCount {
+    pub total: usize,
+    pub by_uid: HashMap<u32, usize>,
+}
+
 impl Session {
-    fn new(client: ClientId) -> Session {
+    fn new(client: ClientId, quotas: bool) -> Session {
         Session {
             client,
             ended: AtomicBool::new(false),
             refs: Mutex::new(HashMap::new()),
+            quotas,
+            fds: Mutex::default(),
         }
     }
 
@@ -67,6 +80,8 @@ pub(super) struct Sessions {
     /// Runs that a newer run of the same node replaced: a late request from
     /// one must not end its successor's session.
     retired: Mutex<HashSet<(Arc<str>, u64)>>,
+    /// This node's own name: its session is not subject to quotas.
+    pub local: std::sync::OnceLock<Arc<str>>,
 }
 
 impl Sessions {
@@ -93,7 +108,8 @@ impl Sessions {
                 return Ok((s.clone(), None));
             }
         }
-        let new = Arc::new(Session::new(client.clone()));
+        let local = self.local.get().is_some_and(|l| *l == client.node);
+        let new = Arc::new(Session::new(client.clone(), !local));
         let old = map.insert(client.node.clone(), new.clone());
         if let Some(old) = &old {
             retired.insert((old.client.node.clone(), old.client.run));

@@ -2,12 +2,13 @@
 //! through handles.
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 
 use mosix_proto::fs::{Attr, FileKind, RemoteFh, RemoteIno};
 
+use super::super::appends;
 use super::super::attr::kind_of;
-use super::super::inodes::Inode;
+use super::super::handles::Handle;
+use super::super::inodes::Reached;
 use super::super::policy::Intent;
 use super::super::sys::{cvt, cvt_size, fd_name, fstat, io_errno, openat, retry, to_off_t};
 use super::super::{Export, Res};
@@ -36,7 +37,7 @@ pub(in super::super) fn open_inode(
     export: &Export,
     ino: RemoteIno,
     flags: i32,
-) -> Res<(File, Arc<Inode>)> {
+) -> Res<(File, Reached)> {
     let mut flags = flags & OPEN_FLAGS_ALLOWED;
     let inode = export.inodes.get(ino)?;
     match inode.kind {
@@ -56,9 +57,10 @@ impl Export {
     /// `flags` are open(2)'s; O_CREAT and O_EXCL mean nothing here.
     pub fn open(&self, who: &Who, ino: RemoteIno, flags: i32) -> Res<RemoteFh> {
         let call = self.begin(who, Intent::of_open(flags & OPEN_FLAGS_ALLOWED))?;
+        let ticket = self.fd_ticket(&call, who)?;
         let (file, inode) = open_inode(self, ino, flags)?;
         self.handles
-            .add(&call.session, file, (inode.dev, inode.ino), false)
+            .add(&call.session, file, (inode.dev, inode.ino), false, ticket)
     }
 
     /// Creates `name` and opens it; without O_EXCL in `flags` an existing
@@ -73,6 +75,7 @@ impl Export {
         flags: i32,
     ) -> Res<(Attr, RemoteFh)> {
         let call = self.begin(who, Intent::Write)?;
+        let ticket = self.fd_ticket(&call, who)?;
         let (parent, name) = self.new_name(parent, name)?;
         let excl = flags & libc::O_EXCL != 0;
         let flags = flags & OPEN_FLAGS_ALLOWED;
@@ -130,6 +133,7 @@ impl Export {
             File::from(file),
             (st.st_dev, st.st_ino),
             false,
+            ticket,
         )?;
         Ok((attr, fh))
     }
@@ -169,6 +173,20 @@ impl Export {
         let call = self.begin(who, Intent::Write)?;
         let h = self.handles.get(&call.session, fh)?;
         let off = to_off_t(offset)?;
+        if h.append {
+            let key = (h.dev, h.ino);
+            self.appends.enter(&call.session, key);
+            let r = self.write_at(&h, off, data);
+            let more = matches!(r, Ok(n) if n as usize == data.len())
+                && appends::may_continue(offset, data.len());
+            self.appends.leave(&call.session, key, more);
+            return r;
+        }
+        self.write_at(&h, off, data)
+    }
+
+    /// pwrite until all of `data` is written or an error; how much made it.
+    fn write_at(&self, h: &Handle, off: libc::off_t, data: &[u8]) -> Res<u32> {
         let mut done = 0;
         while done < data.len() {
             let at = off.checked_add(done as i64).ok_or(libc::EINVAL)?;
@@ -211,6 +229,10 @@ impl Export {
     pub fn release(&self, who: &Who, fh: RemoteFh) -> Res<()> {
         let call = self.begin(who, Intent::Read)?;
         let h = self.handles.remove(&call.session, fh)?;
+        if h.append {
+            // Closing ends any append of this client's still under way.
+            self.appends.leave(&call.session, (h.dev, h.ino), false);
+        }
         // Closed outside the table's lock: a last close can be slow.
         drop(h);
         Ok(())

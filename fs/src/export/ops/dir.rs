@@ -24,9 +24,16 @@ impl Export {
         if inode.kind != FileKind::Dir {
             return Err(libc::ENOTDIR);
         }
+        let inode = self.dir_inside(ino)?;
+        let ticket = self.fd_ticket(&call, who)?;
         let fd = self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
-        self.handles
-            .add(&call.session, File::from(fd), (inode.dev, inode.ino), true)
+        self.handles.add(
+            &call.session,
+            File::from(fd),
+            (inode.dev, inode.ino),
+            true,
+            ticket,
+        )
     }
 
     /// Entries after the cookie `offset` (0 = from the start), as many as

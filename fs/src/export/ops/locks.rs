@@ -20,8 +20,10 @@ impl Export {
     /// conflict is EAGAIN.
     pub fn setlk(&self, who: &Who, ino: RemoteIno, lock: Lock) -> Res<()> {
         let call = self.begin(who, Intent::Read)?;
-        self.locks
-            .setlk(&call.session, ino, &lock, || self.lock_file(ino))
+        self.locks.setlk(&call.session, ino, &lock, || {
+            let ticket = self.fd_ticket(&call, who)?;
+            Ok((self.lock_file(ino)?, ticket))
+        })
     }
 
     /// A new description of file `ino` to hold locks with. The client's

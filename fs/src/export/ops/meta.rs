@@ -4,7 +4,7 @@ use std::os::fd::AsRawFd;
 use mosix_proto::fs::{Attr, FileKind, RemoteIno, SetAttr, StatFs};
 
 use super::super::attr::{attr_of, utime};
-use super::super::inodes::Inode;
+use super::super::inodes::Reached;
 use super::super::policy::Intent;
 use super::super::sys::{
     component, cvt, cvt_long, cvt_size, fd_name, fstat, fstatfs, retry, to_off_t, AT_EACCESS,
@@ -18,7 +18,7 @@ impl Export {
     /// holds one more reference to the result.
     pub fn lookup(&self, who: &Who, parent: RemoteIno, name: &[u8]) -> Res<Attr> {
         let call = self.begin(who, Intent::Read)?;
-        let parent = self.inodes.get(parent)?;
+        let parent = self.dir_inside(parent)?;
         let name = component(name)?;
         self.lookup_at(&call.session, &parent, &name)
     }
@@ -131,7 +131,7 @@ impl Export {
     /// `file_remove_privs` would on a write (set-user-ID; set-group-ID if
     /// group-executable), and the caller may write the file. Asked as the
     /// caller.
-    fn may_kill_privs(&self, inode: &Inode, mode: u32) -> Res<bool> {
+    fn may_kill_privs(&self, inode: &Reached, mode: u32) -> Res<bool> {
         if inode.kind != FileKind::File {
             return Ok(false);
         }
@@ -182,7 +182,7 @@ impl Export {
         self.access_as_caller(&inode, mask)
     }
 
-    fn access_as_caller(&self, inode: &Inode, mask: i32) -> Res<()> {
+    fn access_as_caller(&self, inode: &Reached, mask: i32) -> Res<()> {
         let name = fd_name(inode.fd.as_raw_fd())?;
         // faccessat2 with AT_EACCESS checks with the fs credentials set for
         // this thread; plain access(2) would use the real uid (root). glibc's
