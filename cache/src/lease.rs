@@ -66,6 +66,9 @@ pub enum Event<C, F> {
     /// The write-sharing of `file` ended; `client` has it open uncached and
     /// may ask again to cache it.
     MayCache { client: C, file: F },
+    /// Operation `op` on `file` will never go on: its client's session
+    /// ended while it waited (answer `ESTALE`).
+    Dropped { op: OpId, file: F },
 }
 
 /// Why a holder's I/O under a lease is refused: the lease is not (or no
@@ -303,7 +306,9 @@ impl<C: Clone + Ord + Debug, F: Copy + Ord + Debug> LeaseTable<C, F> {
     }
 
     /// `client`'s session ended (declared dead, or a new run of its node):
-    /// everything it held goes, and its waiting requests with it. Its
+    /// everything it held goes, and its waiting operations with it
+    /// ([`Event::Dropped`]; a mutation already under way is finished by its
+    /// handler, which calls [`LeaseTable::done`] as ever). Its
     /// cached leases block conflicting operations for [`RECALL_TIMEOUT`]
     /// more, in case the node is alive and still answering from its cache.
     pub fn client_gone(&mut self, client: &C, now: Now) -> Vec<Event<C, F>> {
@@ -311,7 +316,13 @@ impl<C: Clone + Ord + Debug, F: Copy + Ord + Debug> LeaseTable<C, F> {
         let dead: Vec<OpId> = self
             .ops
             .iter()
-            .filter(|(_, o)| o.client.as_ref() == Some(client) && o.kind != OpKind::Mutate)
+            .filter(|(id, o)| {
+                o.client.as_ref() == Some(client)
+                    && self
+                        .files
+                        .get(&o.file)
+                        .is_none_or(|fs| fs.busy != Some(**id))
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in dead {
@@ -319,6 +330,10 @@ impl<C: Clone + Ord + Debug, F: Copy + Ord + Debug> LeaseTable<C, F> {
             if let Some(fs) = self.files.get_mut(&o.file) {
                 fs.queue.retain(|q| *q != id);
             }
+            events.push(Event::Dropped {
+                op: id,
+                file: o.file,
+            });
         }
         let files: Vec<F> = self.files.keys().copied().collect();
         for file in files {
@@ -349,6 +364,13 @@ impl<C: Clone + Ord + Debug, F: Copy + Ord + Debug> LeaseTable<C, F> {
 
     /// Moves time to `now`: fences holders that let a recall time out,
     /// forgets ghosts whose time is over, and lets operations go on.
+    ///
+    /// Fencing takes the *lease* (the right to cache, and the write-backs
+    /// under its epoch), not the holder's opens: those belong to its
+    /// session and its handles, and while they last they still count for
+    /// write-sharing. Otherwise another node could cache the file and
+    /// buffer writes that the fenced node, reading through its handle at
+    /// the serving node, would not see.
     pub fn tick(&mut self, now: Now) -> Vec<Event<C, F>> {
         let mut events = Vec::new();
         let files: Vec<F> = self.files.keys().copied().collect();
@@ -365,12 +387,20 @@ impl<C: Clone + Ord + Debug, F: Copy + Ord + Debug> LeaseTable<C, F> {
                 .map(|(c, _)| c.clone())
                 .collect();
             for c in overdue {
-                let h = fs.holders.remove(&c).expect("listed");
+                let h = fs.holders.get_mut(&c).expect("listed");
                 events.push(Event::Fenced {
-                    client: c,
+                    client: c.clone(),
                     file,
                     epoch: h.epoch,
                 });
+                if h.open.is_some() {
+                    h.cached = None;
+                    h.recall = None;
+                    h.epoch = self.next_epoch;
+                    self.next_epoch += 1;
+                } else {
+                    fs.holders.remove(&c);
+                }
             }
             if was_shared && !fs.write_shared() {
                 for (c, h) in &fs.holders {
@@ -609,9 +639,12 @@ impl<C: Clone + Ord + Debug, F: Copy + Ord + Debug> LeaseTable<C, F> {
         }
         let me = o.client.as_ref();
         let own = me.and_then(|c| fs.holders.get(c));
-        // A lease request from a node that has the file open asks again
-        // for what its opens need.
+        // A request is judged by everything its node has open, not only by
+        // the open asking (a read open beside a write open still writes),
+        // and a lease request from a node with opens asks for what they
+        // need.
         let kind = match (o.kind, own.and_then(|h| h.open)) {
+            (OpKind::Open(a), open) => OpKind::Open(Some(a).max(open).expect("some")),
             (OpKind::Lease, Some(open)) => OpKind::Open(open),
             (k, _) => k,
         };

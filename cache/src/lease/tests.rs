@@ -221,14 +221,44 @@ fn a_holder_that_does_not_answer_is_fenced_after_the_recall_timeout() {
         file: F,
         epoch: g.epoch
     }));
-    // a had it open, but it is out: b reads cached.
-    assert_eq!(ready_grant(&ev, op).mode, cached(Read));
+    // a lost its lease but not its open: b shares the file uncached.
+    assert_eq!(ready_grant(&ev, op).mode, Mode::Uncached);
+    assert!(l.write_shared(F));
     // Whatever a sends later under that lease is refused.
     assert_eq!(l.write_back(&"a", F, g.epoch, t(3000)), Err(Fenced));
     assert_eq!(l.check(&"a", F, g.epoch), Err(Fenced));
     assert!(l.recall_done(&"a", F, g.epoch, t(3000)).is_empty());
-    assert!(l.renew(&"a").live.is_empty());
+    let live = l.renew(&"a").live;
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].1.mode, Mode::Uncached);
+    assert_ne!(live[0].1.epoch, g.epoch);
+    // Once a closes, b may cache.
+    let ev = l.closed(&"a", F, None, t(3000));
+    assert_eq!(
+        ev,
+        vec![Event::MayCache {
+            client: "b",
+            file: F
+        }]
+    );
+    assert_eq!(granted(l.request("b", F, Read, t(3001))).mode, cached(Read));
     l.invariants().unwrap();
+}
+
+#[test]
+fn a_fenced_idle_holder_is_gone() {
+    let mut l = Table::new();
+    let g = granted(l.request("a", F, Read, t(0)));
+    l.closed(&"a", F, None, t(0));
+    let (op, _) = waits(l.request("b", F, Write, t(0)));
+    let ev = l.tick(RECALL_TIMEOUT);
+    assert!(ev.contains(&Event::Fenced {
+        client: "a",
+        file: F,
+        epoch: g.epoch
+    }));
+    assert_eq!(ready_grant(&ev, op).mode, cached(Write));
+    assert!(!l.holds_anything(&"a"));
 }
 
 #[test]
@@ -267,9 +297,10 @@ fn a_dead_client_holds_nothing_and_its_waiting_requests_go() {
     granted(l.request("a", 8, Read, t(0)));
     let gb = granted(l.request("b", 9, Write, t(0)));
     // a waits for b's lease on 9.
-    let (_, recalls) = waits(l.request("a", 9, Read, t(0)));
+    let (op, recalls) = waits(l.request("a", 9, Read, t(0)));
     assert_eq!(recalls.len(), 1);
-    l.client_gone(&"a", t(10));
+    let ev = l.client_gone(&"a", t(10));
+    assert!(ev.contains(&Event::Dropped { op, file: 9 }), "{ev:?}");
     assert!(!l.holds_anything(&"a"));
     assert!(l.renew(&"a").live.is_empty());
     // b's answer finds nobody waiting for it.
@@ -413,4 +444,17 @@ fn renewal_lists_live_leases_and_resends_unanswered_recalls() {
             epoch: ga.epoch
         }]
     );
+}
+
+#[test]
+fn a_read_open_is_judged_with_the_nodes_other_opens() {
+    let mut l = Table::new();
+    granted(l.request("r", F, Read, t(0)));
+    l.request("w", F, Write, t(0));
+    let gr = l.holders(F).iter().find(|h| h.0 == "r").unwrap().2;
+    l.release(&"r", F, gr.epoch, t(1));
+    assert!(l.write_shared(F));
+    // w still writes: another read open there must not make it cache.
+    assert_eq!(granted(l.request("w", F, Read, t(2))).mode, Mode::Uncached);
+    l.invariants().unwrap();
 }
