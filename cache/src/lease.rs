@@ -199,6 +199,9 @@ impl<C: Clone + Ord + Debug, F: Copy + Ord + Debug> LeaseTable<C, F> {
 
     /// `client` wants to cache `file`'s attributes (or a directory's
     /// entries) without opening it: a read lease, idle from the start.
+    /// Every getattr/lookup/readdir at the serving node from a node that
+    /// does not hold a lease asks this way, because it recalls a cached
+    /// writer's lease first (its buffered writes change the attributes).
     /// Answered [`Mode::Uncached`] (and nothing held) while another node
     /// has the file open for writing.
     pub fn request_lease(&mut self, client: C, file: F, now: Now) -> Decision<C, F> {
@@ -662,15 +665,14 @@ impl<C: Clone + Ord + Debug, F: Copy + Ord + Debug> LeaseTable<C, F> {
                 (doomed, shared, ghosts)
             }
             OpKind::Lease => {
+                // A cached writer flushes first even if it has the file
+                // open (then goes on uncached): the attributes asked for
+                // must include its buffered writes.
                 let shared = others().any(|(_, h)| h.open == Some(Access::Write));
-                let doomed = if shared {
-                    Vec::new()
-                } else {
-                    others()
-                        .filter(|(_, h)| h.cached == Some(Access::Write))
-                        .map(|(c, _)| c.clone())
-                        .collect()
-                };
+                let doomed = others()
+                    .filter(|(_, h)| h.cached == Some(Access::Write))
+                    .map(|(c, _)| c.clone())
+                    .collect();
                 (doomed, shared, false)
             }
             OpKind::Mutate => {

@@ -381,8 +381,22 @@ fn attribute_leases_need_no_open_and_are_not_granted_beside_an_open_writer() {
     let (op, _) = waits(l.request("w", F, Write, t(1)));
     let ev = l.recall_done(&"a", F, g.epoch, t(2));
     assert_eq!(ready_grant(&ev, op).mode, cached(Write));
-    // While w has it open for writing, attributes are asked every time.
-    let u = granted(l.request_lease("b", F, t(3)));
+    // While w has it open for writing, attributes are asked every time;
+    // the first ask makes w flush its buffered writes and go uncached.
+    let gw = l.holders(F)[0].2;
+    let (op, recalls) = waits(l.request_lease("b", F, t(3)));
+    assert_eq!(
+        recalls,
+        vec![(
+            "w",
+            Recall {
+                file: F,
+                epoch: gw.epoch
+            }
+        )]
+    );
+    let ev = l.recall_done(&"w", F, gw.epoch, t(4));
+    let u = ready_grant(&ev, op);
     assert_eq!(
         u,
         Grant {
@@ -391,6 +405,7 @@ fn attribute_leases_need_no_open_and_are_not_granted_beside_an_open_writer() {
         }
     );
     assert!(!l.holds_anything(&"b"));
+    assert_eq!(granted(l.request_lease("b", F, t(5))), u, "no recall now");
     l.invariants().unwrap();
 }
 
