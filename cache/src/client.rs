@@ -41,6 +41,11 @@ pub enum Answer {
 /// What the decorator must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientAction<F> {
+    /// Drop the decorator's dirty data of `file` unwritten: its lease is
+    /// gone (fenced, or a grant under a new epoch), so the serving node
+    /// would refuse it, and must (it could land over newer data). The
+    /// opens that wrote it get `EIO` ([`Answer::Lost`]).
+    Discard { file: F },
     /// Queue the kernel's invalidation of `file`'s attributes and data
     /// (`invalidate.rs`: `Inval::Inode { offset: 0, len: 0 }`). The kernel
     /// writes its dirty pages back through the decorator first.
@@ -101,6 +106,7 @@ impl<F: Copy + Ord> ClientCache<F> {
                 // grant: start again from nothing.
                 if old.dirty {
                     self.lost.insert(file, old.epoch);
+                    actions.push(ClientAction::Discard { file });
                 }
                 actions.push(ClientAction::Invalidate { file });
             }
@@ -154,10 +160,13 @@ impl<F: Copy + Ord> ClientCache<F> {
     pub fn fenced(&mut self, file: F) -> Vec<ClientAction<F>> {
         match self.held.remove(&file) {
             Some(h) => {
+                let mut actions = Vec::new();
                 if h.dirty {
                     self.lost.insert(file, h.epoch);
+                    actions.push(ClientAction::Discard { file });
                 }
-                vec![ClientAction::Invalidate { file }]
+                actions.push(ClientAction::Invalidate { file });
+                actions
             }
             None => Vec::new(),
         }

@@ -97,6 +97,7 @@ fn a_fenced_lease_with_dirty_data_reports_eio_once_and_never_answers_locally() {
     assert_eq!(
         actions,
         vec![
+            ClientAction::Discard { file: F },
             ClientAction::Invalidate { file: F },
             ClientAction::Invalidate { file: 4 }
         ]
@@ -141,4 +142,24 @@ fn renewal_resends_recalls_and_may_cache_asks_again() {
     );
     assert_eq!(c.answer_read(F, t(11)), Answer::Owner);
     assert_eq!(c.on_may_cache(F), vec![ClientAction::AskAgain { file: F }]);
+}
+
+#[test]
+fn a_grant_under_a_new_epoch_discards_dirty_data_of_the_old_one() {
+    let mut c = ClientCache::new();
+    c.granted(F, grant(Mode::Cached(Write), 5), t(0));
+    c.wrote_locally(F);
+    // Fenced meanwhile, unbeknown; a later open is granted afresh.
+    let actions = c.granted(F, grant(Mode::Cached(Write), 9), t(3000));
+    assert_eq!(
+        actions,
+        vec![
+            ClientAction::Discard { file: F },
+            ClientAction::Invalidate { file: F }
+        ]
+    );
+    assert!(!c.dirty(F));
+    assert_eq!(c.answer_write(F, t(3000)), Answer::Lost);
+    c.lost_reported(F);
+    assert_eq!(c.answer_write(F, t(3000)), Answer::Local);
 }
