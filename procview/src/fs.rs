@@ -45,6 +45,8 @@ pub const PROC_LIST: Duration = Duration::from_secs(1);
 /// and the absence of any other name in a process directory: `ctty`,
 /// `task`...), kept by the kernel this long.
 pub const FIXED: Duration = Duration::from_secs(60);
+/// Most names one readdir call hands the adapter (a reply holds fewer).
+const READDIR_RUN: usize = 512;
 /// A listing this young is reused by the next one (two readers listing at
 /// once share one round of requests).
 const LISTING_REUSE: Duration = Duration::from_millis(50);
@@ -788,7 +790,14 @@ impl ProcFs {
                         l
                     }
                 };
-                Ok(l.names.get(start..).unwrap_or_default().to_vec())
+                // One reply holds a few dozen names: hand over a bounded
+                // run, not the whole rest of a 10,000-process listing.
+                Ok(l.names
+                    .iter()
+                    .skip(start)
+                    .take(READDIR_RUN)
+                    .cloned()
+                    .collect())
             }
             Ino::MountPoint(_) => {
                 let dir = |i| Some(self.listed(self.fixed(i, Kind::Dir, 0o555, 0)));
@@ -1031,5 +1040,251 @@ impl ProcFs {
     /// Bytes of content kept and versions the kernel holds.
     pub fn usage(&self) -> (usize, usize) {
         self.versions.usage()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+    use mosix_proto::proc::{ProcSnap, SnapshotPage};
+
+    use super::*;
+    use crate::node::Stationary;
+
+    /// Node n2 (id 2): processes 10 and 11 (11 owned by uid 1000), sent in
+    /// pages of one process; its `stat` says what `state` holds.
+    struct Remote {
+        state: Mutex<&'static str>,
+        reads: AtomicU32,
+        pages: AtomicU32,
+    }
+
+    impl Remote {
+        fn stat(&self, pid: u32) -> Vec<u8> {
+            format!("{} (x) {} 1\n", gpid(2, pid), self.state.lock().unwrap()).into_bytes()
+        }
+        fn snap(&self, pid: u32) -> ProcSnap {
+            let uid = if pid == 11 { 1000 } else { 0 };
+            ProcSnap {
+                entry: ProcEntry { pid, uid, gid: uid },
+                files: vec![
+                    (ProcFile::Stat, Ok(self.stat(pid).into())),
+                    (ProcFile::Environ, Ok(b"SECRET=1\0".to_vec().into())),
+                ],
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Processes for Remote {
+        async fn list(&self) -> ProcResult<(u16, Vec<ProcEntry>)> {
+            Ok((2, vec![self.snap(10).entry, self.snap(11).entry]))
+        }
+        async fn snapshot(&self, after: u32) -> ProcResult<SnapshotPage> {
+            self.pages.fetch_add(1, Ordering::SeqCst);
+            let pid = if after < 10 { 10 } else { 11 };
+            Ok(SnapshotPage {
+                node_id: 2,
+                procs: vec![self.snap(pid)],
+                next: (pid == 10).then_some(10),
+            })
+        }
+        async fn read(&self, _: &Creds, pid: u32, f: ProcFile) -> ProcResult<Vec<u8>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            match f {
+                ProcFile::Stat => Ok(self.stat(pid)),
+                _ => Ok(b"other\n".to_vec()),
+            }
+        }
+        async fn node_file(&self, _: NodeFile) -> ProcResult<Vec<u8>> {
+            Ok(b"MemTotal: 1 kB\n".to_vec())
+        }
+        async fn set_lock(&self, _: &Creds, _: u32, _: bool) -> ProcResult<()> {
+            Ok(())
+        }
+        async fn migrate(&self, _: &Creds, _: u32, _: &str) -> ProcResult<()> {
+            Err(ProcError::Os(libc::EOPNOTSUPP))
+        }
+    }
+
+    struct Two(Arc<Remote>);
+
+    impl Cluster for Two {
+        fn alive_nodes(&self) -> Vec<String> {
+            vec!["n2".into()]
+        }
+        fn procs(&self, node: &str) -> ProcResult<Arc<dyn Processes>> {
+            match node {
+                "n2" => Ok(self.0.clone()),
+                _ => Err(ProcError::NoSuchNode(node.into())),
+            }
+        }
+    }
+
+    const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+
+    fn setup() -> (ProcFs, Arc<Remote>) {
+        let remote = Arc::new(Remote {
+            state: Mutex::new("S"),
+            reads: 0.into(),
+            pages: 0.into(),
+        });
+        let node = Arc::new(LocalNode::new(
+            1,
+            Arc::new(Stationary { node: "n1".into() }),
+        ));
+        let fs = ProcFs::new("n1".into(), node, Arc::new(Two(remote.clone())));
+        (fs, remote)
+    }
+
+    fn names(v: &[DirEntry]) -> Vec<String> {
+        v.iter()
+            .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+            .collect()
+    }
+
+    /// Every name of the top, read from `offset` on as the kernel does.
+    async fn whole(fs: &ProcFs, fh: u64) -> Vec<DirEntry> {
+        let mut all = fs.readdir(ino::ROOT, fh, 0).await.unwrap();
+        loop {
+            let more = fs.readdir(ino::ROOT, fh, all.len() as u64).await.unwrap();
+            if more.is_empty() {
+                return all;
+            }
+            all.extend(more);
+        }
+    }
+
+    async fn read_all(fs: &ProcFs, c: Caller, parent: u64, name: &str) -> ProcResult<Vec<u8>> {
+        let e = fs.lookup(c, parent, name.as_bytes()).await?;
+        let a = e.attr.expect("exists");
+        let data = fs.read(c, a.ino, 0, 4096).expect("kept")?;
+        assert_eq!(data.len() as u64, a.size, "size and content disagree");
+        Ok(data)
+    }
+
+    #[tokio::test]
+    async fn a_listing_brings_every_node_in_pages_and_serves_opens_from_them() {
+        let (fs, remote) = setup();
+        let fh = fs.opendir(ino::ROOT).unwrap();
+        let listed = names(&whole(&fs, fh).await);
+        let me = gpid(1, std::process::id()).to_string();
+        for want in [".", "..", "self", "sys", "tty", "meminfo", "1", &me] {
+            assert!(listed.iter().any(|n| n == want), "{want} not in {listed:?}");
+        }
+        for pid in [10, 11] {
+            assert!(listed.contains(&gpid(2, pid).to_string()), "{listed:?}");
+        }
+        assert_eq!(remote.pages.load(Ordering::SeqCst), 2);
+        // Every name comes with attributes (READDIRPLUS).
+        assert!(whole(&fs, fh)
+            .await
+            .iter()
+            .all(|e| e.entry.as_ref().is_some_and(|e| e.attr.is_some())));
+        // Reading on from an offset reuses the handle's listing.
+        assert_eq!(remote.pages.load(Ordering::SeqCst), 2);
+
+        // Opened while the listing is fresh: no round trip.
+        let dir = ino::dir(gpid(2, 10), false);
+        assert!(fs.lookup_is_local(ino::ROOT, gpid(2, 10).to_string().as_bytes()));
+        assert!(fs.lookup_is_local(dir, b"stat"));
+        let stat = read_all(&fs, ROOT, dir, "stat").await.unwrap();
+        assert!(stat.starts_with(format!("{} (x) S", gpid(2, 10)).as_bytes()));
+        assert_eq!(remote.reads.load(Ordering::SeqCst), 0);
+        // Not in the snapshot: asked of the node.
+        assert!(!fs.lookup_is_local(dir, b"limits"));
+        assert_eq!(
+            read_all(&fs, ROOT, dir, "limits").await.unwrap(),
+            b"other\n"
+        );
+        assert_eq!(remote.reads.load(Ordering::SeqCst), 1);
+        // Names a process never has are absent for good (negative entry).
+        let ctty = fs.lookup(ROOT, dir, b"ctty").await.unwrap();
+        assert_eq!((ctty.attr, ctty.entry_ttl), (None, FIXED));
+    }
+
+    #[tokio::test]
+    async fn a_file_opened_without_a_listing_is_current_and_versions_follow_content() {
+        let (fs, remote) = setup();
+        let g = gpid(2, 10);
+        let top = fs
+            .lookup(ROOT, ino::ROOT, g.to_string().as_bytes())
+            .await
+            .unwrap();
+        let dir = top.attr.unwrap().ino;
+        let first = fs.lookup(ROOT, dir, b"stat").await.unwrap().attr.unwrap();
+        assert_eq!(remote.reads.load(Ordering::SeqCst), 1);
+        // Unchanged: the same inode (the kernel keeps its pages).
+        let again = fs.lookup(ROOT, dir, b"stat").await.unwrap().attr.unwrap();
+        assert_eq!(first.ino, again.ino);
+        // Changed (stopped): a new inode with the new content; the old one
+        // still reads whole as it was.
+        *remote.state.lock().unwrap() = "T";
+        let stopped = fs.lookup(ROOT, dir, b"stat").await.unwrap().attr.unwrap();
+        assert_ne!(first.ino, stopped.ino);
+        let now = fs.read(ROOT, stopped.ino, 0, 4096).unwrap().unwrap();
+        assert!(String::from_utf8(now).unwrap().contains(" T "));
+        let old = fs.read(ROOT, first.ino, 0, 4096).unwrap().unwrap();
+        assert!(String::from_utf8(old).unwrap().contains(" S "));
+        fs.forget(first.ino, 2);
+        assert_eq!(
+            fs.read(ROOT, first.ino, 0, 10).unwrap(),
+            Err(ProcError::Os(libc::ESTALE))
+        );
+    }
+
+    #[tokio::test]
+    async fn another_users_environ_is_refused_even_from_the_snapshot() {
+        let (fs, _) = setup();
+        let fh = fs.opendir(ino::ROOT).unwrap();
+        fs.readdir(ino::ROOT, fh, 0).await.unwrap();
+        let dir = ino::dir(gpid(2, 11), false);
+        let other = Caller {
+            uid: 1001,
+            gid: 1001,
+            pid: 0,
+        };
+        let owner = Caller {
+            uid: 1000,
+            gid: 1000,
+            pid: 0,
+        };
+        let e = fs
+            .lookup(other, dir, b"environ")
+            .await
+            .unwrap()
+            .attr
+            .unwrap();
+        assert_eq!(
+            fs.read(other, e.ino, 0, 4096),
+            Some(Err(ProcError::Os(libc::EACCES)))
+        );
+        assert_eq!(
+            read_all(&fs, owner, dir, "environ").await.unwrap(),
+            b"SECRET=1\0"
+        );
+        let mine = fs
+            .lookup(owner, dir, b"environ")
+            .await
+            .unwrap()
+            .attr
+            .unwrap();
+        // Even with the owner's version in hand, another user reads nothing.
+        assert_eq!(
+            fs.read(other, mine.ino, 0, 4096),
+            Some(Err(ProcError::Os(libc::EACCES)))
+        );
+        assert_eq!(
+            fs.truncate(other, ino::file(gpid(2, 11), ProcFile::Lock, 1))
+                .await
+                .unwrap_err(),
+            ProcError::Os(libc::EACCES)
+        );
     }
 }
