@@ -12,13 +12,15 @@
 //!
 //! **Freshness.** A listing (reading the directory from its start) fetches
 //! every live node's processes at once, paged, with the content of their
-//! most read files ([`mosix_proto::proc::SNAPSHOT_FILES`]). For
-//! [`PROC_LIST`] after that, a file of another node's process listed there
-//! is served from that snapshot; any other file (this node's processes, a
-//! file not in the snapshot, or any file once the listing is older) is
-//! rendered at lookup on the process's node. A file's content is therefore
-//! at most [`PROC_LIST`] old when opened, and current when no listing was
-//! made in the last [`PROC_LIST`].
+//! most read files ([`mosix_proto::proc::SNAPSHOT_FILES`]). While that
+//! listing is being read, and for [`PROC_LIST`] after its last read, a file
+//! of another node's process listed there is served from that snapshot; any
+//! other file (this node's processes, a file not in the snapshot, or any
+//! file once the listing is older) is rendered at lookup on the process's
+//! node. A file's content is therefore as old as the listing being read
+//! (plus at most [`PROC_LIST`]), and current when no listing was read in the
+//! last [`PROC_LIST`]. A reader that scans the cluster (`ps`) gets one
+//! picture of it, as of its listing, however long its scan takes.
 //!
 //! **No torn files.** Each lookup of a file hands the kernel an inode that
 //! stands for one immutable content ([`crate::versions`]).
@@ -45,6 +47,8 @@ pub const PROC_LIST: Duration = Duration::from_secs(1);
 /// and the absence of any other name in a process directory: `ctty`,
 /// `task`...), kept by the kernel this long.
 pub const FIXED: Duration = Duration::from_secs(60);
+/// Most processes remembered from direct lookups (older ones go first).
+const PROBED_MAX: usize = 4096;
 /// Most names one readdir call hands the adapter (a reply holds fewer).
 const READDIR_RUN: usize = 512;
 /// A listing this young is reused by the next one (two readers listing at
@@ -108,6 +112,19 @@ pub struct DirEntry {
     pub entry: Option<Entry>,
 }
 
+impl Listing {
+    fn fresh(&self) -> bool {
+        let read = Duration::from_millis(self.read_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.at.elapsed() < read + PROC_LIST
+    }
+
+    fn touch(&self) {
+        let ms = self.at.elapsed().as_millis() as u64;
+        self.read_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The files of one process as its node sent them with a listing.
 type Snapshot = HashMap<ProcFile, Result<Vec<u8>, i32>>;
 
@@ -122,6 +139,10 @@ struct Proc {
 
 struct Listing {
     at: Instant,
+    /// When a reader last read this listing (any offset), as an offset from
+    /// `at` in milliseconds: it stays fresh while it is being read, and for
+    /// [`PROC_LIST`] after.
+    read_ms: std::sync::atomic::AtomicU64,
     by_gpid: BTreeMap<u32, Proc>,
     /// The top directory's names, built once per listing.
     names: Vec<DirEntry>,
@@ -141,6 +162,9 @@ pub struct ProcFs {
     next_fh: std::sync::atomic::AtomicU64,
     /// Node ids learned from listings, for gpids looked up directly.
     ids: Mutex<HashMap<u16, String>>,
+    /// Processes asked of their node directly (not in a fresh listing),
+    /// reused for [`PROC_LIST`], as a listing is.
+    probed: Mutex<HashMap<u32, (Instant, Proc)>>,
     /// Processes written to since the listing: their snapshot is not used.
     written: Mutex<HashSet<u32>>,
     versions: Versions,
@@ -189,6 +213,7 @@ impl ProcFs {
             next_fh: 1.into(),
             ids: Mutex::default(),
             written: Mutex::default(),
+            probed: Mutex::default(),
             versions: Versions::default(),
             started: SystemTime::now(),
         }
@@ -239,7 +264,7 @@ impl ProcFs {
             .read()
             .expect("listing")
             .clone()
-            .filter(|l| l.at.elapsed() < PROC_LIST)
+            .filter(|l| l.fresh())
     }
 
     fn self_target(&self, caller: Caller) -> Vec<u8> {
@@ -342,12 +367,42 @@ impl ProcFs {
         let names = self.top_names(&by_gpid);
         let l = Arc::new(Listing {
             at: Instant::now(),
+            read_ms: 0.into(),
             by_gpid,
             names,
         });
         *self.listing.write().expect("listing") = Some(l.clone());
         self.written.lock().expect("written").clear();
         l
+    }
+
+    /// Process `pid` of node `node`, asked of its node alone: its `status`
+    /// names its owner (the effective uid and gid, as /proc/<pid> has).
+    async fn probe(&self, node: String, pid: u32) -> ProcResult<Proc> {
+        let root = Creds {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+            pid: 0,
+        };
+        let status = self
+            .procs(&node)?
+            .read(&root, pid, ProcFile::Status)
+            .await
+            .map_err(gone)?;
+        let status = String::from_utf8_lossy(&status);
+        let id = |key: &str| -> Option<u32> {
+            let line = status.lines().find_map(|l| l.strip_prefix(key))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        };
+        let (uid, gid) = id("Uid:")
+            .zip(id("Gid:"))
+            .ok_or(ProcError::Os(libc::ENOENT))?;
+        Ok(Proc {
+            node,
+            entry: ProcEntry { pid, uid, gid },
+            files: None,
+        })
     }
 
     fn top_names(&self, by_gpid: &BTreeMap<u32, Proc>) -> Vec<DirEntry> {
@@ -481,20 +536,21 @@ impl ProcFs {
         if !self.cluster.alive_nodes().contains(&node) {
             return Err(ProcError::Os(libc::ENOENT));
         }
-        let (_, procs) = self
-            .procs(&node)?
-            .list()
+        if let Some((at, p)) = self.probed.lock().expect("probed").get(&g) {
+            if at.elapsed() < PROC_LIST {
+                return Ok(p.clone());
+            }
+        }
+        let p = self
+            .probe(node, pid)
             .await
             .map_err(|_| ProcError::Os(libc::ENOENT))?;
-        procs
-            .into_iter()
-            .find(|p| p.pid == pid)
-            .map(|entry| Proc {
-                node,
-                entry,
-                files: None,
-            })
-            .ok_or(ProcError::Os(libc::ENOENT))
+        let mut probed = self.probed.lock().expect("probed");
+        if probed.len() >= PROBED_MAX {
+            probed.retain(|_, (at, _)| at.elapsed() < PROC_LIST);
+        }
+        probed.insert(g, (Instant::now(), p.clone()));
+        Ok(p)
     }
 
     fn local_proc(&self, pid: u32) -> Option<Proc> {
@@ -790,6 +846,7 @@ impl ProcFs {
                         l
                     }
                 };
+                l.touch();
                 // One reply holds a few dozen names: hand over a bounded
                 // run, not the whole rest of a 10,000-process listing.
                 Ok(l.names
@@ -1093,8 +1150,12 @@ mod tests {
         }
         async fn read(&self, _: &Creds, pid: u32, f: ProcFile) -> ProcResult<Vec<u8>> {
             self.reads.fetch_add(1, Ordering::SeqCst);
+            let uid = self.snap(pid).entry.uid;
             match f {
                 ProcFile::Stat => Ok(self.stat(pid)),
+                ProcFile::Status => {
+                    Ok(format!("Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t{uid}\t{uid}\t{uid}\t{uid}\n").into_bytes())
+                }
                 _ => Ok(b"other\n".to_vec()),
             }
         }
@@ -1218,8 +1279,11 @@ mod tests {
             .await
             .unwrap();
         let dir = top.attr.unwrap().ino;
-        let first = fs.lookup(ROOT, dir, b"stat").await.unwrap().attr.unwrap();
+        // The directory: its node alone is asked (one read of `status`).
         assert_eq!(remote.reads.load(Ordering::SeqCst), 1);
+        assert_eq!(remote.pages.load(Ordering::SeqCst), 0);
+        let first = fs.lookup(ROOT, dir, b"stat").await.unwrap().attr.unwrap();
+        assert_eq!(remote.reads.load(Ordering::SeqCst), 2);
         // Unchanged: the same inode (the kernel keeps its pages).
         let again = fs.lookup(ROOT, dir, b"stat").await.unwrap().attr.unwrap();
         assert_eq!(first.ino, again.ino);
