@@ -124,6 +124,13 @@ impl mosix_net::Handler for Node {
                         .unwrap_or(Err(libc::EIO)),
                 )
             }
+            Request::ProcSnapshot { after } => {
+                let procs = self.procs.clone();
+                match tokio::task::spawn_blocking(move || procs.snapshot(after)).await {
+                    Ok(page) => Response::ProcSnapshot(page),
+                    Err(e) => Response::Error(RemoteError::Unsupported(e.to_string())),
+                }
+            }
             // Rendered inline: /proc is served from memory in microseconds,
             // less than a hop to the blocking pool.
             Request::ProcRead { creds, pid, file } => Response::ProcData(
@@ -306,21 +313,33 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         },
     ));
     tokio::spawn(end_departed_clients(membership.clone(), export.clone()));
-    let session = if cfg.mount {
+    let (session, proc_session) = if cfg.mount {
         let link = Arc::new(link::ClusterLink::new(membership, peers.clone(), run));
         let fs = Arc::new(mosix_fs::MosixFs::new(
             cfg.name.clone(),
             export,
-            procs,
+            procs.clone(),
             link.clone(),
+            link.clone(),
+        ));
+        // The process view first: /mosix lists `proc` once it exists.
+        let view = Arc::new(mosix_procview::fs::ProcFs::new(
+            cfg.name.clone(),
+            procs,
             link,
         ));
-        Some(mount::mount(&cfg, fs).map_err(|source| DaemonError::Mount {
+        let proc_session =
+            mount::mount_proc(&cfg, &fs, view).map_err(|source| DaemonError::Mount {
+                path: mount::proc_mountpoint(&cfg),
+                source,
+            })?;
+        let session = mount::mount(&cfg, fs).map_err(|source| DaemonError::Mount {
             path: cfg.mountpoint.clone(),
             source,
-        })?)
+        })?;
+        (Some(session), Some(proc_session))
     } else {
-        None
+        (None, None)
     };
     tracing::info!(node = %cfg.name, listen = %cfg.listen, peers = ?cfg.peers, "node up");
 
@@ -340,9 +359,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         _ = unmounted => tracing::info!("/mosix was unmounted"),
     }
     tracing::info!("shutting down");
-    if let Some(s) = session {
-        // Unmount from a blocking thread: the FUSE threads may still need the
-        // runtime to finish replies in flight.
+    // Unmount from a blocking thread: the FUSE threads may still need the
+    // runtime to finish replies in flight.
+    for s in [session, proc_session].into_iter().flatten() {
         let _ = tokio::task::spawn_blocking(move || s.umount_and_join()).await;
     }
     endpoint.close(0u32.into(), b"shutdown");

@@ -1,19 +1,21 @@
 //! How this node reaches the rest of the cluster for `/mosix`: membership
 //! says who is alive and where ([`ClusterLink`] is the namespace's
-//! `ClusterView` and `Connector`), and the peer connections carry each
-//! request ([`PeerTransport`], [`RemoteProcs`]).
+//! `ClusterView` and `Connector`, and the process view's `Cluster`), and
+//! the peer connections carry each request ([`PeerTransport`],
+//! [`RemoteProcs`]).
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mosix_fs::procs::Processes;
 use mosix_fs::reach::{ClusterView, Connector};
 use mosix_fs::remote::{FsCall, RemoteService, Transport};
 use mosix_fs::service::{FileService, Run};
 use mosix_fs::FsError;
 use mosix_net::{NetError, Peers};
+use mosix_procview::error::{ProcError, ProcResult};
+use mosix_procview::service::Processes;
 use mosix_proto::fs::Creds;
-use mosix_proto::proc::{NodeFile, ProcEntry, ProcFile};
+use mosix_proto::proc::{NodeFile, ProcEntry, ProcFile, SnapshotPage};
 use mosix_proto::{MemberState, Request, Response};
 
 use crate::membership::Membership;
@@ -79,64 +81,85 @@ pub struct RemoteProcs {
     peers: Arc<Peers>,
 }
 
+/// The process view's errors for the namespace's: the same causes.
+fn proc_error(e: FsError) -> ProcError {
+    match e {
+        FsError::Os(e) => ProcError::Os(e),
+        FsError::NoSuchNode(n) => ProcError::NoSuchNode(n),
+        FsError::NodeDown(n) => ProcError::NodeDown(n),
+        e => ProcError::Transport(e.to_string()),
+    }
+}
+
 impl RemoteProcs {
-    async fn ask(&self, req: Request) -> FsResult<Response> {
+    async fn ask(&self, req: Request) -> ProcResult<Response> {
         self.peers
             .request(self.addr, &req)
             .await
-            .map_err(|e| net_error(&self.node, e))
+            .map_err(|e| proc_error(net_error(&self.node, e)))
     }
+}
+
+fn unexpected_proc(r: Response) -> ProcError {
+    proc_error(unexpected(r))
 }
 
 #[async_trait]
 impl Processes for RemoteProcs {
-    async fn list(&self) -> FsResult<(u16, Vec<ProcEntry>)> {
+    async fn list(&self) -> ProcResult<(u16, Vec<ProcEntry>)> {
         match self.ask(Request::ProcList).await? {
             Response::Procs { node_id, procs } => Ok((node_id, procs)),
-            other => Err(unexpected(other)),
+            other => Err(unexpected_proc(other)),
         }
     }
 
-    async fn read(&self, creds: &Creds, pid: u32, file: ProcFile) -> FsResult<Vec<u8>> {
+    async fn snapshot(&self, after: u32) -> ProcResult<SnapshotPage> {
+        match self.ask(Request::ProcSnapshot { after }).await? {
+            Response::ProcSnapshot(page) => Ok(page),
+            other => Err(unexpected_proc(other)),
+        }
+    }
+
+    async fn read(&self, creds: &Creds, pid: u32, file: ProcFile) -> ProcResult<Vec<u8>> {
         let req = Request::ProcRead {
             creds: creds.clone(),
             pid,
             file,
         };
         match self.ask(req).await? {
-            Response::ProcData(r) => r.map(|b| b.into_vec()).map_err(FsError::Os),
-            other => Err(unexpected(other)),
+            Response::ProcData(r) => r.map(|b| b.into_vec()).map_err(ProcError::Os),
+            other => Err(unexpected_proc(other)),
         }
     }
 
-    async fn node_file(&self, file: NodeFile) -> FsResult<Vec<u8>> {
+    async fn node_file(&self, file: NodeFile) -> ProcResult<Vec<u8>> {
         match self.ask(Request::NodeFile { file }).await? {
-            Response::ProcData(r) => r.map(|b| b.into_vec()).map_err(FsError::Os),
-            other => Err(unexpected(other)),
+            Response::ProcData(r) => r.map(|b| b.into_vec()).map_err(ProcError::Os),
+            other => Err(unexpected_proc(other)),
         }
     }
 
-    async fn set_lock(&self, creds: &Creds, pid: u32, on: bool) -> FsResult<()> {
+    async fn set_lock(&self, creds: &Creds, pid: u32, on: bool) -> ProcResult<()> {
         let req = Request::SetLock {
             creds: creds.clone(),
             pid,
             on,
         };
         match self.ask(req).await? {
-            Response::Done(r) => r.map_err(FsError::Os),
-            other => Err(unexpected(other)),
+            Response::Done(r) => r.map_err(ProcError::Os),
+            other => Err(unexpected_proc(other)),
         }
     }
 
-    async fn migrate(&self, creds: &Creds, pid: u32, target: &str) -> FsResult<()> {
+    async fn migrate(&self, creds: &Creds, pid: u32, target: &str) -> ProcResult<()> {
         let req = Request::Migrate {
             creds: creds.clone(),
             pid,
             target: target.to_string(),
         };
         match self.ask(req).await? {
-            Response::Done(r) => r.map_err(FsError::Os),
-            other => Err(unexpected(other)),
+            Response::Done(r) => r.map_err(ProcError::Os),
+            other => Err(unexpected_proc(other)),
         }
     }
 }
@@ -179,11 +202,17 @@ impl Connector for ClusterLink {
             self.transport.clone(),
         )))
     }
+}
 
-    fn procs(&self, node: &str) -> FsResult<Arc<dyn Processes>> {
+impl mosix_procview::service::Cluster for ClusterLink {
+    fn alive_nodes(&self) -> Vec<String> {
+        self.membership.alive_names()
+    }
+
+    fn procs(&self, node: &str) -> ProcResult<Arc<dyn Processes>> {
         Ok(Arc::new(RemoteProcs {
             node: node.to_string(),
-            addr: address(&self.membership, node)?,
+            addr: address(&self.membership, node).map_err(proc_error)?,
             peers: self.peers.clone(),
         }))
     }

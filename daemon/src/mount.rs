@@ -19,6 +19,7 @@ pub fn hidden_paths(cfg: &Config) -> Vec<PathBuf> {
         .map(PathBuf::from)
         .collect();
     v.push(cfg.mountpoint.clone());
+    v.push(proc_mountpoint(cfg));
     v.extend(cfg.source.iter().cloned());
     v.extend([
         cfg.tls.ca.clone(),
@@ -167,6 +168,34 @@ pub fn mount(cfg: &Config, fs: Arc<MosixFs>) -> std::io::Result<fuser::Backgroun
             tracing::warn!(error = %e, "cannot widen read-ahead of /mosix; remote reads will be slower");
         }
     });
+    Ok(session)
+}
+
+/// Where the process view is mounted (`/mosix/proc` is a symlink to it):
+/// beside the control socket, in the daemon's own directory, named after
+/// the node (two daemons of one host, as `mosix up` runs, never share it).
+/// Not inside /mosix: a mount there would make `umount /mosix` fail busy.
+pub fn proc_mountpoint(cfg: &Config) -> PathBuf {
+    cfg.control_socket
+        .parent()
+        .unwrap_or(Path::new("/run/mosix"))
+        .join(format!("proc-{}", cfg.name))
+}
+
+/// Mounts the process view (a FUSE session of its own, with the kernel
+/// flags that suit it, see `mosix_procview::fuse`) and points `/mosix/proc`
+/// at it.
+pub fn mount_proc(
+    cfg: &Config,
+    fs: &MosixFs,
+    procs: Arc<mosix_procview::fs::ProcFs>,
+) -> std::io::Result<fuser::BackgroundSession> {
+    let at = proc_mountpoint(cfg);
+    clean_stale_mount(&at)?;
+    let counters = Arc::default();
+    let session =
+        mosix_procview::fuse::mount(procs, tokio::runtime::Handle::current(), &at, counters)?;
+    fs.set_proc_link(&at);
     Ok(session)
 }
 

@@ -3,10 +3,9 @@
 //! ```text
 //! bits 63..48  node slot (1..)   | bits 47..0 the serving node's id  -> a node's file
 //! 0                                                                  -> (never used)
-//! 1..=6        the virtual root and its children
-//! 7, 10, 11    /mosix/proc/self, /mosix/proc/{sys,tty}
+//! 1..=6        the virtual root and its children (`proc`: a symlink to
+//!              the process view's own mount, see mosix_procview)
 //! 8, 9         /mosix/cluster/{members,nodes}
-//! 1<<40 | gpid << 5 | entry                                          -> /mosix/proc/<gpid>/<entry>
 //! 1<<39 | slot << 8 | file                                           -> /mosix/cluster/nodes/<node>/<file>
 //! ```
 //!
@@ -22,32 +21,21 @@ pub const HERE: u64 = 3;
 pub const HOME: u64 = 4;
 pub const CLUSTER: u64 = 5;
 pub const PROC: u64 = 6;
-pub const PROC_SELF: u64 = 7;
 pub const CLUSTER_MEMBERS: u64 = 8;
 pub const CLUSTER_NODES: u64 = 9;
-/// Empty directories `sys` and `tty` in /mosix/proc: where `mosix shell`
-/// mounts the node's own /proc/sys and /proc/tty, which tools read beside
-/// the process list.
-pub const PROC_MOUNT_POINTS: [(&str, u64); 2] = [("sys", 10), ("tty", 11)];
 
 const NODE_SHIFT: u32 = 48;
 const ID_MASK: u64 = (1 << NODE_SHIFT) - 1;
-const PROC_BASE: u64 = 1 << 40;
-const PROC_ENTRY_BITS: u32 = 5;
 const CLUSTER_BASE: u64 = 1 << 39;
 const CLUSTER_FILE_BITS: u32 = 8;
 
 /// What an inode number stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ino {
-    /// `/mosix`, `nodes`, `here`, `home`: answered by this node alone.
+    /// `/mosix`, `nodes`, `here`, `home`, `proc`: answered by this node alone.
     Root(u64),
     /// A file served by the node run in `slot`, which knows it as `id`.
     Node { slot: usize, id: RemoteIno },
-    /// `/mosix/proc` itself, `self` and the mount points.
-    ProcTop(u64),
-    /// `/mosix/proc/<gpid>/<entry>` (gpid 0: the cluster-wide files).
-    Proc { gpid: u32, entry: u8 },
     /// `/mosix/cluster` and below.
     Cluster(ClusterIno),
     /// Nothing mosix ever handed out.
@@ -74,19 +62,10 @@ pub fn classify(ino: u64) -> Ino {
         };
     }
     match ino {
-        ROOT | NODES | HERE | HOME => Ino::Root(ino),
-        PROC | PROC_SELF => Ino::ProcTop(ino),
-        i if PROC_MOUNT_POINTS.iter().any(|(_, m)| *m == i) => Ino::ProcTop(ino),
+        ROOT | NODES | HERE | HOME | PROC => Ino::Root(ino),
         CLUSTER => Ino::Cluster(ClusterIno::Top),
         CLUSTER_MEMBERS => Ino::Cluster(ClusterIno::Members),
         CLUSTER_NODES => Ino::Cluster(ClusterIno::Nodes),
-        i if i & PROC_BASE != 0 => {
-            let rest = i & !PROC_BASE;
-            Ino::Proc {
-                gpid: (rest >> PROC_ENTRY_BITS) as u32,
-                entry: (rest & ((1 << PROC_ENTRY_BITS) - 1)) as u8,
-            }
-        }
         i if i & CLUSTER_BASE != 0 => {
             let rest = i & !CLUSTER_BASE;
             Ino::Cluster(ClusterIno::Node {
@@ -103,24 +82,15 @@ pub fn node_file(slot: usize, id: RemoteIno) -> u64 {
     ((slot as u64) << NODE_SHIFT) | (id & ID_MASK)
 }
 
-/// The inode number of entry `entry` of `/mosix/proc/<gpid>`.
-pub fn proc_entry(gpid: u32, entry: u8) -> u64 {
-    debug_assert!(u32::from(entry) < 1 << PROC_ENTRY_BITS);
-    PROC_BASE | ((gpid as u64) << PROC_ENTRY_BITS) | u64::from(entry)
-}
-
 /// The inode number of `/mosix/cluster/nodes/<node in slot>/<file>`.
 pub fn cluster_node(slot: usize, file: usize) -> u64 {
     CLUSTER_BASE | ((slot as u64) << CLUSTER_FILE_BITS) | file as u64
 }
 
-/// Whether the content of `ino` is generated at open (/mosix/proc and
-/// /mosix/cluster files): no size is known until it is rendered.
+/// Whether the content of `ino` is generated at open (/mosix/cluster
+/// files): no size is known until it is rendered.
 pub fn is_generated(ino: u64) -> bool {
-    matches!(
-        classify(ino),
-        Ino::ProcTop(_) | Ino::Proc { .. } | Ino::Cluster(_)
-    )
+    matches!(classify(ino), Ino::Cluster(_))
 }
 
 #[cfg(test)]
@@ -132,11 +102,6 @@ mod tests {
         #[test]
         fn node_files_round_trip(slot in 1usize..0xffff, id in 0u64..(1 << 48)) {
             prop_assert_eq!(classify(node_file(slot, id)), Ino::Node { slot, id });
-        }
-
-        #[test]
-        fn proc_entries_round_trip(gpid in 0u32..(1 << 31), entry in 0u8..32) {
-            prop_assert_eq!(classify(proc_entry(gpid, entry)), Ino::Proc { gpid, entry });
         }
 
         #[test]
@@ -152,12 +117,12 @@ mod tests {
     fn the_fixed_numbers_are_distinct_kinds() {
         assert_eq!(classify(ROOT), Ino::Root(ROOT));
         assert_eq!(classify(HOME), Ino::Root(HOME));
-        assert_eq!(classify(PROC_SELF), Ino::ProcTop(PROC_SELF));
-        assert_eq!(classify(10), Ino::ProcTop(10));
+        assert_eq!(classify(PROC), Ino::Root(PROC));
+        assert_eq!(classify(7), Ino::Unknown);
         assert_eq!(classify(CLUSTER_NODES), Ino::Cluster(ClusterIno::Nodes));
         assert_eq!(classify(0), Ino::Unknown);
         assert_eq!(classify(12), Ino::Unknown);
-        assert!(is_generated(proc_entry(5, 1)));
+        assert!(is_generated(cluster_node(5, 1)));
         assert!(!is_generated(node_file(1, 1)));
     }
 }

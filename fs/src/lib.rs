@@ -4,11 +4,11 @@
 //! - [`ino`]: the inode number space, and the one classifier of numbers.
 //! - [`namespace`]: [`MosixFs`], what each operation means and which part
 //!   of the tree (or which node's [`service::FileService`]) answers it.
-//! - [`root`], [`procdir`], [`clusterdir`]: the virtual top, `/mosix/proc`
-//!   and `/mosix/cluster`; [`snapshots`] keeps their per-open contents.
+//! - [`root`], [`clusterdir`]: the virtual top and `/mosix/cluster`;
+//!   [`snapshots`] keeps the latter's per-open contents. `/mosix/proc` is a
+//!   symlink to the process view's own mount (`mosix_procview`).
 //! - [`nodes`]: which inode slot stands for which run of which node.
-//! - [`reach`]: who is alive and how to reach each node's services;
-//!   [`procs`]: the process service of one node.
+//! - [`reach`]: who is alive and how to reach each node's services.
 //! - [`service`]: the typed file service of one node; [`local`] serves this
 //!   node's files from the [`export`] in-process; [`faulty`] injects
 //!   failures for tests.
@@ -38,8 +38,6 @@ pub mod namespace;
 pub mod nodes;
 pub mod passthrough;
 pub mod posix_locks;
-pub mod procdir;
-pub mod procs;
 pub mod reach;
 pub mod remote;
 pub mod root;

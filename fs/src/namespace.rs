@@ -7,7 +7,7 @@
 //!   nodes/<node>/     the export of each live node        (served by that node's FileService)
 //!   here  -> nodes/<this node>
 //!   home  -> nodes/<home node of the calling process>
-//!   proc/             every process of the cluster        (procdir.rs)
+//!   proc -> the process view's own mount (mosix_procview)
 //!   cluster/          members and their load              (clusterdir.rs)
 //! ```
 //!
@@ -33,7 +33,6 @@ use crate::invalidate::Invalidator;
 use crate::local::LocalService;
 use crate::nodes::{Located, Nodes};
 use crate::posix_locks::LockOwners;
-use crate::procdir::ProcDir;
 use crate::reach::{ClusterView, Connector, Reach};
 use crate::service::{At, FileService, Lock, LockInfo, Xattr};
 use crate::snapshots::Snapshots;
@@ -66,7 +65,6 @@ pub struct MosixFs {
     reach: Arc<Reach>,
     local: Arc<LocalService>,
     nodes: Nodes,
-    procs: ProcDir,
     cluster: ClusterDir,
     snapshots: Snapshots,
     pub(crate) locks: LockOwners,
@@ -90,7 +88,6 @@ impl MosixFs {
             connect,
         ));
         MosixFs {
-            procs: ProcDir::new(reach.clone()),
             cluster: ClusterDir::new(reach.clone()),
             reach,
             local,
@@ -104,6 +101,17 @@ impl MosixFs {
     /// The path to the kernel's caches (set once the mount exists).
     pub fn set_invalidator(&self, inval: Arc<dyn Invalidator>) {
         let _ = self.inval.set(inval);
+    }
+
+    /// Makes `/mosix/proc` a symlink to `target`, where the daemon mounted
+    /// the process view (a mount of its own, so that `umount /mosix` keeps
+    /// working: a mount inside /mosix would make it busy).
+    pub fn set_proc_link(&self, target: &std::path::Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let _ = self
+            .reach
+            .proc_link
+            .set(target.as_os_str().as_bytes().to_vec());
     }
 
     pub fn self_name(&self) -> &str {
@@ -139,8 +147,6 @@ impl MosixFs {
         match ino::classify(ino) {
             Ino::Root(_) | Ino::Cluster(_) => true,
             Ino::Node { .. } => self.local_id(ino).is_some(),
-            Ino::ProcTop(i) => i != ino::PROC || self.procs.listing_fresh(),
-            Ino::Proc { .. } => self.procs.is_local(ino, None) || self.procs.listing_fresh(),
             Ino::Unknown => true,
         }
     }
@@ -150,11 +156,6 @@ impl MosixFs {
         match ino::classify(parent) {
             Ino::Root(ino::ROOT) => true,
             Ino::Root(ino::NODES) => self.reach.is_self_bytes(name),
-            // Names of processes come from the listing: while it is fresh,
-            // no node is asked.
-            Ino::ProcTop(ino::PROC) | Ino::Proc { .. } => {
-                self.procs.is_local(parent, Some(name)) || self.procs.listing_fresh()
-            }
             _ => self.runs_here(parent),
         }
     }
@@ -226,7 +227,7 @@ impl MosixFs {
     pub async fn lookup(&self, caller: Caller, parent: u64, name: &[u8]) -> FsResult<Entry> {
         let attr = match ino::classify(parent) {
             Ino::Root(ino::ROOT) => {
-                let i = crate::root::child(name)?;
+                let i = crate::root::child(&self.reach, name)?;
                 crate::root::getattr(&self.reach, i, caller.pid)?
             }
             Ino::Root(ino::NODES) => {
@@ -243,7 +244,6 @@ impl MosixFs {
                 let a = b.svc.lookup(&b.at, id, name).await?;
                 Self::node_attr(b.slot, &a)
             }
-            Ino::ProcTop(_) | Ino::Proc { .. } => self.procs.lookup(caller, parent, name).await?,
             Ino::Cluster(_) => self.cluster.lookup(parent, name)?,
             Ino::Unknown => return Err(FsError::Os(libc::ENOENT)),
         };
@@ -290,7 +290,6 @@ impl MosixFs {
                 let a = b.svc.getattr(&b.at, id).await?;
                 Self::node_attr(b.slot, &a)
             }
-            Ino::ProcTop(_) | Ino::Proc { .. } => self.procs.getattr(caller, i).await?,
             Ino::Cluster(_) => self.cluster.getattr(i)?,
             Ino::Unknown => return Err(FsError::Os(libc::ENOENT)),
         };
@@ -299,8 +298,8 @@ impl MosixFs {
 
     pub async fn setattr(&self, caller: Caller, i: u64, change: Change) -> FsResult<Entry> {
         if ino::is_generated(i) {
-            // `echo n2 > where` truncates before it writes: let that through,
-            // so the caller hears about the write itself.
+            // A truncate-only open of a generated file: let that through, so
+            // the caller hears about the open itself (EACCES).
             let truncate_only = change.size == Some(0)
                 && change.mode.is_none()
                 && change.uid.is_none()
@@ -320,7 +319,12 @@ impl MosixFs {
         match ino::classify(i) {
             Ino::Root(ino::HERE) => Ok(crate::root::here_target(&self.reach)),
             Ino::Root(ino::HOME) => Ok(crate::root::home_target(&self.reach, caller.pid)),
-            Ino::ProcTop(_) | Ino::Proc { .. } => self.procs.readlink(caller, i).await,
+            Ino::Root(ino::PROC) => self
+                .reach
+                .proc_link
+                .get()
+                .cloned()
+                .ok_or(FsError::Os(libc::ENOENT)),
             Ino::Node { slot, id } => {
                 let b = self.bind(caller, slot).await?;
                 b.svc.readlink(&b.at, id).await
@@ -428,9 +432,8 @@ impl MosixFs {
                     noflush: false,
                 });
             }
-            Ino::Proc { .. } => self.procs.render(caller, i, flags).await?,
             Ino::Cluster(_) => self.cluster.render(i, flags)?,
-            Ino::Root(_) | Ino::ProcTop(_) | Ino::Unknown => return Err(FsError::Os(libc::EISDIR)),
+            Ino::Root(_) | Ino::Unknown => return Err(FsError::Os(libc::EISDIR)),
         };
         Ok(Opened {
             fh: self.snapshots.keep(content),
@@ -477,7 +480,7 @@ impl MosixFs {
         data: Vec<u8>,
     ) -> FsResult<u32> {
         if ino::is_generated(i) {
-            return self.procs.write(caller, i, &data).await;
+            return Err(FsError::Os(libc::EBADF));
         }
         let (b, _) = self.file(caller, i).await?;
         b.svc.write(&b.at, fh, offset, data).await
@@ -578,10 +581,7 @@ impl MosixFs {
                 let b = self.bind(caller, slot).await?;
                 b.svc.opendir(&b.at, id).await
             }
-            Ino::Root(ino::ROOT | ino::NODES)
-            | Ino::ProcTop(_)
-            | Ino::Proc { .. }
-            | Ino::Cluster(_) => Ok(0),
+            Ino::Root(ino::ROOT | ino::NODES) | Ino::Cluster(_) => Ok(0),
             _ => Err(FsError::Os(libc::ENOTDIR)),
         }
     }
@@ -596,7 +596,6 @@ impl MosixFs {
     ) -> FsResult<Vec<ListEntry>> {
         match ino::classify(i) {
             Ino::Root(_) => crate::root::readdir(&self.reach, &self.nodes, i, offset),
-            Ino::ProcTop(_) | Ino::Proc { .. } => self.procs.readdir(i, offset).await,
             Ino::Cluster(_) => self.cluster.readdir(i, offset),
             Ino::Node { slot, .. } => {
                 let b = self.bind(caller, slot).await?;

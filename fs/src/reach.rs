@@ -10,7 +10,6 @@ use mosix_proto::MemberInfo;
 use crate::attr::{Kind, NodeAttr};
 use crate::callers::{Caller, Callers};
 use crate::error::FsResult;
-use crate::procs::{LocalProcs, Processes};
 use crate::service::FileService;
 
 /// Membership as this node sees it.
@@ -25,14 +24,15 @@ pub trait ClusterView: Send + Sync + 'static {
 /// unknown ([`FsError::NoSuchNode`]) or known dead ([`FsError::NodeDown`]).
 pub trait Connector: Send + Sync + 'static {
     fn files(&self, node: &str) -> FsResult<Arc<dyn FileService>>;
-    fn procs(&self, node: &str) -> FsResult<Arc<dyn Processes>>;
 }
 
 pub struct Reach {
     pub self_name: String,
     pub local_files: Arc<dyn FileService>,
     pub local_node: Arc<LocalNode>,
-    local_procs: Arc<dyn Processes>,
+    /// Where `/mosix/proc` points: the process view's own mount, once the
+    /// daemon made it.
+    pub proc_link: std::sync::OnceLock<Vec<u8>>,
     pub view: Arc<dyn ClusterView>,
     pub connect: Arc<dyn Connector>,
     pub callers: Callers,
@@ -51,7 +51,7 @@ impl Reach {
         Reach {
             self_name,
             local_files,
-            local_procs: Arc::new(LocalProcs(local_node.clone())),
+            proc_link: std::sync::OnceLock::new(),
             local_node,
             view,
             connect,
@@ -66,10 +66,6 @@ impl Reach {
 
     pub fn is_self_bytes(&self, node: &[u8]) -> bool {
         node == self.self_name.as_bytes()
-    }
-
-    pub fn self_id(&self) -> u16 {
-        self.local_node.node_id()
     }
 
     /// Every live node, this one included, in name order.
@@ -90,14 +86,6 @@ impl Reach {
             Ok(self.local_files.clone())
         } else {
             self.connect.files(node)
-        }
-    }
-
-    pub fn procs(&self, node: &str) -> FsResult<Arc<dyn Processes>> {
-        if self.is_self(node) {
-            Ok(self.local_procs.clone())
-        } else {
-            self.connect.procs(node)
         }
     }
 

@@ -17,21 +17,27 @@ pub fn home_target(reach: &Reach, pid: u32) -> Vec<u8> {
 }
 
 /// The root's children by name.
-pub fn child(name: &[u8]) -> FsResult<u64> {
+pub fn child(reach: &Reach, name: &[u8]) -> FsResult<u64> {
     Ok(match name {
         b"nodes" => ino::NODES,
         b"here" => ino::HERE,
         b"home" => ino::HOME,
         b"cluster" => ino::CLUSTER,
-        b"proc" => ino::PROC,
+        b"proc" if reach.proc_link.get().is_some() => ino::PROC,
         _ => return Err(FsError::Os(libc::ENOENT)),
     })
 }
 
 pub fn getattr(reach: &Reach, i: u64, pid: u32) -> FsResult<NodeAttr> {
     match i {
-        ino::ROOT | ino::NODES | ino::CLUSTER | ino::PROC => {
-            Ok(reach.virtual_attr(i, Kind::Dir, 0o555, 0))
+        ino::ROOT | ino::NODES | ino::CLUSTER => Ok(reach.virtual_attr(i, Kind::Dir, 0o555, 0)),
+        ino::PROC => {
+            let len = reach
+                .proc_link
+                .get()
+                .ok_or(FsError::Os(libc::ENOENT))?
+                .len();
+            Ok(reach.virtual_attr(i, Kind::Symlink, 0o777, len as u64))
         }
         ino::HERE => {
             Ok(reach.virtual_attr(i, Kind::Symlink, 0o777, here_target(reach).len() as u64))
@@ -57,7 +63,9 @@ pub fn readdir(reach: &Reach, nodes: &Nodes, i: u64, offset: u64) -> FsResult<Ve
             names.push((ino::HERE, Kind::Symlink, b"here".to_vec()));
             names.push((ino::HOME, Kind::Symlink, b"home".to_vec()));
             names.push((ino::CLUSTER, Kind::Dir, b"cluster".to_vec()));
-            names.push((ino::PROC, Kind::Dir, b"proc".to_vec()));
+            if reach.proc_link.get().is_some() {
+                names.push((ino::PROC, Kind::Symlink, b"proc".to_vec()));
+            }
         }
         ino::NODES => {
             for n in reach.live_nodes() {

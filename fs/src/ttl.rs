@@ -11,9 +11,6 @@ pub const VIRTUAL: Duration = Duration::from_secs(60);
 /// The `nodes/<node>` names. Membership changes are seen at most this late
 /// in path walks; operations on a dead node's files fail at once regardless.
 pub const NODE_NAME: Duration = Duration::from_secs(1);
-/// How old a listing of the cluster's processes may be when reused: a
-/// process shows up or goes away in /mosix/proc at most this late.
-pub const PROC_LIST: Duration = Duration::from_secs(1);
 
 /// (attribute, entry) lifetimes for `ino`, found in `parent` (None: not
 /// reached by a lookup).
@@ -24,17 +21,11 @@ pub fn of(parent: Option<u64>, ino: u64) -> (Duration, Duration) {
         // node names themselves live as long as membership allows.
         Ino::Node { .. } if parent == Some(ino::NODES) => (Duration::ZERO, NODE_NAME),
         Ino::Node { .. } => (Duration::ZERO, Duration::ZERO),
-        // The caller's own gpid; nodes and their loads change.
-        Ino::ProcTop(ino::PROC_SELF) | Ino::Cluster(ino::ClusterIno::Members) => {
-            (Duration::ZERO, Duration::ZERO)
-        }
+        // Nodes and their loads change.
+        Ino::Cluster(ino::ClusterIno::Members) => (Duration::ZERO, Duration::ZERO),
         Ino::Cluster(ino::ClusterIno::Node { .. }) | Ino::Cluster(ino::ClusterIno::Nodes) => {
             (Duration::ZERO, Duration::ZERO)
         }
-        // Processes come and go, but the listing that says so may already be
-        // this old: caching names as long saves a round trip per path
-        // component (a scan of /proc walks every process's directory).
-        Ino::Proc { .. } | Ino::ProcTop(_) if ino != ino::PROC => (PROC_LIST, PROC_LIST),
         // /mosix/home's target, and so its size, depends on the caller.
         Ino::Root(ino::HOME) => (Duration::ZERO, VIRTUAL),
         _ => (VIRTUAL, VIRTUAL),
@@ -61,8 +52,6 @@ mod tests {
         assert_eq!(of(Some(f), f), (Duration::ZERO, Duration::ZERO));
         assert_eq!(of(Some(ino::NODES), ino::node_file(2, 1)).1, NODE_NAME);
         assert_eq!(of(None, ino::HOME).0, Duration::ZERO);
-        assert_eq!(of(None, ino::PROC_SELF), (Duration::ZERO, Duration::ZERO));
-        assert_eq!(of(None, ino::proc_entry(9, 0)), (PROC_LIST, PROC_LIST));
         assert_eq!(of(None, ino::PROC), (VIRTUAL, VIRTUAL));
     }
 }

@@ -370,3 +370,52 @@ fn unmodified_ps_and_top_see_the_whole_cluster_in_mosix_shell() {
         output_text(&out)
     );
 }
+
+/// The state field of `stat` of gpid `g`, read on `node` through /mosix/proc.
+fn state_of(c: &Cluster, node: &str, g: u32) -> String {
+    let stat = c.sh(node, &format!("cat /mosix/proc/{g}/stat"));
+    stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_stopped_process_shows_its_new_state_within_the_documented_bound() {
+    use mosix_procview::fs::PROC_LIST;
+    let c = Cluster::up(2);
+    let pid: u32 = c
+        .sh("n2", "sleep 1000 >/dev/null 2>&1 & echo $!")
+        .trim()
+        .parse()
+        .unwrap();
+    let g = gpid(2, pid);
+    // No listing on n1 for longer than a listing is used: a file opened
+    // directly by gpid is rendered at open, so a change shows at once.
+    std::thread::sleep(PROC_LIST + Duration::from_millis(100));
+    assert_eq!(state_of(&c, "n1", g), "S");
+    c.sh("n2", &format!("kill -STOP {pid}"));
+    assert_eq!(state_of(&c, "n1", g), "T", "a direct open saw an old state");
+
+    // After a listing, files may come from its snapshot: at most PROC_LIST
+    // old. The process continues right after one; n1 sees it sleeping again
+    // within PROC_LIST (plus the time of one `cat` through `mosix enter`).
+    c.sh("n1", "ls /mosix/proc > /dev/null");
+    c.sh("n2", &format!("kill -CONT {pid}"));
+    let seen = Cluster::wait_for(PROC_LIST * 3, || state_of(&c, "n1", g) == "S");
+    let seen = seen.unwrap_or_else(|| panic!("gpid {g} still not sleeping on n1"));
+    assert!(
+        seen <= PROC_LIST + Duration::from_millis(500),
+        "the new state showed after {seen:?}, beyond the bound of {PROC_LIST:?}"
+    );
+    // And a listing shows the change too once it is taken after it.
+    c.sh("n2", &format!("kill -STOP {pid}"));
+    c.sh("n1", "ls /mosix/proc > /dev/null");
+    assert_eq!(
+        state_of(&c, "n1", g),
+        "T",
+        "a new listing kept an old state"
+    );
+    c.sh("n2", &format!("kill -KILL {pid}"));
+}

@@ -1,9 +1,26 @@
 //! This node's processes as the cluster sees them: the listing and the
 //! per-process files of `/mosix/proc/<gpid>/`, rendered from this node's own
 //! `/proc` (so they are byte-compatible with what procps parses) with every
-//! pid field turned into a gpid.
+//! pid field turned into a gpid; and `/mosix/proc`, the file system that
+//! shows every node's processes as one `/proc`.
+//!
+//! - [`node`]: [`node::LocalNode`], this node's processes as one service
+//!   (listing, snapshots, rendering, kill, pin, placement);
+//! - [`service`]: [`service::Processes`], one node's processes (this node's
+//!   in-process, others' through the daemon), and [`service::Cluster`];
+//! - [`fs`]: [`fs::ProcFs`], what `/mosix/proc` answers, without FUSE;
+//!   [`ino`]: its inode numbers; [`versions`]: the contents handed to the
+//!   kernel, one immutable version per inode;
+//! - [`fuse`]: the thin FUSE adapter and the kernel flags it asks for;
+//! - [`error`]: the one error type and its errno mapping.
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod ino;
 pub mod node;
+pub mod service;
 pub mod status;
+pub mod versions;
 
 use std::os::unix::fs::MetadataExt;
 

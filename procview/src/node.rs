@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use mosix_proto::fs::Creds;
-use mosix_proto::proc::{NodeFile, ProcEntry, ProcFile};
+use mosix_proto::proc::{
+    NodeFile, ProcEntry, ProcFile, ProcSnap, SnapshotPage, SNAPSHOT_FILES, SNAPSHOT_PAGE_BYTES,
+};
 
 /// Where a process of this (home) node is, as the migrator knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +93,50 @@ impl LocalNode {
         crate::list()
     }
 
+    /// One page of this node's processes with their most read files
+    /// rendered (as root: the asking node applies the owner rule to
+    /// `environ`), those with pids above `after`, in pid order. A page ends
+    /// once its content passes [`SNAPSHOT_PAGE_BYTES`].
+    pub fn snapshot(&self, after: u32) -> SnapshotPage {
+        self.snapshot_bounded(after, SNAPSHOT_PAGE_BYTES)
+    }
+
+    fn snapshot_bounded(&self, after: u32, max_bytes: usize) -> SnapshotPage {
+        let root = Creds {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+            pid: 0,
+        };
+        let mut procs = Vec::new();
+        let mut bytes = 0;
+        let mut next = None;
+        for entry in self.list().into_iter().filter(|p| p.pid > after) {
+            if bytes >= max_bytes {
+                next = procs.last().map(|p: &ProcSnap| p.entry.pid);
+                break;
+            }
+            let files: Vec<_> = SNAPSHOT_FILES
+                .iter()
+                .map(|f| {
+                    let r = self.read(&root, entry.pid, *f);
+                    bytes += r.as_ref().map_or(8, |b| b.len() + 8);
+                    (*f, r.map(serde_bytes::ByteBuf::from))
+                })
+                .collect();
+            // Gone while we read it: not listed.
+            if files.iter().any(|(_, r)| r == &Err(libc::ENOENT)) {
+                continue;
+            }
+            procs.push(ProcSnap { entry, files });
+        }
+        SnapshotPage {
+            node_id: self.node_id,
+            procs,
+            next,
+        }
+    }
+
     pub fn node_file(&self, file: NodeFile) -> Result<Vec<u8>, i32> {
         crate::node_file(file)
     }
@@ -170,6 +216,36 @@ mod tests {
             groups: vec![],
             pid: std::process::id(),
         }
+    }
+
+    #[test]
+    fn snapshot_pages_cover_every_process_once() {
+        let node = LocalNode::new(3, Arc::new(Stationary { node: "n3".into() }));
+        let me = std::process::id();
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            // Tiny pages: one process each, or close to it.
+            let page = node.snapshot_bounded(after, 1);
+            assert_eq!(page.node_id, 3);
+            seen.extend(page.procs.iter().map(|p| p.entry.pid));
+            if let Some(p) = page.procs.iter().find(|p| p.entry.pid == me) {
+                let stat = p.files.iter().find(|(f, _)| *f == ProcFile::Stat).unwrap();
+                let stat = String::from_utf8(stat.1.clone().unwrap().into_vec()).unwrap();
+                let g = mosix_proto::proc::gpid(3, me).to_string();
+                assert!(stat.starts_with(&format!("{g} (")), "{stat}");
+                assert!(p
+                    .files
+                    .iter()
+                    .any(|(f, r)| *f == ProcFile::Environ && r.is_ok()));
+            }
+            match page.next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        assert!(seen.contains(&me));
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
     }
 
     #[test]

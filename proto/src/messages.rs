@@ -135,6 +135,12 @@ pub enum Request {
         pid: u32,
         file: crate::proc::ProcFile,
     },
+    /// One page of the serving node's processes with the content of their
+    /// most read files ([`crate::proc::SNAPSHOT_FILES`]): those with pids
+    /// above `after` (0: from the start).
+    ProcSnapshot {
+        after: u32,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -172,6 +178,8 @@ pub enum Response {
         len: u32,
     },
     Error(RemoteError),
+    /// ProcSnapshot's page.
+    ProcSnapshot(crate::proc::SnapshotPage),
 }
 
 /// An error the serving node reports back instead of a result.

@@ -134,3 +134,46 @@ impl NodeFile {
         }
     }
 }
+
+/// The per-process files a node sends for all its processes at once with a
+/// listing (what `ps` and `top` read, and the MOSIX control files that
+/// `mosix ps` shows), so opening them costs no round trip while the listing
+/// is fresh. `environ` is rendered as root: the asking node applies the
+/// owner rule itself (it already speaks for its callers' credentials).
+pub const SNAPSHOT_FILES: [ProcFile; 10] = [
+    ProcFile::Stat,
+    ProcFile::Status,
+    ProcFile::Statm,
+    ProcFile::Cmdline,
+    ProcFile::Comm,
+    ProcFile::Environ,
+    ProcFile::Where,
+    ProcFile::Home,
+    ProcFile::Nmigs,
+    ProcFile::Lock,
+];
+
+/// Rendered content of the files of one page stops growing past this many
+/// bytes, so a page stays far below [`crate::MAX_FRAME`] whatever the number
+/// of processes (one process's files are a few KiB; `environ` and `cmdline`
+/// are capped by the kernel's argument limits, which are far below it too).
+pub const SNAPSHOT_PAGE_BYTES: usize = 1 << 20;
+
+/// One process with the content of its [`SNAPSHOT_FILES`], each rendered or
+/// the errno rendering it gave.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ProcSnap {
+    pub entry: ProcEntry,
+    pub files: Vec<(ProcFile, Result<serde_bytes::ByteBuf, i32>)>,
+}
+
+/// One page of a node's processes with their files, in pid order: the
+/// processes with pids above the request's `after`, up to about
+/// [`SNAPSHOT_PAGE_BYTES`] of content. `next` is the `after` of the next
+/// page, None on the last.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPage {
+    pub node_id: u16,
+    pub procs: Vec<ProcSnap>,
+    pub next: Option<u32>,
+}

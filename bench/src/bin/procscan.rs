@@ -5,11 +5,40 @@
 //! procscan --round-trip PATH: the cost of one FUSE round trip, as the mean
 //! time of 5,000 `lstat` calls on PATH (a /mosix file whose attributes the
 //! kernel may not cache, answered from memory), printed in microseconds.
+//!
+//! procscan --requests DIR: the FUSE requests the process view's mount at
+//! DIR has served so far, by kind (`total N`, then `kind N` lines), from
+//! its `user.mosix.requests` extended attribute.
 use std::time::Instant;
+
+fn requests(dir: &str) -> String {
+    use std::ffi::CString;
+    let path = CString::new(dir).expect("path");
+    let name = CString::new("user.mosix.requests").expect("name");
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: the buffer outlives the call, which writes at most its length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        panic!("getxattr {dir}: {}", std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    String::from_utf8_lossy(&buf).into_owned()
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let first = args.next().unwrap_or_else(|| "/proc".into());
+    if first == "--requests" {
+        print!("{}", requests(&args.next().expect("--requests DIR")));
+        return;
+    }
     if first == "--round-trip" {
         let path = args.next().expect("--round-trip PATH");
         const N: u32 = 5000;

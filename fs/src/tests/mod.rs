@@ -15,7 +15,6 @@ use crate::error::{FsError, FsResult};
 use crate::export::{Export, ExportConfig};
 use crate::faulty::{Faulty, Loopback};
 use crate::namespace::MosixFs;
-use crate::procs::Processes;
 use crate::reach::{ClusterView, Connector};
 use crate::remote::RemoteService;
 use crate::service::FileService;
@@ -55,9 +54,6 @@ impl Connector for TestCluster {
             "n2" => Err(FsError::NodeDown(node.into())),
             _ => Err(FsError::NoSuchNode(node.into())),
         }
-    }
-    fn procs(&self, node: &str) -> FsResult<Arc<dyn Processes>> {
-        Err(FsError::NoSuchNode(node.into()))
     }
 }
 
