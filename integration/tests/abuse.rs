@@ -187,9 +187,19 @@ fn holder_result(c: &Cluster, node: &str, within: Duration) -> (usize, usize, i3
     (v[0].parse().unwrap(), v[1].parse().unwrap(), errno)
 }
 
+/// The abuse cases measure a node's memory and latency: one at a time, so
+/// they measure the abuse and not each other. The async cases hold the
+/// guard across awaits on purpose: nothing else in them takes it.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 #[ignore = "walks 110,000 files through FUSE: about 8 minutes, past the CI budget; run with --ignored"]
 fn an_unprivileged_walk_of_usr_does_not_take_the_node() {
+    let _serial = one_at_a_time();
     let c = Cluster::up(3);
     assert_served(&c, "n1", "n3", "before");
     let (fds_before, limit) = daemon_fds(&c, "n1");
@@ -243,6 +253,7 @@ fn an_unprivileged_walk_of_usr_does_not_take_the_node() {
 #[test]
 #[ignore = "50,000 opens through FUSE: about 12 minutes, past the CI budget; run with --ignored"]
 fn an_unprivileged_user_holding_50000_opens_gets_emfile_and_nobody_else_notices() {
+    let _serial = one_at_a_time();
     let c = Cluster::up(3);
     let (_, limit) = daemon_fds(&c, "n1");
     c.sh(
@@ -281,6 +292,7 @@ fn an_unprivileged_user_holding_50000_opens_gets_emfile_and_nobody_else_notices(
 
 #[test]
 fn killing_the_abusers_daemon_releases_everything_it_held() {
+    let _serial = one_at_a_time();
     let c = Cluster::up(3);
     let (fds_before, limit) = daemon_fds(&c, "n1");
     c.sh(
@@ -398,7 +410,9 @@ async fn ping(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
 async fn half_open_handshakes_from_a_stranger_do_not_lock_members_out() {
+    let _serial = one_at_a_time();
     let c = Cluster::up(3);
     let n1 = c.addr("n1");
     let ca = tls::load_ca(&c.certs().join("ca.pem")).unwrap();
@@ -458,7 +472,9 @@ async fn half_open_handshakes_from_a_stranger_do_not_lock_members_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
 async fn max_size_frames_on_many_streams_stay_within_the_memory_bound() {
+    let _serial = one_at_a_time();
     use mosix_net::limits::MAX_CONNECTIONS_PER_PEER;
     let c = Cluster::up(2);
     let n1 = c.addr("n1");
@@ -590,6 +606,7 @@ fn records(data: &[u8], len: usize) -> Vec<u8> {
 
 #[test]
 fn appends_of_4_mib_from_two_nodes_are_never_torn() {
+    let _serial = one_at_a_time();
     let c = Cluster::up(3);
     std::fs::write(c.state().join("appender.py"), APPENDER).unwrap();
     let script = c.state().join("appender.py");

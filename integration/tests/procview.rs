@@ -135,7 +135,8 @@ fn processes_of_every_node_show_in_mosix_proc() {
     c.sh("n1", &format!("echo 0 > {dir}/lock"));
     assert_eq!(c.sh("n2", &format!("cat {dir}/lock")), "0\n");
 
-    // Migration does not exist yet: asking for it fails clearly.
+    // Writing a node name to `where` moves it (docs/MIGRATION.md), and the
+    // view says so from every node.
     let out = c.enter(
         "n1",
         &[
@@ -144,7 +145,8 @@ fn processes_of_every_node_show_in_mosix_proc() {
             &format!("printf n3 | dd of={dir}/where conv=notrunc"),
         ],
     );
-    assert_fails_saying(&out, "Operation not supported");
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(c.sh("n2", &format!("cat {dir}/where")), "n3\n");
 
     // Processes of every node are there: each node's init (pid 1).
     let all = c.sh("n1", "ls /mosix/proc");
@@ -213,7 +215,8 @@ fn processes_of_every_node_show_in_mosix_proc() {
         .unwrap();
     assert!(freemem > 0);
 
-    // mosix ps lists it, with where it runs and its home.
+    // mosix ps lists it, with where it runs (n3, since it moved above), its
+    // home and its one migration.
     let bin = mosix_integration::mosix_bin();
     let bin = bin.to_str().unwrap();
     let ps = c.sh("n1", &format!("{bin} ps -u nobody"));
@@ -222,7 +225,7 @@ fn processes_of_every_node_show_in_mosix_proc() {
         .find(|l| l.trim_start().starts_with(&g.to_string()))
         .unwrap_or_else(|| panic!("{ps}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cols[1..6], ["nobody", "S", "n2", "n2", "0"], "{row}");
+    assert_eq!(&cols[1..6], ["nobody", "S", "n3", "n2", "1"], "{row}");
     assert!(row.ends_with("sleep 1000"), "{row}");
     assert!(
         !ps.contains("node-init"),
