@@ -45,6 +45,12 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::membership::Membership;
 
+mod home_view;
+mod relay;
+
+use home_view::{enter_home_view, guest_view_dir, next_guest_tag};
+use relay::{spawn_input_relay, spawn_output_relay, ChunkWriter};
+
 /// How long a target keeps a rebuilt copy stopped waiting for `Run`.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the deputy's thread looks at the deputy.
@@ -956,120 +962,6 @@ fn wait_ending(pid: i32) -> Ending {
     }
 }
 
-/// What the process reads at home (its stdin pipe or tty), sent on to it,
-/// until `stop` (the process came home and reads it itself).
-fn spawn_input_relay(
-    rt: &tokio::runtime::Handle,
-    fd: i32,
-    file: OwnedFd,
-    to: mpsc::Sender<HomeEvent>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) {
-    let mut f = std::fs::File::from(file);
-    rt.spawn_blocking(move || {
-        let mut buf = vec![0u8; RELAY_CHUNK];
-        loop {
-            // Wait for input a little at a time, so a stop is seen.
-            let mut pfd = libc::pollfd {
-                fd: f.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, 100) };
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                return;
-            }
-            if n <= 0 {
-                continue;
-            }
-            match std::io::Read::read(&mut f, &mut buf) {
-                Ok(0) | Err(_) => {
-                    let _ = to.send(HomeEvent::Input(GuestMsg::Eof { fd }));
-                    return;
-                }
-                Ok(n) => {
-                    let m = GuestMsg::Data {
-                        fd,
-                        bytes: buf[..n].to_vec(),
-                    };
-                    if to.send(HomeEvent::Input(m)).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// What the copy writes to a relayed descriptor, sent home (its end, only
-/// if the copy did not move on).
-fn spawn_output_relay(
-    rt: &tokio::runtime::Handle,
-    fd: i32,
-    mut f: std::fs::File,
-    to: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
-    left: Arc<std::sync::atomic::AtomicBool>,
-) {
-    rt.spawn_blocking(move || {
-        let mut buf = vec![0u8; RELAY_CHUNK];
-        loop {
-            match std::io::Read::read(&mut f, &mut buf) {
-                Ok(0) | Err(_) => {
-                    if !left.load(std::sync::atomic::Ordering::SeqCst) {
-                        let _ = to.send(GuestMsg::Eof { fd });
-                    }
-                    return;
-                }
-                Ok(n) => {
-                    let _ = to.send(GuestMsg::Data {
-                        fd,
-                        bytes: buf[..n].to_vec(),
-                    });
-                }
-            }
-        }
-    });
-}
-
-/// Writes the migrator's stream as `Chunk` messages on a guest stream.
-struct ChunkWriter {
-    to: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
-    buf: Vec<u8>,
-}
-
-impl ChunkWriter {
-    const SIZE: usize = 1 << 20;
-
-    fn new(to: tokio::sync::mpsc::UnboundedSender<GuestMsg>) -> Self {
-        ChunkWriter {
-            to,
-            buf: Vec::with_capacity(Self::SIZE),
-        }
-    }
-}
-
-impl std::io::Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = data.len().min(Self::SIZE - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == Self::SIZE {
-            self.flush()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::SIZE));
-        self.to
-            .send(GuestMsg::Chunk(chunk))
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
-    }
-}
-
 /// The daemon's migrations as the process view's [`Migrator`].
 pub struct MigratorHandle(pub Arc<Migrations>);
 
@@ -1144,93 +1036,4 @@ impl Migrator for MigratorHandle {
             tracing::info!(pid, target, freeze = ?t.freeze, total = ?t.total, bytes = t.bytes, "migration done");
         })
     }
-}
-
-/// Makes the calling thread (and the processes it creates) see its home
-/// node's files at `/`, as the process saw them at home: a private mount
-/// namespace whose root is a tmpfs holding a bind mount of each top-level
-/// entry of `/mosix/nodes/<home>`, with this node's own `/proc`, `/sys`,
-/// `/dev` and `/mosix`. So absolute paths (a database's journal, a config
-/// file, `/tmp/x`) keep meaning what they meant at home, not only the cwd
-/// and relative paths. Returns the directory to remove once the guest is
-/// gone.
-fn enter_home_view(home: &str, tag: &str) -> std::io::Result<PathBuf> {
-    use nix::mount::{mount, MsFlags};
-    use nix::sched::{unshare, CloneFlags};
-    let io = |e: nix::Error| std::io::Error::from(e);
-    let root = guest_view_dir(tag);
-    std::fs::create_dir_all(&root)?;
-    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS).map_err(io)?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(io)?;
-    mount(
-        Some("tmpfs"),
-        &root,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        Some("mode=0755"),
-    )
-    .map_err(io)?;
-    let src = PathBuf::from("/mosix/nodes").join(home);
-    let local = ["proc", "sys", "dev", "mosix"];
-    for entry in std::fs::read_dir(&src)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if local.iter().any(|l| name == *l) {
-            continue;
-        }
-        let (from, to) = (entry.path(), root.join(&name));
-        let ft = entry.file_type()?;
-        if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
-            continue;
-        }
-        if ft.is_dir() {
-            std::fs::create_dir(&to)?;
-        } else {
-            std::fs::File::create(&to)?;
-        }
-        mount(
-            Some(&from),
-            &to,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(io)?;
-    }
-    for l in local {
-        let to = root.join(l);
-        std::fs::create_dir_all(&to)?;
-        let from = PathBuf::from("/").join(l);
-        mount(
-            Some(&from),
-            &to,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(io)?;
-    }
-    nix::unistd::chroot(&root).map_err(io)?;
-    std::env::set_current_dir("/")?;
-    Ok(guest_view_dir(tag))
-}
-
-/// Where a guest's home view is built, in this node's own tree.
-fn guest_view_dir(tag: &str) -> PathBuf {
-    PathBuf::from("/run/mosix/guests").join(tag)
-}
-
-/// Tells apart guests that arrive with the same home and pid (one that
-/// moved away and came back).
-fn next_guest_tag() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
