@@ -40,6 +40,9 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// QUIC connection-level receive window: the most unread data a peer can
 /// make this node buffer on one connection.
 pub const RECEIVE_WINDOW: usize = 32 << 20;
+/// Requests a peer may have open at once on one connection (each is one
+/// bidirectional stream); more wait in the peer for a stream to end.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
 
 /// Errors of the transport layer.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +91,9 @@ pub fn transport_config() -> quinn::TransportConfig {
     t.stream_receive_window((16u32 << 20).into());
     t.receive_window((RECEIVE_WINDOW as u32).into());
     t.send_window(64 << 20);
+    t.max_concurrent_bidi_streams((MAX_STREAMS_PER_CONNECTION as u32).into());
+    // Nothing uses unidirectional streams; a peer gets none to fill.
+    t.max_concurrent_uni_streams(0u32.into());
     t.datagram_receive_buffer_size(Some(1 << 20));
     // Larger packets where the path allows (loopback, jumbo frames): packet
     // count, not bytes, is what costs CPU in QUIC. Discovery probes upward

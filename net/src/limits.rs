@@ -31,12 +31,17 @@ pub const REPLY_ALLOWANCE: usize = 64 << 10;
 
 /// The most memory `connections` authenticated connections can make a node
 /// hold for incoming frames, whatever they send: the frames being read or
-/// handled (their budgets), plus what QUIC holds unread for each, which
-/// is at most its receive window of data, in packet buffers of up to twice
-/// that size.
+/// handled (their budgets), plus what QUIC holds unread for each. That is
+/// at most its receive window of data, but kept in the packets it arrived
+/// in: quinn lets a stream's packet allocations exceed its unread bytes by
+/// up to 1.5 times those bytes or 32 KiB, whichever is more, before it
+/// copies them together (`quinn_proto::connection::assembler`). So a
+/// connection holds at most 2.5 windows plus 32 KiB per open stream.
 pub fn frame_memory_bound(connections: usize) -> usize {
+    let per_connection =
+        crate::RECEIVE_WINDOW * 5 / 2 + crate::MAX_STREAMS_PER_CONNECTION * (32 << 10);
     (connections * FRAME_BUDGET_PER_CONNECTION).min(FRAME_BUDGET_TOTAL)
-        + connections * 2 * crate::RECEIVE_WINDOW
+        + connections * per_connection
 }
 
 /// Bytes of frames in memory, per connection and in total.
