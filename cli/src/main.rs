@@ -10,6 +10,7 @@ macro_rules! outln {
     };
 }
 
+mod cluster;
 mod local;
 mod migrate;
 mod mon;
@@ -187,6 +188,18 @@ enum ClusterCmd {
         id: Option<u16>,
         name: String,
     },
+    /// Remove a stopped node from every member's list (root); --revoke or --cert also refuse its certificate.
+    RemoveNode {
+        /// Refuse the certificate NAME last used, from now on.
+        #[arg(long)]
+        revoke: bool,
+        /// Revoke this certificate (NAME.pem from `cluster init`); implies --revoke.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long, default_value = "/run/mosix/control.sock")]
+        control: PathBuf,
+        name: String,
+    },
 }
 
 fn init_tracing(default: &str) {
@@ -267,6 +280,12 @@ fn main() {
                 0
             })
             .map_err(Into::into),
+        Cmd::Cluster(ClusterCmd::RemoveNode {
+            revoke,
+            cert,
+            control,
+            name,
+        }) => runtime().block_on(cluster::remove_node(&control, &name, revoke, cert.as_deref())),
         Cmd::Cluster(ClusterCmd::AddNode { dir, id, name }) => {
             let issued = match id {
                 Some(id) => mosix_net::pki::issue_node_with_id(&dir, &name, id).map(|()| id),

@@ -57,6 +57,7 @@ pub fn draw(f: &mut Frame, node: &str, members: &[MemberInfo], error: Option<&st
             MemberState::Alive => Style::default().fg(Color::Green),
             MemberState::Suspect => Style::default().fg(Color::Yellow),
             MemberState::Dead => Style::default().fg(Color::Red),
+            MemberState::Left => Style::default().fg(Color::DarkGray),
         };
         let (cpus, load, mem, procs, speed) = match &m.load {
             Some(l) => (

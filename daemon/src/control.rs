@@ -39,6 +39,7 @@ pub struct Ctx {
     pub node_id: u16,
     pub membership: Membership,
     pub peers: std::sync::Arc<mosix_net::Peers>,
+    pub revoked: std::sync::Arc<mosix_net::pki::Revocations>,
 }
 
 /// First pause after a failed accept; doubled on each failure in a row.
@@ -115,6 +116,20 @@ async fn handle(mut stream: UnixStream, ctx: Ctx) {
             }
             Err(e) => ControlResponse::Error(format!("cannot identify the caller: {e}")),
         },
+        // Changes every member's list: root's, like the node's own files.
+        ControlRequest::RemoveNode {
+            node,
+            revoke,
+            fingerprint,
+        } => match stream.peer_cred() {
+            Ok(cred) if cred.uid() == 0 => ctx
+                .membership
+                .remove_everywhere(&node, revoke, fingerprint, &ctx.revoked)
+                .await
+                .unwrap_or_else(ControlResponse::Error),
+            Ok(_) => ControlResponse::Error("removing a node needs root".into()),
+            Err(e) => ControlResponse::Error(format!("cannot identify the caller: {e}")),
+        },
     };
     let _ = write_frame(&mut stream, &resp, mosix_proto::MAX_FRAME).await;
 }
@@ -134,7 +149,7 @@ async fn kill(ctx: &Ctx, creds: Creds, gpid: u32, sig: i32) -> Result<(), String
         .membership
         .member_by_id(id)
         .ok_or_else(|| format!("gpid {gpid}: no node with id {id} in the cluster"))?;
-    if state == MemberState::Dead {
+    if matches!(state, MemberState::Dead | MemberState::Left) {
         return Err(format!("gpid {gpid}: its node {node} is down"));
     }
     match ctx

@@ -57,11 +57,31 @@ struct Node {
     procs: Arc<LocalNode>,
     membership: Membership,
     export: Arc<mosix_fs::export::Export>,
+    revoked: Arc<mosix_net::pki::Revocations>,
 }
 
 impl mosix_net::Handler for Node {
     async fn handle(&self, peer: &mosix_net::Peer, req: Request) -> Response {
+        // Revoked while connected: the handshake refuses it from now on.
+        if self.revoked.is_revoked(&peer.fingerprint) {
+            return Response::Error(RemoteError::BadRequest(format!(
+                "the certificate of {} is revoked",
+                peer.name
+            )));
+        }
         match req {
+            Request::Leaving { run } => {
+                self.membership.receive_leaving(peer, run);
+                Response::Done(Ok(()))
+            }
+            Request::RemoveNode { node, revoke } => Response::Done(
+                self.membership
+                    .apply_removal(&node, revoke.as_deref(), &self.revoked)
+                    .map_err(|e| {
+                        tracing::warn!(asked_by = %peer.name, %node, "cannot remove: {e}");
+                        libc::EINVAL
+                    }),
+            ),
             Request::Ping { nonce } => Response::Pong {
                 nonce,
                 node: self.name.clone(),
@@ -180,6 +200,9 @@ impl mosix_net::Handler for Node {
     }
 
     fn datagram(&self, peer: &mosix_net::Peer, data: Bytes) {
+        if self.revoked.is_revoked(&peer.fingerprint) {
+            return;
+        }
         match Datagram::decode(&data) {
             Ok(Datagram::Swim(p)) => self.membership.receive_swim(peer, Bytes::from(p)),
             // A node speaks for itself only.
@@ -224,7 +247,9 @@ async fn end_departed_clients(membership: Membership, export: Arc<mosix_fs::expo
         tick.tick().await;
         for (name, state, run) in membership.runs() {
             match state {
-                mosix_proto::MemberState::Dead => export.drop_client(&name),
+                mosix_proto::MemberState::Dead | mosix_proto::MemberState::Left => {
+                    export.drop_client(&name)
+                }
                 mosix_proto::MemberState::Alive => export.client_run_is(&name, run),
                 mosix_proto::MemberState::Suspect => {}
             }
@@ -238,11 +263,15 @@ pub const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_millis(
 /// Runs a node until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let cfg = startup::preflight(cfg)?;
-    let tls = Tls::load(&TlsFiles {
-        ca: cfg.tls.ca.clone(),
-        cert: cfg.tls.cert.clone(),
-        key: cfg.tls.key.clone(),
-    })?;
+    let revoked = mosix_net::pki::Revocations::load(&startup::revocation_file(&cfg))?;
+    let tls = Tls::load_revoking(
+        &TlsFiles {
+            ca: cfg.tls.ca.clone(),
+            cert: cfg.tls.cert.clone(),
+            key: cfg.tls.key.clone(),
+        },
+        revoked.clone(),
+    )?;
     let endpoint = startup::bind_endpoint(cfg.listen, tls.server.clone()).await?;
     let control = control::bind(&cfg.control_socket).map_err(|source| DaemonError::Control {
         path: cfg.control_socket.clone(),
@@ -301,6 +330,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         procs: procs.clone(),
         membership: membership.clone(),
         export: export.clone(),
+        revoked: revoked.clone(),
     });
     tokio::spawn(mosix_net::serve(endpoint.clone(), node));
     tokio::spawn(control::serve(
@@ -310,11 +340,19 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             node_id: cfg.node_id(),
             membership: membership.clone(),
             peers: peers.clone(),
+            revoked,
         },
     ));
     tokio::spawn(end_departed_clients(membership.clone(), export.clone()));
+    // Mounted means joined: a script may use /mosix/nodes/<peer> as soon
+    // as the mount (or systemd's start) returns.
+    startup::wait_joined(&membership, &cfg).await;
     let (session, proc_session) = if cfg.mount {
-        let link = Arc::new(link::ClusterLink::new(membership, peers.clone(), run));
+        let link = Arc::new(link::ClusterLink::new(
+            membership.clone(),
+            peers.clone(),
+            run,
+        ));
         let fs = Arc::new(mosix_fs::MosixFs::new(
             cfg.name.clone(),
             export,
@@ -342,6 +380,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         (None, None)
     };
     tracing::info!(node = %cfg.name, listen = %cfg.listen, peers = ?cfg.peers, "node up");
+    startup::notify_systemd("READY=1");
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -359,6 +398,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         _ = unmounted => tracing::info!("/mosix was unmounted"),
     }
     tracing::info!("shutting down");
+    startup::notify_systemd("STOPPING=1");
+    // Stopped on purpose: the members hear it now, and show this node as
+    // left rather than probing it to death.
+    let acked = membership.leave().await;
+    tracing::info!(told = ?acked, "left the cluster");
     // Unmount from a blocking thread: the FUSE threads may still need the
     // runtime to finish replies in flight.
     for s in [session, proc_session].into_iter().flatten() {

@@ -27,7 +27,9 @@ type FsResult<T> = Result<T, FsError>;
 fn address(membership: &Membership, node: &str) -> FsResult<SocketAddr> {
     match membership.member(node) {
         None => Err(FsError::NoSuchNode(node.to_string())),
-        Some((_, MemberState::Dead)) => Err(FsError::NodeDown(node.to_string())),
+        Some((_, MemberState::Dead | MemberState::Left)) => {
+            Err(FsError::NodeDown(node.to_string()))
+        }
         Some((addr, _)) => Ok(addr),
     }
 }

@@ -33,6 +33,15 @@ pub const LOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a node that knows no live member re-announces itself to its
 /// configured peers (at start, and after losing everyone).
 pub const JOIN_RETRY: Duration = Duration::from_secs(1);
+/// How long a starting daemon waits to have joined through one of its
+/// configured peers before it mounts /mosix (and tells systemd it is
+/// ready) anyway, alone: the first node of a cluster to start has nobody to
+/// join, and must not wait forever.
+pub const JOIN_WAIT: Duration = Duration::from_secs(10);
+/// How long a stopping daemon waits for its members to acknowledge that
+/// it is leaving; one that does not answer in time learns it from gossip,
+/// or sees the node as dead.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Upper bound on the time from a node's death until every live member of an
 /// `n`-node cluster reports it dead. Each live member probes every other member
@@ -81,6 +90,9 @@ struct Entry {
     /// The run (daemon start) of the live identity last seen: a new one
     /// means the node restarted, however fast it came back.
     run: u64,
+    /// The run that said it was leaving ([`Membership::receive_leaving`]):
+    /// that run is `left`, not dead, until a new run of the node joins.
+    left: Option<u64>,
     load: Option<(LoadRecord, Instant)>,
 }
 
@@ -90,6 +102,13 @@ pub struct Table {
     self_name: String,
     self_addr: SocketAddr,
     entries: BTreeMap<String, Entry>,
+    /// Nodes removed with `mosix cluster remove-node`, and the newest run
+    /// of each known then: gossip about those runs is not news. A later
+    /// run (the node started again, and was not revoked) joins as usual.
+    forgotten: BTreeMap<String, u64>,
+    /// The certificate fingerprint each member last spoke with: what
+    /// `remove-node --revoke` revokes.
+    fingerprints: BTreeMap<String, Arc<str>>,
 }
 
 impl Table {
@@ -98,6 +117,8 @@ impl Table {
             self_name,
             self_addr,
             entries: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
         }
     }
 
@@ -108,7 +129,14 @@ impl Table {
             if id.name == self.self_name {
                 continue;
             }
+            if self.forgotten.get(&id.name).is_some_and(|&run| id.bump <= run) {
+                continue;
+            }
+            let left = self.entries.get(&id.name).and_then(|e| e.left);
             let state = match m.state() {
+                // A run that said it was leaving stays `left`, whatever
+                // the probes of it say meanwhile.
+                _ if left == Some(id.bump) => MemberState::Left,
                 foca::State::Alive => MemberState::Alive,
                 foca::State::Suspect => MemberState::Suspect,
                 foca::State::Down => MemberState::Dead,
@@ -126,6 +154,7 @@ impl Table {
                 addr: id.addr,
                 state,
                 run: id.bump,
+                left: None,
                 load: None,
             });
             if e.state != state {
@@ -156,8 +185,17 @@ impl Table {
     pub fn alive_peers(&self) -> Vec<SocketAddr> {
         self.entries
             .values()
-            .filter(|e| e.state != MemberState::Dead)
+            .filter(|e| e.state.is_up())
             .map(|e| e.addr)
+            .collect()
+    }
+
+    /// A member that left or was removed is not a member to reach.
+    fn up_names(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.state.is_up())
+            .map(|(n, _)| n.clone())
             .collect()
     }
 
@@ -185,10 +223,25 @@ impl Table {
     }
 }
 
+trait Up {
+    /// Alive or suspect: a member requests may still reach.
+    fn is_up(&self) -> bool;
+}
+
+impl Up for MemberState {
+    fn is_up(&self) -> bool {
+        matches!(self, MemberState::Alive | MemberState::Suspect)
+    }
+}
+
 enum Input {
     Data(Bytes),
     Timer(Timer<NodeId>),
     Announce,
+    /// A member said it is leaving: foca stops probing it and spreads it.
+    Down(NodeId),
+    /// This node leaves: foca declares it down to a few members.
+    Leave,
 }
 
 /// Logs a member's datagram that claims another identity, at most once per
@@ -214,6 +267,9 @@ pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct Membership {
     tx: mpsc::Sender<Input>,
     table: Arc<Mutex<Table>>,
+    peers: Arc<Peers>,
+    /// This daemon's run (see [`Membership::start`]).
+    run: u64,
     probe: Arc<LoadProbe>,
     /// Wakes the load sender early, so a member that just came up hears our
     /// load at once instead of up to a period later.
@@ -278,6 +334,8 @@ impl Membership {
         let m = Membership {
             tx,
             table,
+            peers: peers.clone(),
+            run,
             probe,
             load_now,
             own_load: Arc::default(),
@@ -304,7 +362,106 @@ impl Membership {
             }
             Err(_) => return refuse(peer, "an undecodable SWIM packet"),
         }
+        {
+            let mut t = self.table.lock().expect("table lock");
+            if t.fingerprints.get(&*peer.name) != Some(&peer.fingerprint) {
+                t.fingerprints
+                    .insert(peer.name.to_string(), peer.fingerprint.clone());
+            }
+        }
         let _ = self.tx.try_send(Input::Data(data));
+    }
+
+    /// `peer` says its run `run` is stopping on purpose: it is `left` at
+    /// once, on this node, and foca spreads it as down.
+    pub fn receive_leaving(&self, peer: &mosix_net::Peer, run: u64) {
+        let down = {
+            let mut t = self.table.lock().expect("table lock");
+            let Some(e) = t.entries.get_mut(&*peer.name) else {
+                return;
+            };
+            if e.run != run {
+                return;
+            }
+            e.left = Some(run);
+            if e.state != MemberState::Left {
+                tracing::info!(member = %peer.name, from = %e.state, "member left the cluster");
+                e.state = MemberState::Left;
+            }
+            NodeId {
+                name: peer.name.to_string(),
+                id: e.id,
+                addr: e.addr,
+                bump: run,
+            }
+        };
+        let _ = self.tx.try_send(Input::Down(down));
+    }
+
+    /// Tells every member this node is leaving, each within
+    /// [`LEAVE_TIMEOUT`], then has foca declare it down. Returns the members
+    /// that acknowledged.
+    pub async fn leave(&self) -> Vec<String> {
+        let targets: Vec<(String, SocketAddr)> = {
+            let t = self.table.lock().expect("table lock");
+            t.entries
+                .iter()
+                .filter(|(_, e)| e.state.is_up())
+                .map(|(n, e)| (n.clone(), e.addr))
+                .collect()
+        };
+        let req = mosix_proto::Request::Leaving { run: self.run };
+        let acked = tell_all(&self.peers, targets, req, LEAVE_TIMEOUT).await.0;
+        let _ = self.tx.send(Input::Leave).await;
+        acked
+    }
+
+    /// The fingerprint of the certificate `node` last spoke with here.
+    pub fn fingerprint_of(&self, node: &str) -> Option<Arc<str>> {
+        let t = self.table.lock().expect("table lock");
+        t.fingerprints.get(node).cloned()
+    }
+
+    /// Drops `node` from the members table; gossip about its runs so far
+    /// does not bring it back. False if it was not known.
+    pub fn forget(&self, node: &str) -> bool {
+        let mut t = self.table.lock().expect("table lock");
+        let Some(e) = t.entries.remove(node) else {
+            return false;
+        };
+        tracing::info!(member = %node, state = %e.state, "member removed");
+        let run = t.forgotten.get(node).copied().unwrap_or(0).max(e.run);
+        t.forgotten.insert(node.to_string(), run);
+        true
+    }
+
+    /// Every member that is up (alive or suspect), and its address.
+    pub fn up_members(&self) -> Vec<(String, SocketAddr)> {
+        let t = self.table.lock().expect("table lock");
+        t.entries
+            .iter()
+            .filter(|(_, e)| e.state.is_up())
+            .map(|(n, e)| (n.clone(), e.addr))
+            .collect()
+    }
+
+    /// Waits until some other member is alive, at most `limit`. True if
+    /// one is.
+    pub async fn wait_joined(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let joined = {
+                let t = self.table.lock().expect("table lock");
+                t.entries.values().any(|e| e.state == MemberState::Alive)
+            };
+            if joined {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn receive_load(&self, node: &str, rec: LoadRecord) {
@@ -347,15 +504,11 @@ impl Membership {
             .collect()
     }
 
-    /// Names of the members that are not dead, this node included.
+    /// Names of the members that are up (alive or suspect), this node
+    /// included.
     pub fn alive_names(&self) -> Vec<String> {
         let t = self.table.lock().expect("table lock");
-        let mut v: Vec<String> = t
-            .entries
-            .iter()
-            .filter(|(_, e)| e.state != MemberState::Dead)
-            .map(|(n, _)| n.clone())
-            .collect();
+        let mut v = t.up_names();
         v.push(t.self_name.clone());
         v
     }
@@ -446,6 +599,8 @@ async fn foca_loop(
                 }
                 r
             }
+            Input::Down(id) => foca.apply_many(std::iter::once(foca::Member::down(id)), true, &mut rt),
+            Input::Leave => foca.leave_cluster(&mut rt),
         };
         if let Err(e) = result {
             // Malformed or stale packets land here; SWIM just moves on.
@@ -485,6 +640,119 @@ async fn foca_loop(
             .expect("table lock")
             .sync(foca.iter_membership_state());
     }
+}
+
+/// How long `remove-node` waits for each member to apply the removal.
+pub const REMOVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Membership {
+    /// Applies a removal on this node: refuses the certificate with
+    /// `fingerprint` from now on (kept in the revocation file), and drops
+    /// `node` from the table. Idempotent.
+    pub fn apply_removal(
+        &self,
+        node: &str,
+        fingerprint: Option<&str>,
+        revoked: &mosix_net::pki::Revocations,
+    ) -> Result<(), String> {
+        if node == self.table.lock().expect("table lock").self_name {
+            return Err(format!("{node} is this node: run remove-node on another member"));
+        }
+        if let Some(fp) = fingerprint {
+            if revoked.revoke(fp, node).map_err(|e| e.to_string())? {
+                tracing::warn!(member = %node, fingerprint = %fp, "certificate revoked");
+            }
+        }
+        self.forget(node);
+        Ok(())
+    }
+
+    /// `mosix cluster remove-node`: removes `node` here and on every member
+    /// that is up, revoking its certificate if `revoke` (the one with
+    /// `fingerprint`, else the one `node` last spoke with here). A member
+    /// that is alive is refused unless revoked: it would only join again.
+    pub async fn remove_everywhere(
+        &self,
+        node: &str,
+        revoke: bool,
+        fingerprint: Option<String>,
+        revoked: &mosix_net::pki::Revocations,
+    ) -> Result<mosix_proto::ControlResponse, String> {
+        let known = self.member(node);
+        let fingerprint = match (revoke, fingerprint) {
+            (false, _) => None,
+            (true, Some(fp)) => Some(fp),
+            (true, None) => Some(self.fingerprint_of(node).map(|f| f.to_string()).ok_or_else(|| {
+                format!(
+                    "this node never saw {node}'s certificate: name it with --cert FILE \
+                     (the {node}.pem of `mosix cluster init`)"
+                )
+            })?),
+        };
+        match known {
+            None if fingerprint.is_none() => {
+                return Err(format!("no member named {node} (see mosix status)"))
+            }
+            Some((_, state)) if state.is_up() && fingerprint.is_none() => {
+                return Err(format!(
+                    "{node} is {state}: stop its daemon first (it would join again), \
+                     or add --revoke to shut it out"
+                ))
+            }
+            _ => {}
+        }
+        self.apply_removal(node, fingerprint.as_deref(), revoked)?;
+        let targets = self
+            .up_members()
+            .into_iter()
+            .filter(|(n, _)| n != node)
+            .collect();
+        let req = mosix_proto::Request::RemoveNode {
+            node: node.to_string(),
+            revoke: fingerprint.clone(),
+        };
+        let (told, missed) = tell_all(&self.peers, targets, req, REMOVE_TIMEOUT).await;
+        Ok(mosix_proto::ControlResponse::Removed {
+            told,
+            missed,
+            revoked: fingerprint,
+        })
+    }
+}
+
+/// Sends `req` to every one of `targets` at once, each within `limit`;
+/// returns the names that answered `Done(Ok)` and those that did not.
+pub async fn tell_all(
+    peers: &Arc<Peers>,
+    targets: Vec<(String, SocketAddr)>,
+    req: mosix_proto::Request,
+    limit: Duration,
+) -> (Vec<String>, Vec<String>) {
+    let mut set = tokio::task::JoinSet::new();
+    for (name, addr) in targets {
+        let (peers, req) = (peers.clone(), req.clone());
+        set.spawn(async move {
+            let answer = tokio::time::timeout(limit, peers.request(addr, &req)).await;
+            let ok = matches!(answer, Ok(Ok(mosix_proto::Response::Done(Ok(())))));
+            if !ok {
+                tracing::info!(member = %name, ?answer, "a member did not acknowledge");
+            }
+            (name, ok)
+        });
+    }
+    let (mut told, mut missed) = (Vec::new(), Vec::new());
+    while let Some(r) = set.join_next().await {
+        if let Ok((name, ok)) = r {
+            if ok {
+                told.push(name)
+            } else {
+                missed.push(name)
+            }
+        }
+    }
+    told.sort();
+    missed.sort();
+    (told, missed)
 }
 
 /// Delivers foca's timers in deadline order (foca requires the order; see

@@ -26,6 +26,65 @@ pub fn preflight(mut cfg: Config) -> Result<Config, DaemonError> {
     Ok(cfg)
 }
 
+/// The node's revocation list: `revoked` in the directory of its config
+/// file (for the documented layout, `/etc/mosix/revoked`), or next to the CA
+/// certificate for a config that was not read from a file.
+pub fn revocation_file(cfg: &Config) -> std::path::PathBuf {
+    let dir = cfg
+        .source
+        .as_deref()
+        .or(Some(cfg.tls.ca.as_path()))
+        .and_then(std::path::Path::parent)
+        .unwrap_or(std::path::Path::new("/etc/mosix"));
+    dir.join("revoked")
+}
+
+/// Waits until the node has joined through one of its configured peers, at
+/// most [`crate::membership::JOIN_WAIT`]; a node with no peers configured is
+/// a cluster of its own at once. Past the wait it goes on alone, saying so.
+pub async fn wait_joined(membership: &crate::membership::Membership, cfg: &Config) {
+    if cfg.peers.is_empty() {
+        return;
+    }
+    let wait = crate::membership::JOIN_WAIT;
+    let start = std::time::Instant::now();
+    if membership.wait_joined(wait).await {
+        tracing::info!(took = ?start.elapsed(), "joined the cluster");
+    } else {
+        tracing::warn!(
+            peers = ?cfg.peers,
+            "no configured peer answered in {wait:?}: going on alone; \
+             members join as they come up"
+        );
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit) how the daemon is doing: one
+/// datagram to `$NOTIFY_SOCKET`, as sd_notify(3) would send. Nothing
+/// happens outside systemd.
+pub fn notify_systemd(state: &str) {
+    if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Err(e) = notify_to(&socket, state) {
+            tracing::warn!(socket = ?socket, "cannot notify systemd of {state}: {e}");
+        }
+    }
+}
+
+/// Sends `state` to the notification socket `socket` (a path, or an
+/// abstract name after `@`).
+pub fn notify_to(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let bytes = socket.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(socket)?,
+    };
+    UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(())
+}
+
 /// Raises the soft descriptor limit to the hard one (systemd's default soft
 /// limit of 1,024 would let a few clients' opens exhaust the node; the
 /// quotas of the export are derived from the limit in force) and logs it.
@@ -114,6 +173,25 @@ mod tests {
         };
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
         assert_eq!((n, rl.rlim_cur), (rl.rlim_max, rl.rlim_max));
+    }
+
+    #[test]
+    fn systemd_hears_ready_on_its_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        notify_to(path.as_os_str(), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        // Abstract sockets, as systemd usually hands out.
+        let name = format!("mosix-test-{}", std::process::id());
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        notify_to(std::ffi::OsStr::new(&format!("@{name}")), "STOPPING=1").unwrap();
+        let n = sock.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STOPPING=1");
     }
 
     #[tokio::test]

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use mosix_proto::MemberInfo;
 
+pub mod machine;
+
 /// The `mosix` binary under test: `$MOSIX_BIN`, or the one cargo built next
 /// to this test binary.
 pub fn mosix_bin() -> PathBuf {

@@ -229,6 +229,241 @@ pub fn init_cluster(dir: &Path, nodes: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The SHA-256 fingerprint of a certificate (DER), in lowercase hex: what
+/// the revocation list holds (`openssl x509 -noout -fingerprint -sha256`
+/// prints the same bytes, upper case with colons).
+pub fn fingerprint(cert_der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, cert_der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// [`fingerprint`] of the first certificate in a PEM file.
+pub fn fingerprint_of_file(path: &Path) -> Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(path)
+        .map_err(|e| NetError::Pki(format!("{}: {e}", path.display())))?;
+    Ok(fingerprint(&der))
+}
+
+/// Whether `s` looks like a [`fingerprint`].
+pub fn is_fingerprint(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// The node certificates this node refuses although the CA signed them,
+/// kept in a file (one fingerprint per line, then optionally the node's
+/// name; `#` starts a comment) so a revocation outlives restarts. Checked at
+/// every TLS handshake, both ways.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    path: Option<PathBuf>,
+    /// Fingerprint -> node name (as far as known).
+    set: std::sync::RwLock<std::collections::BTreeMap<String, String>>,
+}
+
+impl Revocations {
+    /// An empty list that lives only in memory.
+    pub fn none() -> std::sync::Arc<Self> {
+        std::sync::Arc::default()
+    }
+
+    /// The list in `path`; a missing file is an empty list, a line that is
+    /// not a fingerprint an error naming the line.
+    pub fn load(path: &Path) -> Result<std::sync::Arc<Self>> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(NetError::Pki(format!("{}: {e}", path.display()))),
+        };
+        let mut set = std::collections::BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            let mut words = line.split_whitespace();
+            let Some(fp) = words.next() else { continue };
+            let fp = fp.to_ascii_lowercase();
+            if !is_fingerprint(&fp) {
+                return Err(NetError::Pki(format!(
+                    "{}:{}: not a SHA-256 certificate fingerprint: {fp:?}",
+                    path.display(),
+                    i + 1
+                )));
+            }
+            set.insert(fp, words.next().unwrap_or("").to_string());
+        }
+        Ok(std::sync::Arc::new(Revocations {
+            path: Some(path.to_owned()),
+            set: std::sync::RwLock::new(set),
+        }))
+    }
+
+    pub fn is_revoked(&self, fingerprint: &str) -> bool {
+        self.set.read().expect("revocations").contains_key(fingerprint)
+    }
+
+    /// Every revoked fingerprint and the node it was for.
+    pub fn list(&self) -> Vec<(String, String)> {
+        let set = self.set.read().expect("revocations");
+        set.iter().map(|(f, n)| (f.clone(), n.clone())).collect()
+    }
+
+    /// Adds `fingerprint` (of node `node`) and rewrites the file atomically.
+    /// Returns false if it was already revoked.
+    pub fn revoke(&self, fingerprint: &str, node: &str) -> Result<bool> {
+        if !is_fingerprint(fingerprint) {
+            return Err(NetError::Pki(format!(
+                "not a SHA-256 certificate fingerprint: {fingerprint:?}"
+            )));
+        }
+        let mut set = self.set.write().expect("revocations");
+        if set.contains_key(fingerprint) {
+            return Ok(false);
+        }
+        set.insert(fingerprint.to_string(), node.to_string());
+        if let Some(path) = &self.path {
+            let mut text = String::from(
+                "# Revoked node certificates: SHA-256 fingerprint, node name.\n\
+                 # Written by the mosix daemon (mosix cluster remove-node --revoke).\n",
+            );
+            for (f, n) in set.iter() {
+                text.push_str(&format!("{f} {n}\n"));
+            }
+            let tmp = path.with_extension("tmp");
+            let write = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, path));
+            if let Err(e) = write {
+                set.remove(fingerprint);
+                return Err(NetError::Pki(format!("{}: {e}", path.display())));
+            }
+        }
+        Ok(true)
+    }
+
+    /// `Err` naming the node if the end-entity certificate is revoked; the
+    /// refusal is logged (at most every few seconds: a revoked node keeps
+    /// trying).
+    fn check(&self, cert: &rustls::pki_types::CertificateDer<'_>) -> std::result::Result<(), rustls::Error> {
+        let fp = fingerprint(cert);
+        if !self.is_revoked(&fp) {
+            return Ok(());
+        }
+        static LOG: std::sync::OnceLock<crate::limits::LogLimit> = std::sync::OnceLock::new();
+        let log = LOG.get_or_init(|| crate::limits::LogLimit::new(std::time::Duration::from_secs(5)));
+        if let Some(left_out) = log.allow() {
+            let who = node_identity(cert)
+                .map(|(n, _)| n)
+                .unwrap_or_else(|_| "?".into());
+            tracing::warn!(
+                node = %who,
+                fingerprint = %fp,
+                left_out,
+                "refused a revoked certificate at the handshake"
+            );
+        }
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Revoked,
+        ))
+    }
+}
+
+/// The CA's client-certificate check, plus the revocation list.
+#[derive(Debug)]
+pub(crate) struct RevokingClientVerifier {
+    pub inner: std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    pub revoked: std::sync::Arc<Revocations>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for RevokingClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        self.revoked.check(end_entity)?;
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The CA's server-certificate check, plus the revocation list: a node
+/// dialing a revoked member refuses it too.
+#[derive(Debug)]
+pub(crate) struct RevokingServerVerifier {
+    pub inner: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+    pub revoked: std::sync::Arc<Revocations>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for RevokingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ok = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        self.revoked.check(end_entity)?;
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +511,24 @@ mod tests {
         let ca = rustls::pki_types::CertificateDer::from_pem_slice(&ca).unwrap();
         assert!(node_identity(&ca).is_err());
         assert!(node_identity(b"junk").is_err());
+    }
+
+    #[test]
+    fn a_revocation_list_survives_a_reload_and_refuses_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        init_cluster(dir.path(), &["a".into()]).unwrap();
+        let fp = fingerprint_of_file(&node_paths(dir.path(), "a").0).unwrap();
+        assert!(is_fingerprint(&fp), "{fp}");
+        let path = dir.path().join("revoked");
+        let r = Revocations::load(&path).unwrap();
+        assert!(!r.is_revoked(&fp));
+        assert!(r.revoke(&fp, "a").unwrap());
+        assert!(!r.revoke(&fp, "a").unwrap());
+        let again = Revocations::load(&path).unwrap();
+        assert!(again.is_revoked(&fp));
+        assert_eq!(again.list(), vec![(fp, "a".to_string())]);
+        std::fs::write(&path, "nonsense\n").unwrap();
+        let e = Revocations::load(&path).unwrap_err().to_string();
+        assert!(e.contains("revoked:1"), "{e}");
     }
 }

@@ -27,6 +27,9 @@ pub struct Peer {
     pub name: std::sync::Arc<str>,
     /// The node id the certificate carries (older certificates carry none).
     pub id: Option<u16>,
+    /// SHA-256 of the certificate ([`crate::pki::fingerprint`]): what a
+    /// revocation names.
+    pub fingerprint: std::sync::Arc<str>,
 }
 
 impl Peer {
@@ -36,10 +39,12 @@ impl Peer {
             .peer_identity()?
             .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
             .ok()?;
-        let (name, id) = crate::pki::node_identity(certs.first()?).ok()?;
+        let cert = certs.first()?;
+        let (name, id) = crate::pki::node_identity(cert).ok()?;
         Some(Peer {
             name: name.into(),
             id,
+            fingerprint: crate::pki::fingerprint(cert).into(),
         })
     }
 }

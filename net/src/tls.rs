@@ -66,10 +66,25 @@ pub fn client_config(
     ca: &[CertificateDer<'static>],
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<quinn::ClientConfig> {
+    client_config_revoking(ca, identity, crate::pki::Revocations::none())
+}
+
+fn client_config_revoking(
+    ca: &[CertificateDer<'static>],
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    revoked: Arc<crate::pki::Revocations>,
+) -> Result<quinn::ClientConfig> {
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca)?, provider())
+        .build()
+        .map_err(tls_err)?;
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
-        .with_root_certificates(roots(ca)?);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(crate::pki::RevokingServerVerifier {
+            inner,
+            revoked,
+        }));
     let mut cfg = match identity {
         Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(tls_err)?,
         None => builder.with_no_client_auth(),
@@ -83,10 +98,15 @@ pub fn client_config(
 
 impl Tls {
     pub fn load(files: &TlsFiles) -> Result<Self> {
+        Self::load_revoking(files, crate::pki::Revocations::none())
+    }
+
+    /// [`Tls::load`], refusing the certificates in `revoked` both ways.
+    pub fn load_revoking(files: &TlsFiles, revoked: Arc<crate::pki::Revocations>) -> Result<Self> {
         let ca = read_pem_certs(&files.ca)?;
         let chain = read_pem_certs(&files.cert)?;
         let key = read_pem_key(&files.key)?;
-        Self::new(&ca, chain, key)
+        Self::new_revoking(&ca, chain, key, revoked)
     }
 
     pub fn new(
@@ -94,11 +114,24 @@ impl Tls {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Self> {
+        Self::new_revoking(ca, chain, key, crate::pki::Revocations::none())
+    }
+
+    fn new_revoking(
+        ca: &[CertificateDer<'static>],
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        revoked: Arc<crate::pki::Revocations>,
+    ) -> Result<Self> {
         // Client certificates are mandatory: a peer without one from our CA
         // fails the handshake and never reaches a request handler.
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
+        let inner = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
             .build()
             .map_err(tls_err)?;
+        let verifier = Arc::new(crate::pki::RevokingClientVerifier {
+            inner,
+            revoked: revoked.clone(),
+        });
         let mut server = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
@@ -116,7 +149,7 @@ impl Tls {
             .max_incoming(crate::limits::MAX_HANDSHAKES * 4)
             .incoming_buffer_size(64 << 10)
             .incoming_buffer_size_total(8 << 20);
-        let client = client_config(ca, Some((chain, key)))?;
+        let client = client_config_revoking(ca, Some((chain, key)), revoked)?;
         Ok(Tls { server, client })
     }
 }

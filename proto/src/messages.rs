@@ -26,6 +26,8 @@ pub enum MemberState {
     Alive,
     Suspect,
     Dead,
+    /// Said it was leaving (a daemon stopped by SIGTERM): gone, not failed.
+    Left,
 }
 
 impl std::fmt::Display for MemberState {
@@ -34,6 +36,7 @@ impl std::fmt::Display for MemberState {
             MemberState::Alive => "alive",
             MemberState::Suspect => "suspect",
             MemberState::Dead => "dead",
+            MemberState::Left => "left",
         })
     }
 }
@@ -140,6 +143,18 @@ pub enum Request {
     /// above `after` (0: from the start).
     ProcSnapshot {
         after: u32,
+    },
+    /// The sender (the node its certificate names) is leaving the cluster:
+    /// its daemon run `run` is stopping on purpose. Answered with `Done`.
+    Leaving {
+        run: u64,
+    },
+    /// Forget node `node`, and refuse the certificate with SHA-256
+    /// fingerprint `revoke` (hex) from now on, if given. Sent by the member
+    /// where `mosix cluster remove-node` ran. Answered with `Done`.
+    RemoveNode {
+        node: String,
+        revoke: Option<String>,
     },
 }
 
@@ -260,6 +275,14 @@ pub enum ControlRequest {
         gpid: u32,
         sig: i32,
     },
+    /// Remove a node from every member's list (root only). With `revoke`,
+    /// also refuse its certificate: the one with fingerprint `fingerprint`,
+    /// or else the one the daemon last saw the node present.
+    RemoveNode {
+        node: String,
+        revoke: bool,
+        fingerprint: Option<String>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -269,5 +292,12 @@ pub enum ControlResponse {
         members: Vec<MemberInfo>,
     },
     Killed,
+    /// RemoveNode's outcome: the members that applied it, those that did
+    /// not answer in time, and the fingerprint revoked, if any.
+    Removed {
+        told: Vec<String>,
+        missed: Vec<String>,
+        revoked: Option<String>,
+    },
     Error(String),
 }
