@@ -71,9 +71,14 @@ impl Machine {
     }
 
     fn command(&self, script: &str) -> Command {
+        self.command_in(script, &["-m", "-u", "-n", "-p"])
+    }
+
+    fn command_in(&self, script: &str, namespaces: &[&str]) -> Command {
         let mut c = Command::new("timeout");
         c.args(["-k", "5", &COMMAND_LIMIT.as_secs().to_string()])
-            .args(["nsenter", "-t", &self.pid.to_string(), "-m", "-u", "-n", "-p"])
+            .args(["nsenter", "-t", &self.pid.to_string()])
+            .args(namespaces)
             .args(["--wd=/", "sh", "-c", script])
             .env("PATH", "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::null());
@@ -94,6 +99,23 @@ impl Machine {
         assert!(
             out.status.success(),
             "on {}: {script}\n{}",
+            self.name,
+            output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a shell script in the machine's network only: pids in it are
+    /// the host's (as `ip link set ... netns PID` needs).
+    #[track_caller]
+    pub fn net_sh(&self, script: &str) -> String {
+        let out = self
+            .command_in(script, &["-n"])
+            .output()
+            .unwrap_or_else(|e| panic!("{}: nsenter: {e}", self.name));
+        assert!(
+            out.status.success(),
+            "in {}'s network: {script}\n{}",
             self.name,
             output_text(&out)
         );
@@ -179,7 +201,7 @@ impl Lan {
     /// Plugs `m` in as `<prefix>.<host>`, on its interface `eth0`.
     pub fn plug(&self, m: &Machine, host: u8) {
         let port = format!("port{host}");
-        self.switch.sh(&format!(
+        self.switch.net_sh(&format!(
             "set -e
              ip link add dev {port} type veth peer name eth0 netns {pid}
              ip link set dev {port} master br0

@@ -302,7 +302,8 @@ fn the_documented_deployment_works_on_three_machines() {
 
     // A live member is not removed (it would join again) unless revoked.
     let out = n1.run("mosix cluster remove-node n2");
-    assert_fails_saying(&out, "n2 is alive");
+    // (alive, or suspect for a moment on a loaded machine)
+    assert_fails_saying(&out, "stop its daemon first");
 
     // remove-node --revoke: gone from every list, its certificate refused.
     let out = n1.run("mosix cluster remove-node --revoke n3");
