@@ -273,10 +273,6 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         revoked.clone(),
     )?;
     let endpoint = startup::bind_endpoint(cfg.listen, tls.server.clone()).await?;
-    let control = control::bind(&cfg.control_socket).map_err(|source| DaemonError::Control {
-        path: cfg.control_socket.clone(),
-        source,
-    })?;
     let peers = Peers::new(endpoint.clone(), tls.client.clone());
     let probe = Arc::new(
         tokio::task::spawn_blocking(load::LoadProbe::new)
@@ -333,16 +329,6 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         revoked: revoked.clone(),
     });
     tokio::spawn(mosix_net::serve(endpoint.clone(), node));
-    tokio::spawn(control::serve(
-        control,
-        control::Ctx {
-            node: cfg.name.clone(),
-            node_id: cfg.node_id(),
-            membership: membership.clone(),
-            peers: peers.clone(),
-            revoked,
-        },
-    ));
     tokio::spawn(end_departed_clients(membership.clone(), export.clone()));
     // Mounted means joined: a script may use /mosix/nodes/<peer> as soon
     // as the mount (or systemd's start) returns.
@@ -371,14 +357,31 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 path: mount::proc_mountpoint(&cfg),
                 source,
             })?;
-        let session = mount::mount(&cfg, fs).map_err(|source| DaemonError::Mount {
+        let (session, ready) = mount::mount(&cfg, fs).map_err(|source| DaemonError::Mount {
             path: cfg.mountpoint.clone(),
             source,
         })?;
+        let _ = ready.await;
         (Some(session), Some(proc_session))
     } else {
         (None, None)
     };
+    // The control socket last: `mosix status` answering means the node
+    // has joined and /mosix is ready (`mosix up` waits for it so).
+    let control = control::bind(&cfg.control_socket).map_err(|source| DaemonError::Control {
+        path: cfg.control_socket.clone(),
+        source,
+    })?;
+    tokio::spawn(control::serve(
+        control,
+        control::Ctx {
+            node: cfg.name.clone(),
+            node_id: cfg.node_id(),
+            membership: membership.clone(),
+            peers: peers.clone(),
+            revoked,
+        },
+    ));
     tracing::info!(node = %cfg.name, listen = %cfg.listen, peers = ?cfg.peers, "node up");
     startup::notify_systemd("READY=1");
 

@@ -157,18 +157,24 @@ pub fn clean_stale_mount(mountpoint: &Path) -> std::io::Result<()> {
 /// a wide window lets the kernel pipeline many 1 MiB reads.
 pub const READ_AHEAD_KB: u32 = 16 << 10;
 
-pub fn mount(cfg: &Config, fs: Arc<MosixFs>) -> std::io::Result<fuser::BackgroundSession> {
+/// Mounts /mosix. The mount is ready when the returned task ends: it sets
+/// the read-ahead, holding the mountpoint open meanwhile (an `umount` then
+/// would fail busy), so the daemon says it is ready only after it.
+pub fn mount(
+    cfg: &Config,
+    fs: Arc<MosixFs>,
+) -> std::io::Result<(fuser::BackgroundSession, tokio::task::JoinHandle<()>)> {
     clean_stale_mount(&cfg.mountpoint)?;
     let session = mosix_fs::fuse::mount(fs, tokio::runtime::Handle::current(), &cfg.mountpoint)?;
     // stat() of our own mount is served by our own FUSE threads: never from
     // a runtime worker, which those threads may need.
     let mountpoint = cfg.mountpoint.clone();
-    tokio::task::spawn_blocking(move || {
+    let ready = tokio::task::spawn_blocking(move || {
         if let Err(e) = set_read_ahead(&mountpoint, READ_AHEAD_KB) {
             tracing::warn!(error = %e, "cannot widen read-ahead of /mosix; remote reads will be slower");
         }
     });
-    Ok(session)
+    Ok((session, ready))
 }
 
 /// Where the process view is mounted (`/mosix/proc` is a symlink to it):
