@@ -16,9 +16,7 @@ pub async fn remove_node(
     revoke: bool,
     cert: Option<&Path>,
 ) -> anyhow::Result<i32> {
-    let fingerprint = cert
-        .map(mosix_net::pki::fingerprint_of_file)
-        .transpose()?;
+    let fingerprint = cert.map(mosix_net::pki::fingerprint_of_file).transpose()?;
     let req = ControlRequest::RemoveNode {
         node: node.to_string(),
         revoke: revoke || fingerprint.is_some(),
@@ -33,7 +31,11 @@ pub async fn remove_node(
             missed,
             revoked,
         } => {
-            outln!("removed {node} here and on {} member(s): {}", told.len(), told.join(" "));
+            outln!(
+                "removed {node} here and on {} member(s): {}",
+                told.len(),
+                told.join(" ")
+            );
             if let Some(fp) = revoked {
                 outln!("revoked certificate sha256:{fp}");
             }

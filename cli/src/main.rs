@@ -285,7 +285,12 @@ fn main() {
             cert,
             control,
             name,
-        }) => runtime().block_on(cluster::remove_node(&control, &name, revoke, cert.as_deref())),
+        }) => runtime().block_on(cluster::remove_node(
+            &control,
+            &name,
+            revoke,
+            cert.as_deref(),
+        )),
         Cmd::Cluster(ClusterCmd::AddNode { dir, id, name }) => {
             let issued = match id {
                 Some(id) => mosix_net::pki::issue_node_with_id(&dir, &name, id).map(|()| id),

@@ -129,7 +129,11 @@ impl Table {
             if id.name == self.self_name {
                 continue;
             }
-            if self.forgotten.get(&id.name).is_some_and(|&run| id.bump <= run) {
+            if self
+                .forgotten
+                .get(&id.name)
+                .is_some_and(|&run| id.bump <= run)
+            {
                 continue;
             }
             let left = self.entries.get(&id.name).and_then(|e| e.left);
@@ -174,6 +178,35 @@ impl Table {
                 e.state = MemberState::Dead;
             }
         }
+    }
+
+    /// Run `run` of `node` said it is leaving: it is `left` from now on.
+    /// Returns its SWIM identity, for foca to mark down; `None` if that run
+    /// is not the one known here.
+    fn mark_left(&mut self, node: &str, run: u64) -> Option<NodeId> {
+        let e = self.entries.get_mut(node).filter(|e| e.run == run)?;
+        e.left = Some(run);
+        if e.state != MemberState::Left {
+            tracing::info!(member = %node, from = %e.state, "member left the cluster");
+            e.state = MemberState::Left;
+        }
+        Some(NodeId {
+            name: node.to_string(),
+            id: e.id,
+            addr: e.addr,
+            bump: run,
+        })
+    }
+
+    /// See [`Membership::forget`].
+    fn forget(&mut self, node: &str) -> bool {
+        let Some(e) = self.entries.remove(node) else {
+            return false;
+        };
+        tracing::info!(member = %node, state = %e.state, "member removed");
+        let run = self.forgotten.get(node).copied().unwrap_or(0).max(e.run);
+        self.forgotten.insert(node.to_string(), run);
+        true
     }
 
     fn set_load(&mut self, node: &str, rec: LoadRecord) {
@@ -375,27 +408,14 @@ impl Membership {
     /// `peer` says its run `run` is stopping on purpose: it is `left` at
     /// once, on this node, and foca spreads it as down.
     pub fn receive_leaving(&self, peer: &mosix_net::Peer, run: u64) {
-        let down = {
-            let mut t = self.table.lock().expect("table lock");
-            let Some(e) = t.entries.get_mut(&*peer.name) else {
-                return;
-            };
-            if e.run != run {
-                return;
-            }
-            e.left = Some(run);
-            if e.state != MemberState::Left {
-                tracing::info!(member = %peer.name, from = %e.state, "member left the cluster");
-                e.state = MemberState::Left;
-            }
-            NodeId {
-                name: peer.name.to_string(),
-                id: e.id,
-                addr: e.addr,
-                bump: run,
-            }
-        };
-        let _ = self.tx.try_send(Input::Down(down));
+        let down = self
+            .table
+            .lock()
+            .expect("table lock")
+            .mark_left(&peer.name, run);
+        if let Some(down) = down {
+            let _ = self.tx.try_send(Input::Down(down));
+        }
     }
 
     /// Tells every member this node is leaving, each within
@@ -425,14 +445,7 @@ impl Membership {
     /// Drops `node` from the members table; gossip about its runs so far
     /// does not bring it back. False if it was not known.
     pub fn forget(&self, node: &str) -> bool {
-        let mut t = self.table.lock().expect("table lock");
-        let Some(e) = t.entries.remove(node) else {
-            return false;
-        };
-        tracing::info!(member = %node, state = %e.state, "member removed");
-        let run = t.forgotten.get(node).copied().unwrap_or(0).max(e.run);
-        t.forgotten.insert(node.to_string(), run);
-        true
+        self.table.lock().expect("table lock").forget(node)
     }
 
     /// Every member that is up (alive or suspect), and its address.
@@ -599,7 +612,9 @@ async fn foca_loop(
                 }
                 r
             }
-            Input::Down(id) => foca.apply_many(std::iter::once(foca::Member::down(id)), true, &mut rt),
+            Input::Down(id) => {
+                foca.apply_many(std::iter::once(foca::Member::down(id)), true, &mut rt)
+            }
             Input::Leave => foca.leave_cluster(&mut rt),
         };
         if let Err(e) = result {
@@ -656,7 +671,9 @@ impl Membership {
         revoked: &mosix_net::pki::Revocations,
     ) -> Result<(), String> {
         if node == self.table.lock().expect("table lock").self_name {
-            return Err(format!("{node} is this node: run remove-node on another member"));
+            return Err(format!(
+                "{node} is this node: run remove-node on another member"
+            ));
         }
         if let Some(fp) = fingerprint {
             if revoked.revoke(fp, node).map_err(|e| e.to_string())? {
@@ -682,12 +699,16 @@ impl Membership {
         let fingerprint = match (revoke, fingerprint) {
             (false, _) => None,
             (true, Some(fp)) => Some(fp),
-            (true, None) => Some(self.fingerprint_of(node).map(|f| f.to_string()).ok_or_else(|| {
-                format!(
-                    "this node never saw {node}'s certificate: name it with --cert FILE \
+            (true, None) => Some(
+                self.fingerprint_of(node)
+                    .map(|f| f.to_string())
+                    .ok_or_else(|| {
+                        format!(
+                            "this node never saw {node}'s certificate: name it with --cert FILE \
                      (the {node}.pem of `mosix cluster init`)"
-                )
-            })?),
+                        )
+                    })?,
+            ),
         };
         match known {
             None if fingerprint.is_none() => {
@@ -782,5 +803,59 @@ async fn scheduler(
             Some((at, t)) => queue.push(Reverse((at, t))),
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foca::Member;
+
+    fn id(name: &str, bump: u64) -> NodeId {
+        NodeId {
+            name: name.into(),
+            id: 2,
+            addr: "10.0.0.2:7700".parse().unwrap(),
+            bump,
+        }
+    }
+
+    fn state(t: &Table, node: &str) -> Option<MemberState> {
+        t.entries.get(node).map(|e| e.state)
+    }
+
+    #[test]
+    fn a_run_that_left_stays_left_until_a_new_run_joins() {
+        let mut t = Table::new("me".into(), "10.0.0.1:7700".parse().unwrap());
+        t.sync([Member::alive(id("a", 1))].iter());
+        assert_eq!(state(&t, "a"), Some(MemberState::Alive));
+        // Another run's word does not count.
+        assert!(t.mark_left("a", 7).is_none());
+        assert_eq!(t.mark_left("a", 1), Some(id("a", 1)));
+        assert_eq!(state(&t, "a"), Some(MemberState::Left));
+        // Probes still answered a moment, then foca calls it down: left.
+        t.sync([Member::alive(id("a", 1))].iter());
+        assert_eq!(state(&t, "a"), Some(MemberState::Left));
+        t.sync([Member::down(id("a", 1))].iter());
+        assert_eq!(state(&t, "a"), Some(MemberState::Left));
+        assert!(t.alive_peers().is_empty() && t.up_names().is_empty());
+        // Started again: a new run, alive.
+        t.sync([Member::down(id("a", 1)), Member::alive(id("a", 2))].iter());
+        assert_eq!(state(&t, "a"), Some(MemberState::Alive));
+        assert_eq!(t.up_names(), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_removed_node_is_not_brought_back_by_gossip_about_its_old_runs() {
+        let mut t = Table::new("me".into(), "10.0.0.1:7700".parse().unwrap());
+        t.sync([Member::down(id("a", 3))].iter());
+        assert_eq!(state(&t, "a"), Some(MemberState::Dead));
+        assert!(t.forget("a"));
+        assert!(!t.forget("a"));
+        t.sync([Member::down(id("a", 3)), Member::alive(id("a", 2))].iter());
+        assert_eq!(state(&t, "a"), None);
+        // A later run (not revoked) joins as usual.
+        t.sync([Member::alive(id("a", 4))].iter());
+        assert_eq!(state(&t, "a"), Some(MemberState::Alive));
     }
 }

@@ -111,11 +111,17 @@ fn assert_reads(m: &Machine, node: &str) {
 
 /// Kills the machine's daemon with `sig` and waits until it is gone.
 fn kill_daemon(m: &Machine, sig: &str) -> Instant {
-    let pid = m.daemon_pid().unwrap_or_else(|| panic!("no daemon on {}", m.name));
+    let pid = m
+        .daemon_pid()
+        .unwrap_or_else(|| panic!("no daemon on {}", m.name));
     m.sh(&format!("kill -{sig} {pid}"));
     let at = Instant::now();
     let gone = wait_for(Duration::from_secs(10), || m.daemon_pid().is_none());
-    assert!(gone.is_some(), "{}'s daemon outlived SIG{sig} by 10 s", m.name);
+    assert!(
+        gone.is_some(),
+        "{}'s daemon outlived SIG{sig} by 10 s",
+        m.name
+    );
     at
 }
 
@@ -272,12 +278,23 @@ fn the_documented_deployment_works_on_three_machines() {
         "{:?}",
         killed.elapsed()
     );
-    assert!(out.status.success(), "restart: {}\n{}", output_text(&out), log(n2));
+    assert!(
+        out.status.success(),
+        "restart: {}\n{}",
+        output_text(&out),
+        log(n2)
+    );
     assert_reads(n2, "n1");
     let ok = wait_for(Duration::from_secs(15), || {
-        n1.run("cat /mosix/nodes/n2/etc/mosix-probe").status.success()
+        n1.run("cat /mosix/nodes/n2/etc/mosix-probe")
+            .status
+            .success()
     });
-    assert!(ok.is_some(), "n1 never read the restarted n2: {:?}", states(n1));
+    assert!(
+        ok.is_some(),
+        "n1 never read the restarted n2: {:?}",
+        states(n1)
+    );
 
     // `umount && mount` at once.
     let out = n2.run("umount /mosix && mount /mosix");
@@ -292,7 +309,11 @@ fn the_documented_deployment_works_on_three_machines() {
             states(m).get("n3").map(String::as_str) == Some("left")
         });
         assert!(ok.is_some(), "{} after n3 left: {:?}", m.name, states(m));
-        assert!(!nodes_listed(m).contains(&"n3".to_string()), "{:?}", nodes_listed(m));
+        assert!(
+            !nodes_listed(m).contains(&"n3".to_string()),
+            "{:?}",
+            nodes_listed(m)
+        );
     }
     let took = stopped.elapsed();
     eprintln!("n3 seen as left {took:?} after SIGTERM");
@@ -309,7 +330,10 @@ fn the_documented_deployment_works_on_three_machines() {
     let out = n1.run("mosix cluster remove-node --revoke n3");
     assert!(out.status.success(), "{}", output_text(&out));
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("removed n3 here and on 1 member(s): n2"), "{said}");
+    assert!(
+        said.contains("removed n3 here and on 1 member(s): n2"),
+        "{said}"
+    );
     let fp = mosix_net::pki::fingerprint_of_file(&pki.join("n3.pem")).unwrap();
     assert!(said.contains(&fp), "{said}");
     for m in [n1, n2] {
@@ -337,12 +361,17 @@ fn the_documented_deployment_works_on_three_machines() {
         assert!(!states(m).contains_key("n3"), "{}: {:?}", m.name, states(m));
     }
     let refused = wait_for(Duration::from_secs(5), || {
-        log(n1).contains("refused a revoked certificate") || log(n2).contains("refused a revoked certificate")
+        log(n1).contains("refused a revoked certificate")
+            || log(n2).contains("refused a revoked certificate")
     });
     assert!(refused.is_some(), "n1 log:\n{}", log(n1));
     let out = back.wait_with_output().unwrap();
     assert!(out.status.success(), "{}\n{}", output_text(&out), log(n3));
-    assert!(log(n3).contains("no configured peer answered"), "{}", log(n3));
+    assert!(
+        log(n3).contains("no configured peer answered"),
+        "{}",
+        log(n3)
+    );
     assert_eq!(nodes_listed(n3), vec!["n3".to_string()]);
     assert_eq!(states(n1).get("n3"), None);
 

@@ -250,7 +250,9 @@ pub fn fingerprint_of_file(path: &Path) -> Result<String> {
 
 /// Whether `s` looks like a [`fingerprint`].
 pub fn is_fingerprint(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// The node certificates this node refuses although the CA signed them,
@@ -300,7 +302,10 @@ impl Revocations {
     }
 
     pub fn is_revoked(&self, fingerprint: &str) -> bool {
-        self.set.read().expect("revocations").contains_key(fingerprint)
+        self.set
+            .read()
+            .expect("revocations")
+            .contains_key(fingerprint)
     }
 
     /// Every revoked fingerprint and the node it was for.
@@ -343,13 +348,17 @@ impl Revocations {
     /// `Err` naming the node if the end-entity certificate is revoked; the
     /// refusal is logged (at most every few seconds: a revoked node keeps
     /// trying).
-    fn check(&self, cert: &rustls::pki_types::CertificateDer<'_>) -> std::result::Result<(), rustls::Error> {
+    fn check(
+        &self,
+        cert: &rustls::pki_types::CertificateDer<'_>,
+    ) -> std::result::Result<(), rustls::Error> {
         let fp = fingerprint(cert);
         if !self.is_revoked(&fp) {
             return Ok(());
         }
         static LOG: std::sync::OnceLock<crate::limits::LogLimit> = std::sync::OnceLock::new();
-        let log = LOG.get_or_init(|| crate::limits::LogLimit::new(std::time::Duration::from_secs(5)));
+        let log =
+            LOG.get_or_init(|| crate::limits::LogLimit::new(std::time::Duration::from_secs(5)));
         if let Some(left_out) = log.allow() {
             let who = node_identity(cert)
                 .map(|(n, _)| n)
@@ -385,7 +394,9 @@ impl rustls::server::danger::ClientCertVerifier for RevokingClientVerifier {
         intermediates: &[rustls::pki_types::CertificateDer<'_>],
         now: rustls::pki_types::UnixTime,
     ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         self.revoked.check(end_entity)?;
         Ok(ok)
     }
