@@ -31,11 +31,15 @@ pub async fn remove_node(
             missed,
             revoked,
         } => {
-            outln!(
-                "removed {node} here and on {} member(s): {}",
-                told.len(),
-                told.join(" ")
-            );
+            if told.is_empty() {
+                outln!("removed {node} here; no other member is up");
+            } else {
+                outln!(
+                    "removed {node} here and on {} member(s): {}",
+                    told.len(),
+                    told.join(" ")
+                );
+            }
             if let Some(fp) = revoked {
                 outln!("revoked certificate sha256:{fp}");
             }

@@ -53,14 +53,18 @@ pub fn dead_bound(n: usize) -> Duration {
     PROBE_PERIOD * (n.max(2) as u32 + 1) + SUSPECT_TO_DEAD
 }
 
-/// SWIM identity of a node. `bump` changes on every daemon start, so a
-/// restarted node is a new identity that wins over its dead predecessor.
+/// SWIM identity of a node. `run` changes on every daemon start, so a
+/// restarted node is a new identity that wins over its dead predecessor;
+/// `bump` changes when foca renews the identity of a running daemon (it was
+/// declared dead and rejoins), which is the same run to everyone else.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct NodeId {
     pub name: String,
     /// The node's id (config `id`): the high bits of its processes' gpids.
     pub id: u16,
     pub addr: SocketAddr,
+    /// The daemon's run (see [`Membership::start`]).
+    pub run: u64,
     pub bump: u64,
 }
 
@@ -79,7 +83,7 @@ impl foca::Identity for NodeId {
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.bump > adversary.bump
+        (self.run, self.bump) > (adversary.run, adversary.bump)
     }
 }
 
@@ -90,6 +94,8 @@ struct Entry {
     /// The run (daemon start) of the live identity last seen: a new one
     /// means the node restarted, however fast it came back.
     run: u64,
+    /// The bump of that identity (see [`NodeId`]).
+    bump: u64,
     /// The run that said it was leaving ([`Membership::receive_leaving`]):
     /// that run is `left`, not dead, until a new run of the node joins.
     left: Option<u64>,
@@ -122,8 +128,14 @@ impl Table {
         }
     }
 
-    fn sync<'a>(&mut self, members: impl Iterator<Item = &'a foca::Member<NodeId>>) {
+    /// Follows foca's view. Returns the addresses of members seen
+    /// restarted (a new run alive), whose old connections lead nowhere.
+    fn sync<'a>(
+        &mut self,
+        members: impl Iterator<Item = &'a foca::Member<NodeId>>,
+    ) -> Vec<SocketAddr> {
         let mut seen = std::collections::HashSet::new();
+        let mut restarted = Vec::new();
         for m in members {
             let id = m.id();
             if id.name == self.self_name {
@@ -132,7 +144,7 @@ impl Table {
             if self
                 .forgotten
                 .get(&id.name)
-                .is_some_and(|&run| id.bump <= run)
+                .is_some_and(|&run| id.run <= run)
             {
                 continue;
             }
@@ -140,7 +152,7 @@ impl Table {
             let state = match m.state() {
                 // A run that said it was leaving stays `left`, whatever
                 // the probes of it say meanwhile.
-                _ if left == Some(id.bump) => MemberState::Left,
+                _ if left == Some(id.run) => MemberState::Left,
                 foca::State::Alive => MemberState::Alive,
                 foca::State::Suspect => MemberState::Suspect,
                 foca::State::Down => MemberState::Dead,
@@ -157,16 +169,21 @@ impl Table {
                 id: id.id,
                 addr: id.addr,
                 state,
-                run: id.bump,
+                run: id.run,
+                bump: id.bump,
                 left: None,
                 load: None,
             });
             if e.state != state {
                 tracing::info!(member = %id.name, from = %e.state, to = %state, "membership change");
             }
-            if state == MemberState::Alive && e.run != id.bump {
+            if state == MemberState::Alive && e.run != id.run {
                 tracing::info!(member = %id.name, "member restarted");
-                e.run = id.bump;
+                e.run = id.run;
+                restarted.push(id.addr);
+            }
+            if state == MemberState::Alive {
+                e.bump = id.bump;
             }
             e.addr = id.addr;
             e.id = id.id;
@@ -178,6 +195,7 @@ impl Table {
                 e.state = MemberState::Dead;
             }
         }
+        restarted
     }
 
     /// Run `run` of `node` said it is leaving: it is `left` from now on.
@@ -194,7 +212,8 @@ impl Table {
             name: node.to_string(),
             id: e.id,
             addr: e.addr,
-            bump: run,
+            run,
+            bump: e.bump,
         })
     }
 
@@ -340,15 +359,15 @@ impl Membership {
         probe: Arc<LoadProbe>,
         run: u64,
     ) -> Self {
-        // The daemon's run doubles as the SWIM identity's bump: it grows
-        // with every start, so a restarted node wins over its dead
-        // predecessor, and peers learn which run their client is.
-        let bump = run;
+        // The daemon's run is part of the SWIM identity: it grows with
+        // every start, so a restarted node wins over its dead predecessor,
+        // and peers learn which run their client is.
         let me = NodeId {
             name: name.clone(),
             id: node_id,
             addr: listen,
-            bump,
+            run,
+            bump: 0,
         };
         let table = Arc::new(Mutex::new(Table::new(name.clone(), listen)));
         let (tx, rx) = mpsc::channel(1024);
@@ -606,6 +625,7 @@ async fn foca_loop(
                         name: String::new(),
                         id: 0,
                         addr,
+                        run: 0,
                         bump: 0,
                     };
                     r = r.and(foca.announce(placeholder, &mut rt));
@@ -620,6 +640,17 @@ async fn foca_loop(
         if let Err(e) = result {
             // Malformed or stale packets land here; SWIM just moves on.
             tracing::debug!(error = %e, "swim input ignored");
+        }
+        // Suspicion has no notification, so the table follows foca's state
+        // after every input rather than only on up/down events. Before
+        // sending: replies to a restarted member (the feed answering its
+        // announce) must not go down the connection to its predecessor.
+        let restarted = table
+            .lock()
+            .expect("table lock")
+            .sync(foca.iter_membership_state());
+        for addr in restarted {
+            peers.drop_connection(addr);
         }
         while let Some((dst, data)) = rt.to_send() {
             let framed = Datagram::Swim(data.to_vec()).encode();
@@ -648,12 +679,6 @@ async fn foca_loop(
                 other => tracing::debug!(?other, "swim notification"),
             }
         }
-        // Suspicion has no notification, so the table follows foca's state
-        // after every input rather than only on up/down events.
-        table
-            .lock()
-            .expect("table lock")
-            .sync(foca.iter_membership_state());
     }
 }
 
@@ -695,6 +720,11 @@ impl Membership {
         fingerprint: Option<String>,
         revoked: &mosix_net::pki::Revocations,
     ) -> Result<mosix_proto::ControlResponse, String> {
+        if node == self.table.lock().expect("table lock").self_name {
+            return Err(format!(
+                "{node} is this node: stop it, then run remove-node on another member"
+            ));
+        }
         let known = self.member(node);
         let fingerprint = match (revoke, fingerprint) {
             (false, _) => None,
@@ -811,12 +841,13 @@ mod tests {
     use super::*;
     use foca::Member;
 
-    fn id(name: &str, bump: u64) -> NodeId {
+    fn id(name: &str, run: u64) -> NodeId {
         NodeId {
             name: name.into(),
             id: 2,
             addr: "10.0.0.2:7700".parse().unwrap(),
-            bump,
+            run,
+            bump: 0,
         }
     }
 
@@ -829,18 +860,29 @@ mod tests {
         let mut t = Table::new("me".into(), "10.0.0.1:7700".parse().unwrap());
         t.sync([Member::alive(id("a", 1))].iter());
         assert_eq!(state(&t, "a"), Some(MemberState::Alive));
-        // Another run's word does not count.
+        // Renewed by foca (declared dead, rejoined), it is the same run:
+        // not a restart.
+        let renewed = NodeId {
+            bump: 3,
+            ..id("a", 1)
+        };
+        let restarted = t.sync([Member::down(id("a", 1)), Member::alive(renewed.clone())].iter());
+        assert!(restarted.is_empty());
+        assert_eq!(state(&t, "a"), Some(MemberState::Alive));
+        // Another run's word does not count; this run's does, and foca is
+        // told the identity it knows.
         assert!(t.mark_left("a", 7).is_none());
-        assert_eq!(t.mark_left("a", 1), Some(id("a", 1)));
+        assert_eq!(t.mark_left("a", 1), Some(renewed.clone()));
         assert_eq!(state(&t, "a"), Some(MemberState::Left));
         // Probes still answered a moment, then foca calls it down: left.
-        t.sync([Member::alive(id("a", 1))].iter());
+        t.sync([Member::alive(renewed.clone())].iter());
         assert_eq!(state(&t, "a"), Some(MemberState::Left));
-        t.sync([Member::down(id("a", 1))].iter());
+        t.sync([Member::down(renewed.clone())].iter());
         assert_eq!(state(&t, "a"), Some(MemberState::Left));
         assert!(t.alive_peers().is_empty() && t.up_names().is_empty());
-        // Started again: a new run, alive.
-        t.sync([Member::down(id("a", 1)), Member::alive(id("a", 2))].iter());
+        // Started again: a new run, alive, and its old connection is stale.
+        let restarted = t.sync([Member::down(renewed), Member::alive(id("a", 2))].iter());
+        assert_eq!(restarted, vec![id("a", 2).addr]);
         assert_eq!(state(&t, "a"), Some(MemberState::Alive));
         assert_eq!(t.up_names(), vec!["a".to_string()]);
     }

@@ -105,8 +105,17 @@ fn nodes_listed(m: &Machine) -> Vec<String> {
 
 #[track_caller]
 fn assert_reads(m: &Machine, node: &str) {
-    let got = m.sh(&format!("cat /mosix/nodes/{node}/etc/mosix-probe"));
-    assert_eq!(got.trim(), node, "{} reading {node}'s probe", m.name);
+    let out = m.run(&format!("cat /mosix/nodes/{node}/etc/mosix-probe"));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == node,
+        "{} reading {node}'s probe: {}\nmounts: {}\nlisted: {:?}\nstates: {:?}\nlog:\n{}",
+        m.name,
+        output_text(&out),
+        m.sh("grep mosix /proc/self/mountinfo || true"),
+        nodes_listed(m),
+        states(m),
+        log(m)
+    );
 }
 
 /// Kills the machine's daemon with `sig` and waits until it is gone.
@@ -308,7 +317,14 @@ fn the_documented_deployment_works_on_three_machines() {
         let ok = wait_for(Duration::from_secs(3), || {
             states(m).get("n3").map(String::as_str) == Some("left")
         });
-        assert!(ok.is_some(), "{} after n3 left: {:?}", m.name, states(m));
+        assert!(
+            ok.is_some(),
+            "{} after n3 left: {:?}\nits log:\n{}\nn3's log:\n{}",
+            m.name,
+            states(m),
+            log(m),
+            log(n3)
+        );
         assert!(
             !nodes_listed(m).contains(&"n3".to_string()),
             "{:?}",

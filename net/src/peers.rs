@@ -109,6 +109,26 @@ impl Peers {
         }
     }
 
+    /// Closes the connection to `addr`, so the next request or datagram
+    /// dials afresh. For a peer that restarted: the old connection leads to
+    /// its dead predecessor until it idles out, and what goes on it is lost.
+    /// Never waits: a slot busy dialing is reaching whoever listens now.
+    pub fn drop_connection(&self, addr: SocketAddr) {
+        let slot = self
+            .slots
+            .lock()
+            .expect("peer table lock")
+            .get(&addr)
+            .cloned();
+        let Some(slot) = slot else { return };
+        if let Ok(mut slot) = slot.try_lock() {
+            if let Some(c) = slot.conn.take() {
+                c.close(0u32.into(), b"peer restarted");
+            }
+            slot.failed_at = None;
+        };
+    }
+
     /// One request/response with the peer at `addr`, bounded by
     /// `CONNECT_TIMEOUT + REQUEST_TIMEOUT`.
     pub async fn request(
