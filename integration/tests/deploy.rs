@@ -342,6 +342,23 @@ fn the_documented_deployment_works_on_three_machines() {
     // (alive, or suspect for a moment on a loaded machine)
     assert_fails_saying(&out, "stop its daemon first");
 
+    // remove-node: gone from every list at once.
+    let out = n1.run("mosix cluster remove-node n3");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("removed n3 here and on 1 member(s): n2"), "{said}");
+    for m in [n1, n2] {
+        assert!(!states(m).contains_key("n3"), "{}: {:?}", m.name, states(m));
+    }
+    // Not revoked: started again, it joins as before.
+    n3.sh(&mount_command());
+    assert_reads(n3, "n1");
+    let ok = wait_for(Duration::from_secs(10), || {
+        states(n1).get("n3").map(String::as_str) == Some("alive")
+    });
+    assert!(ok.is_some(), "n3 did not come back: {:?}", states(n1));
+    kill_daemon(n3, "TERM");
+
     // remove-node --revoke: gone from every list, its certificate refused.
     let out = n1.run("mosix cluster remove-node --revoke n3");
     assert!(out.status.success(), "{}", output_text(&out));
