@@ -346,7 +346,10 @@ fn the_documented_deployment_works_on_three_machines() {
     let out = n1.run("mosix cluster remove-node n3");
     assert!(out.status.success(), "{}", output_text(&out));
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("removed n3 here and on 1 member(s): n2"), "{said}");
+    assert!(
+        said.contains("removed n3 here and on 1 member(s): n2"),
+        "{said}"
+    );
     for m in [n1, n2] {
         assert!(!states(m).contains_key("n3"), "{}: {:?}", m.name, states(m));
     }
