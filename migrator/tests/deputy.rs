@@ -96,3 +96,51 @@ fn sigkill_at_home_is_seen() {
     assert_eq!(rest, "status=137\n");
     sh.wait().unwrap();
 }
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn the_deputy_gives_back_the_memory_the_copy_now_holds() {
+    require_root();
+    let bin = common::compile("mem");
+    // A parent of its own, so its wait() sees how the deputy ends.
+    let mut sh = Command::new("sh")
+        .args([
+            "-c",
+            &format!("{} 128 & echo $!; wait $!; echo status=$?", bin.display()),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(sh.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid: i32 = line.trim().parse().unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("ready "), "{line}");
+    let before = rss_kib(pid);
+    assert!(
+        before > 128 << 10,
+        "the program holds its 128 MiB: {before} KiB"
+    );
+    let d = deputy_of(pid);
+    let after = rss_kib(pid);
+    eprintln!("mem 128: {before} KiB resident, {after} KiB as a deputy");
+    assert!(after < 8 << 10, "the deputy still holds {after} KiB");
+    // Still a working deputy: signals are seen, and it ends as told.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    assert_eq!(next_event(&d), DeputyEvent::Signal(libc::SIGUSR2));
+    d.end_like(Ending::Exited(3)).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "status=3\n", "the program must not have run on");
+    sh.wait().unwrap();
+}
