@@ -9,9 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use mosix_daemon::control::{CONTROL_TIMEOUT, MAX_CONTROL_FRAME};
 use mosix_daemon::migrate::checkpoint::PIECE_TIMEOUT;
-use mosix_proto::checkpoint::{
-    read_header, AfterCheckpoint, Piece, MAX_PIECE_FRAME, PIECE_BYTES,
-};
+use mosix_proto::checkpoint::{read_header, AfterCheckpoint, Piece, MAX_PIECE_FRAME, PIECE_BYTES};
 use mosix_proto::{read_frame, write_frame, ControlRequest, ControlResponse, MAX_FRAME};
 use tokio::net::UnixStream;
 
@@ -131,7 +129,8 @@ pub async fn restart(control: &Path, file: &Path, on: Option<&str>) -> anyhow::R
     .await?;
     let (mut rd, mut wr) = s.into_split();
     // The daemon may answer before the whole file went (a refusal after
-    // the header): the answer is read alongside the sending.
+    // the header): the answer is read alongside the sending; once the
+    // file went, within STEP.
     let send = async move {
         let mut buf = vec![0u8; PIECE_BYTES];
         loop {
@@ -140,7 +139,7 @@ pub async fn restart(control: &Path, file: &Path, on: Option<&str>) -> anyhow::R
                 Err(e) => {
                     let p = Piece::Failed(format!("reading {}: {e}", file.display()));
                     let _ = write_frame(&mut wr, &p, MAX_PIECE_FRAME).await;
-                    return;
+                    return wr;
                 }
             };
             let p = if n == 0 {
@@ -150,26 +149,27 @@ pub async fn restart(control: &Path, file: &Path, on: Option<&str>) -> anyhow::R
             };
             let sent = tokio::time::timeout(STEP, write_frame(&mut wr, &p, MAX_PIECE_FRAME)).await;
             if n == 0 || !matches!(sent, Ok(Ok(()))) {
-                break;
+                // Kept open until the answer is read.
+                return wr;
             }
         }
-        // Keep the socket open until the answer is read.
-        std::future::pending::<()>().await
     };
-    let answer = async {
-        tokio::time::timeout(
-            STEP,
-            read_frame::<_, ControlResponse>(&mut rd, MAX_FRAME),
-        )
-        .await
+    let mut answer = std::pin::pin!(read_frame::<_, ControlResponse>(&mut rd, MAX_FRAME));
+    let mut _wr = None;
+    let early = tokio::select! {
+        a = &mut answer => Some(a),
+        wr = send => {
+            _wr = Some(wr);
+            None
+        }
     };
-    let answer = tokio::select! {
-        a = answer => a,
-        _ = send => unreachable!("sending never ends by itself"),
-    };
-    let answer = answer
-        .map_err(|_| anyhow::anyhow!("the daemon did not answer within {STEP:?}"))?
-        .context("reading the daemon's answer")?;
+    let answer = match early {
+        Some(a) => a,
+        None => tokio::time::timeout(STEP, answer)
+            .await
+            .map_err(|_| anyhow::anyhow!("the daemon did not answer within {STEP:?}"))?,
+    }
+    .context("reading the daemon's answer")?;
     match answer {
         Some(ControlResponse::Restarted(r)) => {
             outln!(

@@ -108,7 +108,10 @@ async fn handle(mut stream: UnixStream, ctx: Ctx) {
                         let p = mosix_proto::checkpoint::Piece::Failed(e);
                         write_frame(&mut stream, &p, MAX_CONTROL_FRAME).await
                     }
-                    _ => write_frame(&mut stream, &ControlResponse::Error(e), MAX_CONTROL_FRAME).await,
+                    _ => {
+                        write_frame(&mut stream, &ControlResponse::Error(e), MAX_CONTROL_FRAME)
+                            .await
+                    }
                 };
                 return;
             }

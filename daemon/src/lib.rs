@@ -80,11 +80,9 @@ impl mosix_net::Handler for Node {
             | Request::FsWrite { .. }
             | Request::Arrive { .. }
             | Request::Checkpoint { .. }
-            | Request::Restart { .. } => {
-                Response::Error(RemoteError::BadRequest(
-                    "payload must follow on the stream".into(),
-                ))
-            }
+            | Request::Restart { .. } => Response::Error(RemoteError::BadRequest(
+                "payload must follow on the stream".into(),
+            )),
             Request::NodeFile { file } => {
                 let procs = self.procs.clone();
                 Response::ProcData(
@@ -183,8 +181,15 @@ impl mosix_net::Handler for Node {
         match req {
             Request::Checkpoint { .. } | Request::Restart { .. } => {
                 let id = self.procs.node_id();
-                migrate::checkpoint::serve_stream(self.migrations.clone(), id, peer, req, send, recv)
-                    .await
+                migrate::checkpoint::serve_stream(
+                    self.migrations.clone(),
+                    id,
+                    peer,
+                    req,
+                    send,
+                    recv,
+                )
+                .await
             }
             _ => self.migrations.clone().arrive(peer, req, send, recv).await,
         }

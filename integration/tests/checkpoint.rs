@@ -98,7 +98,11 @@ fn a_checkpointed_counter_restarts_on_another_node_and_continues_where_it_was() 
     // Asked from n3, about a process of n1; the file is n3's /tmp/c.ckpt.
     // --stop leaves it stopped, so nothing happens between the checkpoint
     // and its end.
-    let out = mosix(&c, "n3", &["checkpoint", "--stop", &g.to_string(), "/tmp/c.ckpt"]);
+    let out = mosix(
+        &c,
+        "n3",
+        &["checkpoint", "--stop", &g.to_string(), "/tmp/c.ckpt"],
+    );
     assert!(out.status.success(), "{}", output_text(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("checkpointed to /tmp/c.ckpt"), "{said}");
@@ -198,9 +202,16 @@ fn only_the_owner_checkpoints_a_process_and_restarts_it_as_itself() {
     // Another user may not, from any node; no file is left behind.
     let out = c.enter(
         "n2",
-        &["sh", "-c", &as_user(1001, &format!("{bin} checkpoint {g} /tmp/theirs.ckpt"))],
+        &[
+            "sh",
+            "-c",
+            &as_user(1001, &format!("{bin} checkpoint {g} /tmp/theirs.ckpt")),
+        ],
     );
-    assert_fails_saying(&out, &format!("permission denied: uid 1001 does not own gpid {g}"));
+    assert_fails_saying(
+        &out,
+        &format!("permission denied: uid 1001 does not own gpid {g}"),
+    );
     assert_eq!(
         c.sh("n2", "ls -A /tmp | grep ckpt || true"),
         "",
@@ -210,17 +221,28 @@ fn only_the_owner_checkpoints_a_process_and_restarts_it_as_itself() {
     // Its owner may.
     let out = c.enter(
         "n2",
-        &["sh", "-c", &as_user(65534, &format!("{bin} checkpoint {g} /tmp/own.ckpt"))],
+        &[
+            "sh",
+            "-c",
+            &as_user(65534, &format!("{bin} checkpoint {g} /tmp/own.ckpt")),
+        ],
     );
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(c.sh("n2", "stat -c '%u %a' /tmp/own.ckpt"), "65534 600\n");
     assert!(pid_of(&c, "n1", "sleep").is_some(), "it goes on running");
 
     // Another user given the file still cannot run it as its owner.
-    c.sh("n2", "cp /tmp/own.ckpt /tmp/copy.ckpt && chmod 644 /tmp/copy.ckpt");
+    c.sh(
+        "n2",
+        "cp /tmp/own.ckpt /tmp/copy.ckpt && chmod 644 /tmp/copy.ckpt",
+    );
     let out = c.enter(
         "n2",
-        &["sh", "-c", &as_user(1001, &format!("{bin} restart /tmp/copy.ckpt --on n3"))],
+        &[
+            "sh",
+            "-c",
+            &as_user(1001, &format!("{bin} restart /tmp/copy.ckpt --on n3")),
+        ],
     );
     assert_fails_saying(
         &out,
@@ -230,7 +252,11 @@ fn only_the_owner_checkpoints_a_process_and_restarts_it_as_itself() {
     // Its owner can, and it runs as the owner.
     let out = c.enter(
         "n2",
-        &["sh", "-c", &as_user(65534, &format!("{bin} restart /tmp/own.ckpt --on n3"))],
+        &[
+            "sh",
+            "-c",
+            &as_user(65534, &format!("{bin} restart /tmp/own.ckpt --on n3")),
+        ],
     );
     assert!(out.status.success(), "{}", output_text(&out));
     let pid = pid_of(&c, "n3", "sleep").expect("sleep restarted on n3");
@@ -238,4 +264,72 @@ fn only_the_owner_checkpoints_a_process_and_restarts_it_as_itself() {
         c.sh("n3", &format!("stat -c %u /proc/{pid}")).trim(),
         "65534"
     );
+}
+
+#[test]
+fn a_process_running_away_is_checkpointed_where_it_runs_and_restarts_on_a_third_node() {
+    let c = Cluster::up(3);
+    let counter = compile(&c, "counter");
+    let n = 500;
+    c.sh("n1", "mkdir -p /tmp/w");
+    let _r = start(
+        &c,
+        "n1",
+        &format!(
+            "cd /tmp/w && {} {n} | cat > /tmp/w/out; echo ${{PIPESTATUS[0]}} > /tmp/w/status",
+            counter.display()
+        ),
+    );
+    let started = Cluster::wait_for(Duration::from_secs(10), || {
+        lines(&c, "n1", "/tmp/w/seq.txt") > 30
+    });
+    assert!(started.is_some(), "the counter never started");
+    let g = gpid(1, pid_of(&c, "n1", "counter").expect("counter on n1"));
+    let out = c.enter(
+        "n1",
+        &["sh", "-c", &format!("echo n2 > /mosix/proc/{g}/where")],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let moved = lines(&c, "n1", "/tmp/w/seq.txt");
+    let ran = Cluster::wait_for(Duration::from_secs(10), || {
+        lines(&c, "n1", "/tmp/w/seq.txt") > moved + 20
+    });
+    assert!(ran.is_some(), "it does not run on n2");
+
+    // Asked of its home n1, which has only the deputy: the copy on n2 is
+    // checkpointed, then killed; its deputy ends with it, and the parent
+    // at home sees SIGKILL.
+    let out = mosix(
+        &c,
+        "n1",
+        &["checkpoint", "--kill", &g.to_string(), "/tmp/away.ckpt"],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let ended = Cluster::wait_for(Duration::from_secs(10), || {
+        c.sh("n1", "cat /tmp/w/status 2>/dev/null || true").trim() == "137"
+    });
+    assert!(
+        ended.is_some(),
+        "the parent saw {:?}",
+        c.sh("n1", "cat /tmp/w/status 2>/dev/null || true")
+    );
+    assert!(
+        pid_of(&c, "n2", "counter").is_none(),
+        "the copy still runs on n2"
+    );
+    let at = lines(&c, "n1", "/tmp/w/seq.txt");
+    assert!(at < n, "it finished before the checkpoint");
+
+    let out = mosix(&c, "n1", &["restart", "/tmp/away.ckpt", "--on", "n3"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(pid_of(&c, "n3", "counter").is_some(), "no counter on n3");
+    let done = Cluster::wait_for(Duration::from_secs(60), || {
+        lines(&c, "n1", "/tmp/w/seq.txt") >= n && pid_of(&c, "n3", "counter").is_none()
+    });
+    assert!(
+        done.is_some(),
+        "it did not finish: {} lines",
+        lines(&c, "n1", "/tmp/w/seq.txt")
+    );
+    assert_gap_free(&c.sh("n1", "cat /tmp/w/seq.txt"), n, "seq.txt");
 }

@@ -80,7 +80,11 @@ fn four_threads_with_a_mutex_move_twice_mid_run_and_the_total_is_right() {
             node,
             &["sh", "-c", &format!("echo {node} > /mosix/proc/{g}/where")],
         );
-        assert!(out.status.success(), "move to {node}: {}", output_text(&out));
+        assert!(
+            out.status.success(),
+            "move to {node}: {}",
+            output_text(&out)
+        );
         let there = c.sh(node, "pgrep -n -x threads || true");
         let there = there.trim();
         assert!(!there.is_empty(), "no threads process on {node}");
@@ -89,7 +93,10 @@ fn four_threads_with_a_mutex_move_twice_mid_run_and_the_total_is_right() {
             "5",
             "main thread and four workers on {node}"
         );
-        assert_eq!(c.sh("n1", &format!("cat /mosix/proc/{g}/where")), format!("{node}\n"));
+        assert_eq!(
+            c.sh("n1", &format!("cat /mosix/proc/{g}/where")),
+            format!("{node}\n")
+        );
         // It keeps computing there before it moves again.
         let more = Cluster::wait_for(Duration::from_secs(10), || progress(&c) >= before + 1000);
         assert!(more.is_some(), "no progress on {node}: {}", progress(&c));

@@ -185,7 +185,9 @@ mod tests {
         let e = read_header(&mut &buf[..]).unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("checkpoint format version 7, but this mosix reads version {FORMAT_VERSION} only")
+            format!(
+                "checkpoint format version 7, but this mosix reads version {FORMAT_VERSION} only"
+            )
         );
 
         let mut buf = Vec::new();

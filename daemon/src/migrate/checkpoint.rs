@@ -82,9 +82,11 @@ pub fn caller_creds(stream: &tokio::net::UnixStream) -> Result<Creds, String> {
     let groups = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
         })
         .unwrap_or_default();
     Ok(Creds {
@@ -131,7 +133,11 @@ async fn checkpoint_there(
         return;
     };
     if state == MemberState::Dead {
-        let _ = tx.send(Piece::Failed(format!("gpid {gpid}: its node {node} is down"))).await;
+        let _ = tx
+            .send(Piece::Failed(format!(
+                "gpid {gpid}: its node {node} is down"
+            )))
+            .await;
         return;
     }
     let req = Request::Checkpoint {
@@ -169,9 +175,7 @@ async fn relay_from(
             Ok(Ok(Some(p))) => p,
             Ok(Ok(None)) => Piece::Failed(format!("node {node} ended the checkpoint early")),
             Ok(Err(e)) => Piece::Failed(format!("node {node}: {e}")),
-            Err(_) => Piece::Failed(format!(
-                "node {node} sent nothing for {PIECE_TIMEOUT:?}"
-            )),
+            Err(_) => Piece::Failed(format!("node {node} sent nothing for {PIECE_TIMEOUT:?}")),
         };
         let last = !matches!(piece, Piece::Data(_));
         if tx.send(piece).await.is_err() || last {
@@ -205,7 +209,9 @@ async fn checkpoint_here(
                 Some(p) => (p, home.clone(), pid),
                 None => {
                     let _ = tx
-                        .send(Piece::Failed(CheckpointFailure::NoProcess(gpid).to_string()))
+                        .send(Piece::Failed(
+                            CheckpointFailure::NoProcess(gpid).to_string(),
+                        ))
                         .await;
                     return;
                 }
@@ -336,7 +342,11 @@ fn may_checkpoint(creds: &Creds, pid: u32) -> Result<(), i32> {
     let uids: Vec<u32> = status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
-        .map(|u| u.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .map(|u| {
+            u.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
         .ok_or(libc::ESRCH)?;
     if creds.uid == 0 || (!uids.is_empty() && uids.iter().all(|&u| u == creds.uid)) {
         Ok(())
@@ -361,7 +371,10 @@ fn may_become(creds: &Creds, c: &CredState) -> Result<(), String> {
     }
     let mine = |g: &u32| *g == creds.gid || creds.groups.contains(g);
     if let Some(g) = c.gids.iter().chain(&c.groups).find(|g| !mine(g)) {
-        return Err(format!("the checkpoint has group {g}, which uid {} is not in", creds.uid));
+        return Err(format!(
+            "the checkpoint has group {g}, which uid {} is not in",
+            creds.uid
+        ));
     }
     if c.cap_prm | c.cap_eff | c.cap_amb | c.cap_inh != 0 {
         return Err("the checkpoint holds capabilities; only root may restart it".into());
@@ -413,34 +426,37 @@ async fn restart_there(
         .await
         .map_err(|e| format!("node {node}: {e}"))?;
     // The answer may come before the whole file went (a refusal after the
-    // header): read it alongside.
-    let answer = async {
-        tokio::time::timeout(
-            PIECE_TIMEOUT,
-            read_frame::<_, Result<Restarted, String>>(&mut recv, MAX_FRAME),
-        )
-        .await
-    };
+    // header): it is read alongside; once the file went, within
+    // PIECE_TIMEOUT.
+    let mut answer = std::pin::pin!(read_frame::<_, Result<Restarted, String>>(
+        &mut recv, MAX_FRAME
+    ));
     let feed = async {
         while let Some(p) = rx.recv().await {
             let last = !matches!(p, Piece::Data(_));
-            let w = tokio::time::timeout(PIECE_TIMEOUT, write_frame(&mut send, &p, MAX_PIECE_FRAME));
+            let w =
+                tokio::time::timeout(PIECE_TIMEOUT, write_frame(&mut send, &p, MAX_PIECE_FRAME));
             if !matches!(w.await, Ok(Ok(()))) || last {
                 break;
             }
         }
         let _ = send.finish();
-        // Keep the stream open until the answer is read.
-        std::future::pending::<()>().await
     };
-    tokio::select! {
-        a = answer => match a {
-            Ok(Ok(Some(r))) => r,
-            Ok(Ok(None)) => Err(format!("node {node} closed the stream without answering")),
-            Ok(Err(e)) => Err(format!("node {node}: {e}")),
-            Err(_) => Err(format!("node {node} did not answer within {PIECE_TIMEOUT:?}")),
-        },
-        _ = feed => unreachable!("the feed never ends by itself"),
+    let early = tokio::select! {
+        a = &mut answer => Some(a),
+        () = feed => None,
+    };
+    let a = match early {
+        Some(a) => Ok(a),
+        None => tokio::time::timeout(PIECE_TIMEOUT, answer).await,
+    };
+    match a {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => Err(format!("node {node} closed the stream without answering")),
+        Ok(Err(e)) => Err(format!("node {node}: {e}")),
+        Err(_) => Err(format!(
+            "node {node} did not answer within {PIECE_TIMEOUT:?}"
+        )),
     }
 }
 
@@ -509,7 +525,11 @@ fn rebuild(
             from: fd.as_raw_fd(),
         });
         kept.push(fd);
-        notes.push(format!("fd {} (a {}) is /dev/null now", e.fd, e.kind.name()));
+        notes.push(format!(
+            "fd {} (a {}) is /dev/null now",
+            e.fd,
+            e.kind.name()
+        ));
     }
     // Its paths are its home's: elsewhere it sees the home's files at `/`,
     // as a migrated process does.
@@ -526,12 +546,11 @@ fn rebuild(
         keep_pid: true,
         ..Default::default()
     };
-    let restored = restore(&image, &mut StreamSource::new(&mut *r), &opts).map_err(|e| {
-        match e {
+    let restored =
+        restore(&image, &mut StreamSource::new(&mut *r), &opts).map_err(|e| match e {
             mosix_migrator::RestoreError::Stream(s) => CheckpointFailure::Corrupt(s.to_string()),
             other => CheckpointFailure::CannotRestart(other.to_string()),
-        }
-    })?;
+        })?;
     drop(kept);
     let pid = restored
         .run()
@@ -572,7 +591,8 @@ pub async fn serve_stream(
                 return;
             }
             let (tx, rx) = tokio::sync::mpsc::channel(PIECES_IN_FLIGHT);
-            let producer = tokio::spawn(checkpoint_here(mig, creds, pid, guest_of, gpid, after, tx));
+            let producer =
+                tokio::spawn(checkpoint_here(mig, creds, pid, guest_of, gpid, after, tx));
             pump_out(rx, &mut send).await;
             let _ = send.finish();
             let _ = tokio::time::timeout(PIECE_TIMEOUT, send.stopped()).await;
@@ -582,9 +602,7 @@ pub async fn serve_stream(
             let (tx, rx) = tokio::sync::mpsc::channel(PIECES_IN_FLIGHT);
             let consumer = tokio::spawn(restart_here(mig, node_id, creds, rx));
             pump_in(&mut recv, tx).await;
-            let answer = consumer
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+            let answer = consumer.await.unwrap_or_else(|e| Err(e.to_string()));
             let _ = tokio::time::timeout(PIECE_TIMEOUT, write_frame(&mut send, &answer, MAX_FRAME))
                 .await;
             let _ = send.finish();
@@ -596,10 +614,7 @@ pub async fn serve_stream(
 
 /// Writes the pieces from `rx` as frames until `End` or `Failed`; a stalled
 /// reader fails the transfer (dropping `rx` makes the producer fail too).
-async fn pump_out<W: AsyncWrite + Unpin>(
-    mut rx: tokio::sync::mpsc::Receiver<Piece>,
-    w: &mut W,
-) {
+async fn pump_out<W: AsyncWrite + Unpin>(mut rx: tokio::sync::mpsc::Receiver<Piece>, w: &mut W) {
     while let Some(p) = rx.recv().await {
         let last = !matches!(p, Piece::Data(_));
         let sent = tokio::time::timeout(PIECE_TIMEOUT, write_frame(w, &p, MAX_PIECE_FRAME)).await;
@@ -647,9 +662,9 @@ impl PieceWriter {
             return Ok(());
         }
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE_BYTES));
-        self.tx
-            .blocking_send(Piece::Data(data))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the receiver is gone"))
+        self.tx.blocking_send(Piece::Data(data)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the receiver is gone")
+        })
     }
 }
 

@@ -831,16 +831,13 @@ impl Migrations {
                 return;
             }
         };
-        self.guests
-            .lock()
-            .expect("guests")
-            .insert(
-                pid as u32,
-                Guest {
-                    home: home.clone(),
-                    home_pid,
-                },
-            );
+        self.guests.lock().expect("guests").insert(
+            pid as u32,
+            Guest {
+                home: home.clone(),
+                home_pid,
+            },
+        );
         tracing::info!(%home, home_pid, pid, "guest runs here");
         // Set once the copy moved on: its end here is not its end.
         let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
