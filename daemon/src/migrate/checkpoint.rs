@@ -244,7 +244,10 @@ async fn checkpoint_here(
                 relay_from(&mig, &target, addr, &req, tx).await;
                 return;
             }
-            (pid, mig.name.clone(), pid)
+            // A process restarted here from another node's checkpoint
+            // still sees that node's files.
+            let home = viewed_home(pid).unwrap_or_else(|| mig.name.clone());
+            (pid, home, pid)
         }
     };
     let header = CheckpointHeader {
@@ -306,6 +309,11 @@ fn take(
             creds.uid
         )),
     })?;
+    // Its paths must read as it sees them: a guest, or a process restarted
+    // from elsewhere, lives in its home's view, not in this node's tree.
+    enter_root_of(pid).map_err(|e| {
+        CheckpointFailure::CannotCheckpoint(format!("cannot enter its view of the files: {e}"))
+    })?;
     check_movable(pid as i32).map_err(|e| CheckpointFailure::CannotCheckpoint(e.to_string()))?;
     let ck = Checkpoint::take(pid as i32)
         .map_err(|e| CheckpointFailure::CannotCheckpoint(e.to_string()))?;
@@ -327,12 +335,46 @@ fn take(
             unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
             ck.resume_source()
         }
-        AfterCheckpoint::Kill => ck.finish_source(),
+        AfterCheckpoint::Kill => {
+            // Killed, not reaped: its parent reaps it and sees SIGKILL (a
+            // guest's parent is the thread that waits for it here; a reap
+            // by this thread would leave that one waiting forever).
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            ck.resume_source()
+        }
     };
     if let Err(e) = done {
         tracing::warn!(pid, error = %e, "after the checkpoint");
     }
     Ok(bytes)
+}
+
+/// The processes restarted here that see another node's files (their old
+/// home's), by pid: their own checkpoints name that node as their home.
+static VIEWED_HOMES: std::sync::Mutex<std::collections::BTreeMap<u32, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn viewed_home(pid: u32) -> Option<String> {
+    VIEWED_HOMES
+        .lock()
+        .expect("viewed homes")
+        .get(&pid)
+        .cloned()
+}
+
+/// Makes the calling thread see the files as process `pid` does: its mount
+/// namespace and its root (as `nsenter --mount --root` does). The thread
+/// must be one of its own, made for this one checkpoint.
+fn enter_root_of(pid: u32) -> std::io::Result<()> {
+    use nix::sched::{setns, unshare, CloneFlags};
+    let root = std::fs::File::open(format!("/proc/{pid}/root"))?;
+    let mnt = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?;
+    unshare(CloneFlags::CLONE_FS)?;
+    setns(&mnt, CloneFlags::CLONE_NEWNS)?;
+    nix::unistd::fchdir(&root)?;
+    nix::unistd::chroot(".")?;
+    std::env::set_current_dir("/")
 }
 
 /// A checkpoint holds the process's memory: its owner (every one of its
@@ -480,6 +522,7 @@ async fn restart_here(
             let _ = done_tx.send(built.map_err(|e| e.to_string()));
             if let Some(pid) = pid {
                 let ending = wait_ending(pid as i32);
+                VIEWED_HOMES.lock().expect("viewed homes").remove(&pid);
                 tracing::info!(pid, ?ending, "restarted process ended");
             }
             let _ = std::fs::remove_dir(guest_view_dir(&tag));
@@ -555,6 +598,12 @@ fn rebuild(
     let pid = restored
         .run()
         .map_err(|e| CheckpointFailure::CannotRestart(e.to_string()))? as u32;
+    if header.home != mig.name {
+        VIEWED_HOMES
+            .lock()
+            .expect("viewed homes")
+            .insert(pid, header.home.clone());
+    }
     if pid as i32 != image.pid {
         notes.push(format!("pid {} was taken; it has pid {pid}", image.pid));
     }
