@@ -229,7 +229,12 @@ fn only_the_owner_checkpoints_a_process_and_restarts_it_as_itself() {
     );
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(c.sh("n2", "stat -c '%u %a' /tmp/own.ckpt"), "65534 600\n");
-    assert!(pid_of(&c, "n1", "sleep").is_some(), "it goes on running");
+    let pid = pid_of(&c, "n1", "sleep").expect("it goes on");
+    assert_eq!(
+        c.sh("n1", &format!("ps -o stat= -p {pid}")).trim(),
+        "S",
+        "it goes on running, not stopped"
+    );
 
     // Another user given the file still cannot run it as its owner.
     c.sh(

@@ -119,3 +119,61 @@ fn four_threads_with_a_mutex_move_twice_mid_run_and_the_total_is_right() {
     let want: Vec<u64> = (1..=total / 100).map(|k| k * 100).collect();
     assert_eq!(counts(&text), want);
 }
+
+#[test]
+fn four_threads_checkpointed_mid_run_and_restarted_elsewhere_finish_with_the_right_total() {
+    let c = Cluster::up(3);
+    let prog = compile(&c, "threads");
+    let per_thread = 2000u64;
+    c.sh("n1", "mkdir -p /tmp/w");
+    let _r = Bg(Command::new(mosix_integration::mosix_bin())
+        .args(["enter", "--state"])
+        .arg(c.state())
+        .args([
+            "n1",
+            "--",
+            "bash",
+            "-c",
+            &format!(
+                "cd /tmp/w && {} count {per_thread} > /tmp/w/out",
+                prog.display()
+            ),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let out = |c: &Cluster| c.sh("n1", "cat /tmp/w/out 2>/dev/null || true");
+    let progress = |c: &Cluster| counts(&out(c)).last().copied().unwrap_or(0);
+    let started = Cluster::wait_for(Duration::from_secs(10), || progress(&c) >= 500);
+    assert!(started.is_some(), "it never got going: {:?}", out(&c));
+    let pid: u32 = c
+        .sh("n1", "pgrep -n -x threads")
+        .trim()
+        .parse()
+        .expect("threads on n1");
+    let g = (1 << 22 | pid).to_string();
+    let bin = mosix_integration::mosix_bin();
+    let bin = bin.to_str().unwrap();
+    let ck = c.enter("n1", &[bin, "checkpoint", "--kill", &g, "/tmp/t.ckpt"]);
+    assert!(ck.status.success(), "{}", output_text(&ck));
+    let at = progress(&c);
+    assert!(at < 4 * per_thread, "it finished before the checkpoint");
+    let rs = c.enter("n1", &[bin, "restart", "/tmp/t.ckpt", "--on", "n2"]);
+    assert!(rs.status.success(), "{}", output_text(&rs));
+    let there = c.sh("n2", "pgrep -n -x threads || true");
+    assert!(!there.trim().is_empty(), "not restarted on n2");
+    assert_eq!(
+        c.sh("n2", &format!("ls /proc/{}/task | wc -l", there.trim()))
+            .trim(),
+        "5",
+        "main thread and four workers on n2"
+    );
+    let total = 4 * per_thread;
+    let done = Cluster::wait_for(Duration::from_secs(60), || {
+        out(&c).lines().last() == Some(format!("total {total}").as_str())
+    });
+    assert!(done.is_some(), "no total: {:?}", out(&c).lines().last());
+    let want: Vec<u64> = (1..=total / 100).map(|k| k * 100).collect();
+    assert_eq!(counts(&out(&c)), want);
+}
