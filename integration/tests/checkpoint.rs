@@ -338,3 +338,59 @@ fn a_process_running_away_is_checkpointed_where_it_runs_and_restarts_on_a_third_
     );
     assert_gap_free(&c.sh("n1", "cat /tmp/w/seq.txt"), n, "seq.txt");
 }
+
+#[test]
+fn a_restarted_program_opening_files_by_absolute_path_still_writes_its_old_homes_files() {
+    let c = Cluster::up(3);
+    let n = 400;
+    c.sh("n1", "mkdir -p /tmp/w");
+    // Opens /tmp/w/abs.txt anew for every line: after the restart on n3,
+    // that path must still be n1's file, not n3's.
+    std::fs::write(
+        c.state().join("abs.py"),
+        format!(
+            "import time\n\
+             for i in range(1, {n} + 1):\n\
+             \x20   with open('/tmp/w/abs.txt', 'a') as f:\n\
+             \x20       f.write(f'{{i}}\\n')\n\
+             \x20   time.sleep(0.01)\n"
+        ),
+    )
+    .unwrap();
+    let _r = start(
+        &c,
+        "n1",
+        &format!(
+            "exec python3 {} < /dev/null > /dev/null 2>&1",
+            c.state().join("abs.py").display()
+        ),
+    );
+    let started = Cluster::wait_for(Duration::from_secs(10), || {
+        lines(&c, "n1", "/tmp/w/abs.txt") > 30
+    });
+    assert!(started.is_some(), "it never started");
+    let g = gpid(1, pid_of(&c, "n1", "python3").expect("python3 on n1"));
+    let out = mosix(
+        &c,
+        "n1",
+        &["checkpoint", "--kill", &g.to_string(), "/tmp/abs.ckpt"],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let out = mosix(&c, "n1", &["restart", "/tmp/abs.ckpt", "--on", "n3"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(pid_of(&c, "n3", "python3").is_some(), "not restarted on n3");
+    let done = Cluster::wait_for(Duration::from_secs(60), || {
+        lines(&c, "n1", "/tmp/w/abs.txt") >= n && pid_of(&c, "n3", "python3").is_none()
+    });
+    assert!(
+        done.is_some(),
+        "it did not finish: {} lines",
+        lines(&c, "n1", "/tmp/w/abs.txt")
+    );
+    assert_gap_free(&c.sh("n1", "cat /tmp/w/abs.txt"), n, "abs.txt");
+    assert_eq!(
+        c.sh("n3", "ls /tmp/w 2>&1 || true").trim(),
+        "ls: cannot access '/tmp/w': No such file or directory",
+        "it wrote to n3's own /tmp"
+    );
+}
