@@ -76,11 +76,13 @@ impl mosix_net::Handler for Node {
             // The transport answers Discard and unpacks FsWrite itself;
             // reaching here is a bug in the peer's framing, not ours to
             // crash on.
-            Request::Discard { .. } | Request::FsWrite { .. } | Request::Arrive { .. } => {
-                Response::Error(RemoteError::BadRequest(
-                    "payload must follow on the stream".into(),
-                ))
-            }
+            Request::Discard { .. }
+            | Request::FsWrite { .. }
+            | Request::Arrive { .. }
+            | Request::Checkpoint { .. }
+            | Request::Restart { .. } => Response::Error(RemoteError::BadRequest(
+                "payload must follow on the stream".into(),
+            )),
             Request::NodeFile { file } => {
                 let procs = self.procs.clone();
                 Response::ProcData(
@@ -176,7 +178,21 @@ impl mosix_net::Handler for Node {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) {
-        self.migrations.clone().arrive(peer, req, send, recv).await
+        match req {
+            Request::Checkpoint { .. } | Request::Restart { .. } => {
+                let id = self.procs.node_id();
+                migrate::checkpoint::serve_stream(
+                    self.migrations.clone(),
+                    id,
+                    peer,
+                    req,
+                    send,
+                    recv,
+                )
+                .await
+            }
+            _ => self.migrations.clone().arrive(peer, req, send, recv).await,
+        }
     }
 
     fn datagram(&self, peer: &mosix_net::Peer, data: Bytes) {
@@ -295,6 +311,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg.node_id(),
         Arc::new(migrate::MigratorHandle(migrations.clone())),
     ));
+    let control_migrations = migrations.clone();
     let node = Arc::new(Node {
         name: cfg.name.clone(),
         migrations,
@@ -310,6 +327,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             node_id: cfg.node_id(),
             membership: membership.clone(),
             peers: peers.clone(),
+            migrations: control_migrations,
         },
     ));
     tokio::spawn(end_departed_clients(membership.clone(), export.clone()));

@@ -45,6 +45,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::membership::Membership;
 
+pub mod checkpoint;
 mod home_view;
 mod relay;
 
@@ -129,6 +130,8 @@ enum Stay {
 /// Another node's process running here.
 struct Guest {
     home: String,
+    /// Its pid at home (a checkpoint asked of the home finds it by that).
+    home_pid: u32,
 }
 
 pub struct Migrations {
@@ -828,10 +831,13 @@ impl Migrations {
                 return;
             }
         };
-        self.guests
-            .lock()
-            .expect("guests")
-            .insert(pid as u32, Guest { home: home.clone() });
+        self.guests.lock().expect("guests").insert(
+            pid as u32,
+            Guest {
+                home: home.clone(),
+                home_pid,
+            },
+        );
         tracing::info!(%home, home_pid, pid, "guest runs here");
         // Set once the copy moved on: its end here is not its end.
         let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
