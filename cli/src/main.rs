@@ -10,6 +10,7 @@ macro_rules! outln {
     };
 }
 
+mod checkpoint;
 mod cluster;
 mod local;
 mod migrate;
@@ -121,6 +122,29 @@ enum Cmd {
         mosix: PathBuf,
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
+    },
+    /// Save a running process (wherever it runs) to FILE; it goes on running
+    /// unless --stop or --kill.
+    Checkpoint {
+        gpid: u32,
+        file: PathBuf,
+        /// Leave it stopped after the checkpoint (kill -CONT resumes it).
+        #[arg(long)]
+        stop: bool,
+        /// Kill it after the checkpoint.
+        #[arg(long, conflicts_with = "stop")]
+        kill: bool,
+        #[arg(long, default_value = "/run/mosix/control.sock")]
+        control: PathBuf,
+    },
+    /// Restart a process saved by `mosix checkpoint`, here or on --on NODE.
+    Restart {
+        file: PathBuf,
+        /// The node to restart it on (default: here).
+        #[arg(long)]
+        on: Option<String>,
+        #[arg(long, default_value = "/run/mosix/control.sock")]
+        control: PathBuf,
     },
     /// Watch every node's load, memory and processes live (q quits).
     Mon {
@@ -331,6 +355,24 @@ fn main() {
             mosix,
         } => migrate::migrate(&mosix, gpid, &target),
         Cmd::Run { on, mosix, cmd } => migrate::run(&mosix, on.as_deref(), &cmd),
+        Cmd::Checkpoint {
+            gpid,
+            file,
+            stop,
+            kill,
+            control,
+        } => {
+            use mosix_proto::checkpoint::AfterCheckpoint;
+            let after = match (stop, kill) {
+                (true, _) => AfterCheckpoint::Stop,
+                (_, true) => AfterCheckpoint::Kill,
+                _ => AfterCheckpoint::Run,
+            };
+            runtime().block_on(checkpoint::checkpoint(&control, gpid, &file, after))
+        }
+        Cmd::Restart { file, on, control } => {
+            runtime().block_on(checkpoint::restart(&control, &file, on.as_deref()))
+        }
         Cmd::Mon { control, interval } => runtime().block_on(mon::run(
             &control,
             std::time::Duration::from_secs_f64(interval.max(0.1)),

@@ -40,6 +40,7 @@ pub struct Ctx {
     pub membership: Membership,
     pub peers: std::sync::Arc<mosix_net::Peers>,
     pub revoked: std::sync::Arc<mosix_net::pki::Revocations>,
+    pub migrations: std::sync::Arc<crate::migrate::Migrations>,
 }
 
 /// First pause after a failed accept; doubled on each failure in a row.
@@ -67,19 +68,20 @@ pub async fn serve(listener: UnixListener, ctx: Ctx) {
             }
         };
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(CONTROL_TIMEOUT, handle(stream, ctx)).await {
-                tracing::debug!(error = %e, "control client timed out");
-            }
-        });
+        tokio::spawn(handle(stream, ctx));
     }
 }
 
 async fn handle(mut stream: UnixStream, ctx: Ctx) {
-    let req = match read_frame::<_, ControlRequest>(&mut stream, MAX_CONTROL_FRAME).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(e) => {
+    let read = read_frame::<_, ControlRequest>(&mut stream, MAX_CONTROL_FRAME);
+    let req = match tokio::time::timeout(CONTROL_TIMEOUT, read).await {
+        Err(_) => {
+            tracing::debug!("control client sent no request in time");
+            return;
+        }
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "bad control request");
             let _ = write_frame(
                 &mut stream,
@@ -90,6 +92,50 @@ async fn handle(mut stream: UnixStream, ctx: Ctx) {
             return;
         }
     };
+    // A checkpoint file can take longer than CONTROL_TIMEOUT to pass:
+    // those transfers bound each piece instead (checkpoint::PIECE_TIMEOUT).
+    let file_transfer = match req {
+        ControlRequest::Checkpoint { .. } | ControlRequest::Restart { .. } => Some(req.clone()),
+        _ => None,
+    };
+    if let Some(req) = file_transfer {
+        use crate::migrate::checkpoint as ck;
+        let creds = match ck::caller_creds(&stream) {
+            Ok(c) => c,
+            Err(e) => {
+                // Each command reads its own kind of answer.
+                let _ = match req {
+                    ControlRequest::Checkpoint { .. } => {
+                        let p = mosix_proto::checkpoint::Piece::Failed(e);
+                        write_frame(&mut stream, &p, MAX_CONTROL_FRAME).await
+                    }
+                    _ => {
+                        write_frame(&mut stream, &ControlResponse::Error(e), MAX_CONTROL_FRAME)
+                            .await
+                    }
+                };
+                return;
+            }
+        };
+        let mig = ctx.migrations.clone();
+        match req {
+            ControlRequest::Checkpoint { gpid, after } => {
+                ck::control_checkpoint(mig, ctx.node_id, stream, creds, gpid, after).await
+            }
+            ControlRequest::Restart { on } => {
+                ck::control_restart(mig, ctx.node_id, stream, creds, on).await
+            }
+            _ => {}
+        }
+        return;
+    }
+    let answered = tokio::time::timeout(CONTROL_TIMEOUT, answer(&mut stream, req, &ctx)).await;
+    if answered.is_err() {
+        tracing::debug!("control request timed out");
+    }
+}
+
+async fn answer(stream: &mut UnixStream, req: ControlRequest, ctx: &Ctx) {
     let resp = match req {
         ControlRequest::Status => {
             let m = ctx.membership.clone();
@@ -109,7 +155,7 @@ async fn handle(mut stream: UnixStream, ctx: Ctx) {
                     groups: Vec::new(),
                     pid: cred.pid().unwrap_or(0) as u32,
                 };
-                match kill(&ctx, creds, gpid, sig).await {
+                match kill(ctx, creds, gpid, sig).await {
                     Ok(()) => ControlResponse::Killed,
                     Err(e) => ControlResponse::Error(e),
                 }
@@ -130,8 +176,11 @@ async fn handle(mut stream: UnixStream, ctx: Ctx) {
             Ok(_) => ControlResponse::Error("removing a node needs root".into()),
             Err(e) => ControlResponse::Error(format!("cannot identify the caller: {e}")),
         },
+        ControlRequest::Checkpoint { .. } | ControlRequest::Restart { .. } => {
+            ControlResponse::Error("handled as a file transfer".into())
+        }
     };
-    let _ = write_frame(&mut stream, &resp, mosix_proto::MAX_FRAME).await;
+    let _ = write_frame(stream, &resp, mosix_proto::MAX_FRAME).await;
 }
 
 /// Signals process `gpid` wherever it runs, as `creds` (whom the kernel of

@@ -96,11 +96,13 @@ impl mosix_net::Handler for Node {
             // The transport answers Discard and unpacks FsWrite itself;
             // reaching here is a bug in the peer's framing, not ours to
             // crash on.
-            Request::Discard { .. } | Request::FsWrite { .. } | Request::Arrive { .. } => {
-                Response::Error(RemoteError::BadRequest(
-                    "payload must follow on the stream".into(),
-                ))
-            }
+            Request::Discard { .. }
+            | Request::FsWrite { .. }
+            | Request::Arrive { .. }
+            | Request::Checkpoint { .. }
+            | Request::Restart { .. } => Response::Error(RemoteError::BadRequest(
+                "payload must follow on the stream".into(),
+            )),
             Request::NodeFile { file } => {
                 let procs = self.procs.clone();
                 Response::ProcData(
@@ -196,7 +198,21 @@ impl mosix_net::Handler for Node {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) {
-        self.migrations.clone().arrive(peer, req, send, recv).await
+        match req {
+            Request::Checkpoint { .. } | Request::Restart { .. } => {
+                let id = self.procs.node_id();
+                migrate::checkpoint::serve_stream(
+                    self.migrations.clone(),
+                    id,
+                    peer,
+                    req,
+                    send,
+                    recv,
+                )
+                .await
+            }
+            _ => self.migrations.clone().arrive(peer, req, send, recv).await,
+        }
     }
 
     fn datagram(&self, peer: &mosix_net::Peer, data: Bytes) {
@@ -320,6 +336,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg.node_id(),
         Arc::new(migrate::MigratorHandle(migrations.clone())),
     ));
+    let control_migrations = migrations.clone();
     let node = Arc::new(Node {
         name: cfg.name.clone(),
         migrations,
@@ -380,6 +397,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             membership: membership.clone(),
             peers: peers.clone(),
             revoked,
+            migrations: control_migrations,
         },
     ));
     tracing::info!(node = %cfg.name, listen = %cfg.listen, peers = ?cfg.peers, "node up");

@@ -146,10 +146,15 @@ impl Cluster {
         self.pid_file(node, "init.pid")
     }
 
-    /// Kills the node's daemon with SIGKILL, as a crash would.
+    /// Kills the node's daemon with SIGKILL, as a crash would, and returns
+    /// once it is gone: a request the dying daemon had already taken fails
+    /// with ECONNABORTED, later ones with ENOTCONN.
     pub fn kill_daemon(&self, node: &str) {
         let pid = self.pid_file(node, "daemon.pid");
-        self.sh(node, &format!("kill -KILL {pid}"));
+        self.sh(
+            node,
+            &format!("kill -KILL {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.01; done"),
+        );
     }
 
     /// The node's daemon pid, as the node sees it.

@@ -683,3 +683,80 @@ fn a_threaded_python_program_moves_and_keeps_working() {
         format!("[(1, {}), (2, {}), (3, {})]\n", s(1), s(2), s(3))
     );
 }
+
+/// A parent that reports what its `waitpid` sees of its child, as a shell
+/// with job control does: the child has a process group of its own (a
+/// job), and each stop, continue and end is appended to `state`.
+const JOB_PARENT: &str = r#"
+import os, subprocess, sys
+prog, workdir = sys.argv[1], sys.argv[2]
+p = subprocess.Popen([prog, "3000"], stdout=subprocess.DEVNULL, process_group=0, cwd=workdir)
+with open(os.path.join(workdir, "pid"), "w") as f:
+    f.write(str(p.pid))
+while True:
+    _, st = os.waitpid(p.pid, os.WUNTRACED | os.WCONTINUED)
+    with open(os.path.join(workdir, "state"), "a") as f:
+        if os.WIFSTOPPED(st):
+            f.write("stopped %d\n" % os.WSTOPSIG(st))
+        elif os.WIFCONTINUED(st):
+            f.write("continued\n")
+        else:
+            f.write("exited %d\n" % os.waitstatus_to_exitcode(st))
+            break
+"#;
+
+/// Job control on a moved job: its parent at home sees it stopped by
+/// SIGTSTP and continued by SIGCONT while it runs on n2, and the copy
+/// really stops and goes on there.
+#[test]
+fn a_moved_job_stops_and_continues_under_its_parents_job_control() {
+    let c = Cluster::up(3);
+    let counter = compile(&c, "counter");
+    let parent = c.state().join("job_parent.py");
+    std::fs::write(&parent, JOB_PARENT).unwrap();
+    c.sh("n1", "mkdir -p /tmp/j");
+    let _r = start(
+        &c,
+        "n1",
+        &format!("python3 {} {} /tmp/j", parent.display(), counter.display()),
+    );
+    let read_pid = || {
+        c.sh("n1", "cat /tmp/j/pid 2>/dev/null || true")
+            .trim()
+            .parse::<u32>()
+    };
+    Cluster::wait_for(Duration::from_secs(10), || read_pid().is_ok());
+    let pid = read_pid().expect("the job started");
+    let out = move_to(&c, "n1", gpid(1, pid), "n2");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let lines = || {
+        c.sh("n1", "wc -l < /tmp/j/seq.txt")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let state = || c.sh("n1", "cat /tmp/j/state 2>/dev/null || true");
+
+    c.sh("n1", &format!("kill -TSTP {pid}"));
+    let stopped = Cluster::wait_for(Duration::from_secs(5), || {
+        state().ends_with(&format!("stopped {}\n", libc::SIGTSTP))
+    });
+    assert!(stopped.is_some(), "the parent saw: {:?}", state());
+    let copy = c.sh("n2", "pgrep -x counter || true").trim().to_string();
+    assert!(!copy.is_empty(), "the copy left n2");
+    let copy_state = || c.sh("n2", &format!("ps -o stat= -p {copy} || true"));
+    let halted = Cluster::wait_for(Duration::from_secs(5), || copy_state().starts_with('T'));
+    assert!(halted.is_some(), "the copy on n2 is {:?}", copy_state());
+    let at_stop = lines();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lines(), at_stop, "the stopped job still counts");
+
+    c.sh("n1", &format!("kill -CONT {pid}"));
+    let resumed = Cluster::wait_for(Duration::from_secs(5), || state().ends_with("continued\n"));
+    assert!(resumed.is_some(), "the parent saw: {:?}", state());
+    let grew = Cluster::wait_for(Duration::from_secs(5), || lines() > at_stop + 10);
+    assert!(grew.is_some(), "the job did not go on after SIGCONT");
+    c.sh("n1", &format!("kill -KILL {pid}"));
+    let ended = Cluster::wait_for(Duration::from_secs(5), || state().ends_with("exited -9\n"));
+    assert!(ended.is_some(), "the parent saw: {:?}", state());
+}

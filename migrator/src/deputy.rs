@@ -85,6 +85,7 @@ impl FrozenSource {
             for fd in close {
                 inj.raw(libc::SYS_close, &[*fd as u64])?;
             }
+            d.shed_memory(&inj, &vmas)?;
         }
         d.park()?;
         Ok(d)
@@ -102,6 +103,40 @@ impl Deputy {
 
     pub fn pid(&self) -> i32 {
         self.t().pid
+    }
+
+    /// Gives back the process's private memory: the copy owns it now, and
+    /// the deputy never runs the program's code again (its signals are the
+    /// copy's, its ending is injected, and a process coming home is built
+    /// anew beside it), so a deputy of a 1 GiB process would otherwise keep
+    /// 1 GiB at home for nothing. The area holding the `syscall` it parks
+    /// on stays: a restarted `pause()` executes it again. Areas the kernel
+    /// will not drop (locked ones) are left as they are.
+    fn shed_memory(
+        &self,
+        inj: &crate::inject::Injector,
+        vmas: &[crate::proc::RawVma],
+    ) -> io::Result<()> {
+        let private = |v: &&crate::proc::RawVma| {
+            !v.shared()
+                && matches!(
+                    crate::proc::classify_vma(v),
+                    Ok(crate::state::VmaKind::Anon { .. } | crate::state::VmaKind::File { .. })
+                )
+        };
+        for v in vmas.iter().filter(private) {
+            if (v.start..v.end).contains(&self.insn) {
+                continue;
+            }
+            let r = inj.raw(
+                libc::SYS_madvise,
+                &[v.start, v.end - v.start, libc::MADV_DONTNEED as u64],
+            )?;
+            if let Some(e) = crate::inject::errno_of(r) {
+                tracing::debug!(start = v.start, errno = e, "deputy keeps an area");
+            }
+        }
+        Ok(())
     }
 
     /// Every thread into `pause()`, every signal unblocked: the next signal
@@ -128,9 +163,10 @@ impl Deputy {
             match try_wait(t.pid)? {
                 None => {}
                 Some(Stop::Signal(sig)) => {
-                    t.cont(0)?;
+                    t.cont(self.delivered(sig))?;
                     return Ok(Some(DeputyEvent::Signal(sig)));
                 }
+                Some(Stop::Event(sig)) if is_stop_signal(sig) => t.listen()?,
                 Some(Stop::Event(_) | Stop::OtherEvent(_)) => t.cont(0)?,
                 // Gone with the whole process; the main thread says how.
                 Some(Stop::Exited(_) | Stop::Killed(_)) => {}
@@ -145,8 +181,14 @@ impl Deputy {
             // interrupted pause() is restarted by the kernel, since no
             // handler ran.
             Stop::Signal(sig) => {
-                t.cont(0)?;
+                t.cont(self.delivered(sig))?;
                 DeputyEvent::Signal(sig)
+            }
+            // The group-stop of a stop signal let through: it stays
+            // stopped, for its parent and shell to see, until SIGCONT.
+            Stop::Event(sig) if is_stop_signal(sig) => {
+                t.listen()?;
+                return Ok(None);
             }
             Stop::Event(_) | Stop::OtherEvent(_) => {
                 t.cont(0)?;
@@ -161,6 +203,26 @@ impl Deputy {
                 DeputyEvent::Exited(code)
             }
         }))
+    }
+
+    /// What of signal `sig`, seen at home, the deputy itself takes: only a
+    /// stop that the program would not catch (SIGSTOP, or a terminal stop
+    /// left at its default action), so that job control works on a moved
+    /// job: Ctrl-Z stops the copy (forwarded) and the deputy, the shell sees
+    /// the job stopped, and `fg`'s SIGCONT wakes both. Everything else is
+    /// suppressed: handlers would run on stale memory. The dispositions are
+    /// the ones the process had when it moved.
+    fn delivered(&self, sig: i32) -> i32 {
+        let default_stop = match sig {
+            libc::SIGSTOP => true,
+            libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => !caught(self.pid(), sig),
+            _ => false,
+        };
+        if default_stop {
+            sig
+        } else {
+            0
+        }
     }
 
     fn gone(&self) {
@@ -263,6 +325,25 @@ fn try_wait(tid: i32) -> io::Result<Option<Stop>> {
         };
     }
     Ok(Some(decode_status(status)))
+}
+
+fn is_stop_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
+}
+
+/// Whether process `pid` has a handler for `sig` (its `SigCgt` mask).
+fn caught(pid: i32, sig: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (sig - 1)) != 0)
 }
 
 fn signal_of(e: Ending) -> Option<i32> {

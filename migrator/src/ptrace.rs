@@ -131,6 +131,13 @@ impl Tracee {
         ptrace(libc::PTRACE_CONT, self.pid, 0, sig as usize).map(drop)
     }
 
+    /// Leaves a tracee that is in a group-stop stopped, as it would be
+    /// untraced: its parent sees it stopped, and SIGCONT wakes it (and
+    /// shows up as a signal for the tracer).
+    pub fn listen(&self) -> io::Result<()> {
+        ptrace(libc::PTRACE_LISTEN, self.pid, 0, 0).map(drop)
+    }
+
     pub fn step(&self) -> io::Result<()> {
         ptrace(libc::PTRACE_SINGLESTEP, self.pid, 0, 0).map(drop)
     }

@@ -30,7 +30,7 @@ use crate::state::*;
 use std::collections::HashMap;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 const PAGE: u64 = 4096;
@@ -147,9 +147,21 @@ struct CloneArgs {
 /// The child first closes every inherited fd except `keep` (the
 /// replacements): holding the restorer's fds would, among other things,
 /// keep the write end of the very stream being restored from open, so a
-/// sender that dies mid-stream would never produce EOF.
+/// sender that dies mid-stream would never produce EOF. It says so on a
+/// pipe, and only then is it returned: seized any earlier, it would be
+/// stopped still holding them all.
 fn spawn_stub(want_pid: Option<i32>, keep: &[RawFd]) -> io::Result<i32> {
+    let mut ends = [0; 2];
+    // SAFETY: plain syscall with a valid out array.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: descriptors we just opened and own.
+    let (ready_r, ready_w) =
+        unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    let ready_fd = ready_w.as_raw_fd();
     let mut keep: Vec<u32> = keep.iter().map(|&f| f as u32).collect();
+    keep.push(ready_fd as u32);
     keep.sort_unstable();
     let mut closes: Vec<(u32, u32)> = Vec::new();
     let mut lo = 0u32;
@@ -179,19 +191,44 @@ fn spawn_stub(want_pid: Option<i32>, keep: &[RawFd]) -> io::Result<i32> {
         )
     };
     if r == 0 {
+        // SAFETY (all below): raw syscalls on our own fd table, no
+        // allocation, nothing that is unsafe after fork.
         for &(a, b) in &closes {
-            // SAFETY: raw syscall on our own fd table; no allocation here.
             unsafe { libc::syscall(libc::SYS_close_range, a, b, 0) };
         }
+        unsafe {
+            libc::syscall(libc::SYS_write, ready_fd, b"r".as_ptr(), 1);
+            libc::syscall(libc::SYS_close, ready_fd);
+        }
         loop {
-            // SAFETY: raw syscall, async-signal-safe.
             unsafe { libc::syscall(libc::SYS_pause) };
         }
     }
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(r as i32)
+    let pid = r as i32;
+    drop(ready_w);
+    // Bounded: a stub that dies first closes its end (EOF); one that hangs
+    // is killed.
+    let mut pfd = libc::pollfd {
+        fd: ready_r.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut byte = [0u8; 1];
+    // SAFETY: one valid pollfd; a one-byte buffer.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 5000) } == 1
+        && unsafe { libc::read(ready_r.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } == 1;
+    if !ready {
+        // SAFETY: plain syscalls on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+        }
+        return Err(io::Error::other("the stub did not get ready"));
+    }
+    Ok(pid)
 }
 
 /// Build `image` + `pages` into a new process. On error the stub is gone.

@@ -6,7 +6,6 @@ use common::*;
 /// The connection dies in the middle of the page stream: the restorer sees
 /// a truncated stream and kills its stub, the source resumes and finishes.
 #[test]
-#[ignore = "can hang: the restore may block reading the socketpair while the stub still holds an inherited copy of its writing end (seen once in a clean CI run); the daemon's migrations use QUIC streams and are covered by integration/tests/migrate.rs"]
 fn cut_stream_resumes_source() {
     require_root();
     let bin = compile("counter");

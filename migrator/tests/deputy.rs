@@ -96,3 +96,136 @@ fn sigkill_at_home_is_seen() {
     assert_eq!(rest, "status=137\n");
     sh.wait().unwrap();
 }
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn the_deputy_gives_back_the_memory_the_copy_now_holds() {
+    require_root();
+    let bin = common::compile("mem");
+    // A parent of its own, so its wait() sees how the deputy ends.
+    let mut sh = Command::new("sh")
+        .args([
+            "-c",
+            &format!("{} 128 & echo $!; wait $!; echo status=$?", bin.display()),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(sh.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid: i32 = line.trim().parse().unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("ready "), "{line}");
+    let before = rss_kib(pid);
+    assert!(
+        before > 128 << 10,
+        "the program holds its 128 MiB: {before} KiB"
+    );
+    let d = deputy_of(pid);
+    let after = rss_kib(pid);
+    eprintln!("mem 128: {before} KiB resident, {after} KiB as a deputy");
+    assert!(after < 8 << 10, "the deputy still holds {after} KiB");
+    // Still a working deputy: signals are seen, and it ends as told.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    assert_eq!(next_event(&d), DeputyEvent::Signal(libc::SIGUSR2));
+    d.end_like(Ending::Exited(3)).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "status=3\n", "the program must not have run on");
+    sh.wait().unwrap();
+}
+
+/// Job control on a moved job: a stop sent to the deputy stops it for its
+/// parent to see (and is reported for forwarding), SIGCONT wakes it, and
+/// it still ends as told. The parent is Python, whose `waitpid` reports
+/// stops and continues as a shell's does; like a shell's job, the program
+/// has a process group of its own, so the kernel does not discard terminal
+/// stops as it does for an orphaned group.
+#[test]
+fn a_terminal_stop_stops_the_deputy_for_its_parent_and_sigcont_wakes_it() {
+    use std::os::unix::process::CommandExt;
+    require_root();
+    let bin = common::compile("handler");
+    let parent = r#"
+import os, subprocess, sys
+p = subprocess.Popen([sys.argv[1]], stdout=subprocess.PIPE, process_group=0)
+print(p.stdout.readline().decode().strip(), flush=True)
+for _ in sys.stdin:
+    _, st = os.waitpid(p.pid, os.WUNTRACED | os.WCONTINUED)
+    if os.WIFSTOPPED(st):
+        print("stopped", os.WSTOPSIG(st), flush=True)
+    elif os.WIFCONTINUED(st):
+        print("continued", flush=True)
+    else:
+        print("exited", os.waitstatus_to_exitcode(st), flush=True)
+"#;
+    let mut py = Command::new("python3")
+        .args(["-c", parent, bin.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("python3");
+    let mut ask = py.stdin.take().unwrap();
+    let out = BufReader::new(py.stdout.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in out.lines() {
+            let _ = tx.send(l.unwrap());
+        }
+    });
+    let pid: i32 = lines
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the parent prints the pid")
+        .trim()
+        .parse()
+        .unwrap();
+    let d = deputy_of(pid);
+    // What the parent's waitpid reports next. The deputy is polled
+    // meanwhile: settling a group-stop is its tracer's job.
+    let mut parent_sees = |d: &Deputy| {
+        use std::io::Write;
+        writeln!(ask, "wait").unwrap();
+        let start = Instant::now();
+        loop {
+            match lines.recv_timeout(Duration::from_millis(10)) {
+                Ok(l) => return l,
+                Err(_) => assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "the parent saw nothing in 5 s"
+                ),
+            }
+            assert_eq!(d.poll().unwrap(), None);
+        }
+    };
+    unsafe { libc::kill(pid, libc::SIGTSTP) };
+    assert_eq!(next_event(&d), DeputyEvent::Signal(libc::SIGTSTP));
+    assert_eq!(parent_sees(&d), format!("stopped {}", libc::SIGTSTP));
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(next_event(&d), DeputyEvent::Signal(libc::SIGCONT));
+    assert_eq!(parent_sees(&d), "continued");
+    // A caught signal is still only reported, never run at home.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    assert_eq!(next_event(&d), DeputyEvent::Signal(libc::SIGUSR1));
+    let exited = {
+        use std::io::Write;
+        d.end_like(Ending::Exited(4)).unwrap();
+        writeln!(ask, "wait").unwrap();
+        lines
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the parent sees the end")
+    };
+    assert_eq!(exited, "exited 4");
+    drop(ask);
+    py.wait().unwrap();
+}

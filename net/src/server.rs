@@ -352,7 +352,9 @@ async fn handle_stream<H: Handler>(
     };
     let (resp, body) = match req {
         // A long-lived stream: the handler owns both directions from here.
-        req @ Request::Arrive { .. } => return handler.stream(&peer, req, send, recv).await,
+        req @ (Request::Arrive { .. } | Request::Checkpoint { .. } | Request::Restart { .. }) => {
+            return handler.stream(&peer, req, send, recv).await
+        }
         Request::Discard { len } => match discard(&mut recv, len).await {
             Ok(bytes) => (Response::Discarded { bytes }, None),
             Err(e) => {

@@ -11,6 +11,7 @@
 //! The length is checked against a limit *before* any payload is read, so a peer
 //! cannot make us allocate or wait for more than [`MAX_FRAME`] bytes.
 
+pub mod checkpoint;
 mod frame;
 pub mod fs;
 pub mod guest;

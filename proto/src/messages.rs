@@ -156,6 +156,26 @@ pub enum Request {
         node: String,
         revoke: Option<String>,
     },
+    /// Checkpoint process `pid` of the serving node (at home there, or a
+    /// guest there) on behalf of `creds`: the serving node answers with the
+    /// checkpoint file as [`crate::checkpoint::Piece`] frames on the stream.
+    Checkpoint {
+        creds: crate::fs::Creds,
+        /// The process's pid on the serving node; with `guest_of`, its pid
+        /// at that home node instead (the home forwards a request for one of
+        /// its processes running away to the node it runs on).
+        pid: u32,
+        guest_of: Option<String>,
+        /// Its gpid, for the file's header.
+        gpid: u32,
+        after: crate::checkpoint::AfterCheckpoint,
+    },
+    /// Restart a checkpoint on the serving node on behalf of `creds`: the
+    /// file follows as [`crate::checkpoint::Piece`] frames; the serving node
+    /// answers one `Result<Restarted, String>` frame.
+    Restart {
+        creds: crate::fs::Creds,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -283,6 +303,19 @@ pub enum ControlRequest {
         revoke: bool,
         fingerprint: Option<String>,
     },
+    /// Checkpoint a process anywhere in the cluster, as the connecting
+    /// user: the daemon answers with the file as
+    /// [`crate::checkpoint::Piece`] frames, which the CLI writes.
+    Checkpoint {
+        gpid: u32,
+        after: crate::checkpoint::AfterCheckpoint,
+    },
+    /// Restart a checkpoint here or on node `on`, as the connecting user:
+    /// the CLI sends the file as [`crate::checkpoint::Piece`] frames after
+    /// this request; the daemon answers `Restarted` or `Error`.
+    Restart {
+        on: Option<String>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -299,5 +332,6 @@ pub enum ControlResponse {
         missed: Vec<String>,
         revoked: Option<String>,
     },
+    Restarted(crate::checkpoint::Restarted),
     Error(String),
 }

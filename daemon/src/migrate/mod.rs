@@ -45,6 +45,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::membership::Membership;
 
+pub mod checkpoint;
 mod home_view;
 mod relay;
 
@@ -129,6 +130,8 @@ enum Stay {
 /// Another node's process running here.
 struct Guest {
     home: String,
+    /// Its pid at home (a checkpoint asked of the home finds it by that).
+    home_pid: u32,
 }
 
 pub struct Migrations {
@@ -828,10 +831,13 @@ impl Migrations {
                 return;
             }
         };
-        self.guests
-            .lock()
-            .expect("guests")
-            .insert(pid as u32, Guest { home: home.clone() });
+        self.guests.lock().expect("guests").insert(
+            pid as u32,
+            Guest {
+                home: home.clone(),
+                home_pid,
+            },
+        );
         tracing::info!(%home, home_pid, pid, "guest runs here");
         // Set once the copy moved on: its end here is not its end.
         let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -850,7 +856,7 @@ impl Migrations {
                         if frozen.is_none() && !left2.load(std::sync::atomic::Ordering::SeqCst) =>
                     {
                         // SAFETY: plain syscall on our own child.
-                        unsafe { libc::kill(pid, sig) };
+                        unsafe { libc::kill(pid, stop_as_at_home(pid, sig)) };
                     }
                     GuestMsg::Data { fd, bytes } => {
                         if let Some(f) = inputs.get_mut(&fd) {
@@ -916,6 +922,29 @@ impl Migrations {
             tracing::info!(%home, home_pid, pid, ?ending, "guest ended");
             let _ = to_home.send(GuestMsg::Ended(ending));
         }
+    }
+}
+
+/// The signal that does here what `sig` did at home. A terminal stop
+/// (SIGTSTP, SIGTTIN, SIGTTOU) left at its default action stops a job at
+/// home, but the kernel drops it for a process whose group has no parent in
+/// its session, as the copy's group here has not: SIGSTOP stops it alike.
+/// A program that catches the signal gets the signal itself.
+fn stop_as_at_home(pid: i32, sig: i32) -> i32 {
+    if !matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
+        return sig;
+    }
+    let caught = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let mask = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|m| m & (1 << (sig - 1)) != 0);
+    if caught {
+        sig
+    } else {
+        libc::SIGSTOP
     }
 }
 
