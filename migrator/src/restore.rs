@@ -289,6 +289,7 @@ pub fn restore_precopy(
             _ => return Err(StreamError::Protocol("pre-copy stream out of order".into()).into()),
         }
     };
+    let frozen_at = std::time::Instant::now();
     check_image(&image)?;
     let rem = stub.remote(t);
     if image
