@@ -15,16 +15,21 @@ pub fn migrate(mosix: &Path, gpid: u32, target: &str) -> anyhow::Result<i32> {
         .trim()
         .to_string();
     // The home node writes the migration's progress (rounds, bytes, the
-    // dirty set, the freeze) to a file of its own, read here through
-    // /mosix while the write to `where` waits for the move.
+    // dirty set, the freeze) to a file of its own, read here while the
+    // write to `where` waits for the move. Only on the home node: `/run` is
+    // not part of what a node exports.
     let home = std::fs::read_to_string(mosix.join(format!("proc/{gpid}/home")))
         .unwrap_or_default()
         .trim()
         .to_string();
-    let progress = mosix.join(format!(
-        "nodes/{home}/run/mosix/migrations/{}",
-        gpid & ((1 << 22) - 1)
-    ));
+    let here = std::fs::read_link(mosix.join("here"))
+        .map(|p| p.to_string_lossy().trim_start_matches("nodes/").to_string())
+        .unwrap_or_default();
+    let progress = std::path::PathBuf::from(if home == here {
+        format!("/run/mosix/migrations/{}", gpid & ((1 << 22) - 1))
+    } else {
+        String::new()
+    });
     let old = std::fs::read_to_string(&progress).unwrap_or_default();
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_message(format!("moving {gpid} from {from} to {target}"));

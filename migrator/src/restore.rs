@@ -356,10 +356,11 @@ pub fn restore_precopy(
     drop(rem);
     let g = restored.tracee.as_mut().unwrap();
     finish(&g.main, &mut g.others, &stub, &image, opts)?;
-    tracing::debug!(
+    tracing::info!(
         pid = restored.pid,
         from = image.pid,
-        "restored after pre-copy, stopped until run()"
+        took = ?frozen_at.elapsed(),
+        "restored after pre-copy (from the final image on), stopped until run()"
     );
     Ok((restored, image))
 }

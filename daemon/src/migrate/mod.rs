@@ -109,8 +109,20 @@ struct Report {
 
 impl Report {
     fn new(pid: u32, target: &str) -> Report {
-        let _ = std::fs::create_dir_all(PROGRESS_DIR);
-        let file = std::fs::File::create(format!("{PROGRESS_DIR}/{pid}")).ok();
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // Root writes here: nobody else may, and no symlink is followed.
+        let _ = std::fs::DirBuilder::new()
+            .mode(0o755)
+            .recursive(true)
+            .create(PROGRESS_DIR);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(format!("{PROGRESS_DIR}/{pid}"))
+            .ok();
         Report {
             pid,
             target: target.to_string(),
@@ -136,6 +148,25 @@ type Sent = (
     u64,
     Instant,
 );
+
+/// Buffer over the migration stream: an rmp frame is many small writes
+/// (reads), each a trip into the runtime through the bridge otherwise. Page
+/// batches are larger and go straight through. Nothing follows the stream's
+/// end frame before the home hears `Built`, so the target's buffer never
+/// holds what the guest's messages need.
+const BRIDGE_BUF: usize = 64 << 10;
+
+type BridgeWriter = std::io::BufWriter<SyncIoBridge<quinn::SendStream>>;
+
+fn bridge_writer(send: quinn::SendStream, rt: &tokio::runtime::Handle) -> BridgeWriter {
+    std::io::BufWriter::with_capacity(BRIDGE_BUF, SyncIoBridge::new_with_handle(send, rt.clone()))
+}
+
+fn unbridge(w: BridgeWriter) -> Result<quinn::SendStream, i32> {
+    w.into_inner()
+        .map(|b| b.into_inner())
+        .map_err(|_| libc::EIO)
+}
 
 /// Descriptors whose other end stays here: the deputy's copies, to relay
 /// (and to give back to the process if it comes home). Taken while the
@@ -295,6 +326,23 @@ impl Migrations {
         }
     }
 
+    /// Waits for the target's word that pre-copy round `n` is applied.
+    fn await_round(&self, recv: &mut quinn::RecvStream, n: u32) -> Result<(), i32> {
+        let got = self.rt.block_on(async {
+            tokio::time::timeout(
+                RUN_TIMEOUT + mosix_net::REQUEST_TIMEOUT,
+                read_frame::<_, GuestMsg>(recv, MAX_FRAME),
+            )
+            .await
+        });
+        match got {
+            Ok(Ok(Some(GuestMsg::RoundDone(m)))) if m == n => Ok(()),
+            Ok(Ok(Some(GuestMsg::Built(Err(e))))) => Err(e),
+            Err(_) => Err(libc::ETIMEDOUT),
+            _ => Err(libc::EIO),
+        }
+    }
+
     /// The copy at the other end of `send`/`recv` is told to run; what it
     /// says comes to the home thread tagged `gen`. Returns the way to it.
     fn start_stay(
@@ -341,11 +389,11 @@ impl Migrations {
 
     /// Full stop: freeze, then image and every page.
     fn send_stopped(&self, pid: u32, addr: std::net::SocketAddr) -> Result<Sent, i32> {
-        let ck = Checkpoint::take(pid as i32).map_err(|e| e.errno())?;
         let frozen_at = Instant::now();
+        let ck = Checkpoint::take(pid as i32).map_err(|e| e.errno())?;
         let relayed = relayed_fds(&ck);
         let (send, recv) = self.open_arrive(pid, addr, 1)?;
-        let mut w = SyncIoBridge::new_with_handle(send, self.rt.clone());
+        let mut w = bridge_writer(send, &self.rt);
         let bytes = write_image(&mut w, ck.image())
             .map_err(|e| e.errno())
             .and_then(|_| {
@@ -353,7 +401,7 @@ impl Migrations {
                     .map_err(|e| e.errno())
             })
             .and_then(|n| w.flush().map(|_| n).map_err(|_| libc::EIO))?;
-        Ok((ck, relayed, w.into_inner(), recv, bytes, frozen_at))
+        Ok((ck, relayed, unbridge(w)?, recv, bytes, frozen_at))
     }
 
     /// Pre-copy: rounds while the process runs, until P.Haul's rule says
@@ -366,14 +414,16 @@ impl Migrations {
         mut pc: Precopy,
         report: &mut Report,
     ) -> Result<Sent, i32> {
-        let (send, recv) = self.open_arrive(pid, addr, 1)?;
-        let mut w = SyncIoBridge::new_with_handle(send, self.rt.clone());
+        let (send, mut recv) = self.open_arrive(pid, addr, 1)?;
+        let mut w = bridge_writer(send, &self.rt);
         write_precopy_start(&mut w, pc.image()).map_err(|e| e.errno())?;
         let mut sink = StreamSink::new(&mut w);
         let mut bytes = 0;
         loop {
             let t = Instant::now();
             let r = pc.round(&mut sink).map_err(|e| e.errno())?;
+            sink.get_mut().flush().map_err(|_| libc::EIO)?;
+            self.await_round(&mut recv, r.round)?;
             bytes += r.bytes;
             report.line(format!(
                 "round {}: {} pages ({:.1} MiB) in {:.3} s{}",
@@ -408,7 +458,7 @@ impl Migrations {
             }
         ));
         drop(pc);
-        Ok((ck, relayed, w.into_inner(), recv, bytes, frozen_at))
+        Ok((ck, relayed, unbridge(w)?, recv, bytes, frozen_at))
     }
 
     fn home_thread(
@@ -802,11 +852,12 @@ impl Migrations {
             return;
         }
         // Messages from home go to the thread; the stream comes back once
-        // the pages are read.
-        let Ok(mut recv) = recv_rx.await else {
-            return;
-        };
+        // the pages are read. The guest's own messages flow from the start
+        // (pre-copy's `RoundDone` comes while the pages are being read).
         let reader = rt.spawn(async move {
+            let Ok(mut recv) = recv_rx.await else {
+                return;
+            };
             loop {
                 match read_frame::<_, GuestMsg>(&mut recv, MAX_FRAME).await {
                     Ok(Some(m)) => {
@@ -862,7 +913,7 @@ impl Migrations {
         to_home: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
     ) {
         let faults = read_faults();
-        let mut r = SyncIoBridge::new_with_handle(recv, self.rt.clone());
+        let mut r = std::io::BufReader::with_capacity(BRIDGE_BUF, SyncIoBridge::new_with_handle(recv, self.rt.clone()));
         // With pre-copy, this is the image of the process as it still runs
         // at home: its descriptors and paths are what the view and the
         // relays need; the final image comes after the rounds.
@@ -931,7 +982,10 @@ impl Migrations {
                     cut = true;
                     Err(RestoreError::Unexpected(format!("fault injected at round {n}")))
                 }
-                None => Ok(()),
+                None => {
+                    let _ = to_home.send(GuestMsg::RoundDone(n));
+                    Ok(())
+                }
             };
             restore_precopy(&image, &mut r, &opts, &mut on_round).map(|(restored, _)| restored)
         } else {
@@ -943,7 +997,7 @@ impl Migrations {
             drop(r);
             return;
         }
-        let _ = recv_back.send(r.into_inner());
+        let _ = recv_back.send(r.into_inner().into_inner());
         let restored = match built {
             Ok(r) => r,
             Err(e) => {
