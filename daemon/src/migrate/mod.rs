@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use mosix_migrator::{
     check_movable, read_image, read_start, restore, restore_precopy, write_image,
-    write_precopy_start, Checkpoint, CheckpointError, DeputyEvent, FdKind, FdReplacement,
-    Precopy, RestoreError, RestoreOptions, Start, StreamSink, StreamSource,
+    write_precopy_start, Checkpoint, CheckpointError, DeputyEvent, FdKind, FdReplacement, Precopy,
+    RestoreError, RestoreOptions, Start, StreamSink, StreamSource,
 };
 use mosix_net::Peers;
 use mosix_procview::node::{Migrator, Placement};
@@ -913,7 +913,10 @@ impl Migrations {
         to_home: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
     ) {
         let faults = read_faults();
-        let mut r = std::io::BufReader::with_capacity(BRIDGE_BUF, SyncIoBridge::new_with_handle(recv, self.rt.clone()));
+        let mut r = std::io::BufReader::with_capacity(
+            BRIDGE_BUF,
+            SyncIoBridge::new_with_handle(recv, self.rt.clone()),
+        );
         // With pre-copy, this is the image of the process as it still runs
         // at home: its descriptors and paths are what the view and the
         // relays need; the final image comes after the rounds.
@@ -980,7 +983,9 @@ impl Migrations {
             let mut on_round = |n: u32| match fault_at(&faults, &format!("round{n}")) {
                 Some(Fault::Cut) => {
                     cut = true;
-                    Err(RestoreError::Unexpected(format!("fault injected at round {n}")))
+                    Err(RestoreError::Unexpected(format!(
+                        "fault injected at round {n}"
+                    )))
                 }
                 None => {
                     let _ = to_home.send(GuestMsg::RoundDone(n));
