@@ -172,7 +172,7 @@ impl Precopy {
     /// full stop); the process runs on untouched either way.
     pub fn start(pid: i32) -> Result<Precopy, CheckpointError> {
         let ck = Checkpoint::take(pid)?;
-        let unavailable = |why: String| CheckpointError::TrackingUnavailable(why);
+        let unavailable = CheckpointError::TrackingUnavailable;
         let uffd = match ck.inject_userfaultfd() {
             Ok(fd) => fd,
             Err(CheckpointError::Injected { errno, .. }) => {

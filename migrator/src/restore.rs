@@ -353,7 +353,6 @@ pub fn restore_precopy(
         }
     }
     opts.fault(RestoreStep::PagesWritten)?;
-    drop(rem);
     let g = restored.tracee.as_mut().unwrap();
     finish(&g.main, &mut g.others, &stub, &image, opts)?;
     tracing::info!(
