@@ -14,23 +14,68 @@ pub fn migrate(mosix: &Path, gpid: u32, target: &str) -> anyhow::Result<i32> {
         .with_context(|| format!("process {gpid}"))?
         .trim()
         .to_string();
+    // The home node writes the migration's progress (rounds, bytes, the
+    // dirty set, the freeze) to a file of its own, read here while the
+    // write to `where` waits for the move. Only on the home node: `/run` is
+    // not part of what a node exports.
+    let home = std::fs::read_to_string(mosix.join(format!("proc/{gpid}/home")))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let here = std::fs::read_link(mosix.join("here"))
+        .map(|p| p.to_string_lossy().trim_start_matches("nodes/").to_string())
+        .unwrap_or_default();
+    let progress = std::path::PathBuf::from(if home == here {
+        format!("/run/mosix/migrations/{}", gpid & ((1 << 22) - 1))
+    } else {
+        String::new()
+    });
+    let old = std::fs::read_to_string(&progress).unwrap_or_default();
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_message(format!("moving {gpid} from {from} to {target}"));
     bar.enable_steady_tick(Duration::from_millis(100));
     let start = Instant::now();
-    let r = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&where_)
-        .and_then(|mut f| f.write_all(format!("{target}\n").as_bytes()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (w, t) = (where_.clone(), target.to_string());
+    std::thread::spawn(move || {
+        let r = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&w)
+            .and_then(|mut f| f.write_all(format!("{t}\n").as_bytes()));
+        let _ = tx.send(r);
+    });
+    let mut shown = 0;
+    let mut show = |bar: &indicatif::ProgressBar| {
+        let now = std::fs::read_to_string(&progress).unwrap_or_default();
+        if now == old {
+            return;
+        }
+        for l in now.lines().skip(shown) {
+            // Not `println`: a hidden bar (no terminal) would drop it.
+            bar.suspend(|| outln!("{gpid}: {l}"));
+            shown += 1;
+        }
+    };
+    // Bounded like the move itself: the home node answers the write once
+    // the process runs somewhere, or fails it.
+    let r = loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => break r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => show(&bar),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                break Err(std::io::Error::other("the writer thread died"))
+            }
+        }
+    };
     let took = start.elapsed();
+    show(&bar);
     bar.finish_and_clear();
     if let Err(e) = r {
         bail!("cannot move {gpid} to {target}: {e}");
     }
     let now = std::fs::read_to_string(&where_).unwrap_or_default();
     outln!(
-        "{gpid}: {from} -> {} in {:.3} s (the process was frozen for part of it; \
-         the home node's log has the freeze time)",
+        "{gpid}: {from} -> {} in {:.3} s",
         now.trim(),
         took.as_secs_f64()
     );

@@ -116,20 +116,68 @@ impl Checkpoint {
             .main;
         let pagemap = File::open(format!("/proc/{}/pagemap", t.pid))
             .map_err(|e| CheckpointError::sys("opening pagemap", e))?;
-        Ok(PageReader {
+        Ok(PageReader::new(
             t,
             pagemap,
-            vmas: self
-                .image
+            self.image
                 .mm
                 .vmas
                 .iter()
                 .filter(|v| v.carries_pages())
                 .collect(),
-            idx: 0,
-            cursor: 0,
-            max_pages: (batch_bytes as u64 / PAGE).max(1),
-        })
+            batch_bytes,
+        ))
+    }
+
+    /// Creates a userfaultfd inside the frozen process (the kernel binds it
+    /// to the creator's address space), takes a copy of it here and closes
+    /// the process's own descriptor at once, so the process never sees it
+    /// in its fd table. Tried first with kernel faults allowed, then user
+    /// mode only (what `vm.unprivileged_userfaultfd = 0` permits).
+    pub(crate) fn inject_userfaultfd(&self) -> Result<std::os::fd::OwnedFd, CheckpointError> {
+        let sys = CheckpointError::sys;
+        let g = self.tracee.as_ref().expect("checkpoint already consumed");
+        let t = &g.main;
+        let regs = t.regs().map_err(|e| sys("GETREGS", e))?;
+        let mask = t.sigmask().map_err(|e| sys("GETSIGMASK", e))?;
+        t.set_sigmask(!0).map_err(|e| sys("SETSIGMASK", e))?;
+        let res = (|| {
+            let vmas = proc::read_vmas(t.pid).map_err(|e| sys("reading maps", e))?;
+            let insn = syscall_site(t, &vmas)
+                .map_err(|e| sys("looking for a syscall instruction", e))?
+                .ok_or_else(|| {
+                    CheckpointError::Unexpected("no syscall instruction in the source".into())
+                })?;
+            let inj = Injector {
+                t,
+                insn,
+                base: regs,
+            };
+            let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+            const UFFD_USER_MODE_ONLY: u64 = 1;
+            let fd = match icall(&inj, libc::SYS_userfaultfd, &[flags]) {
+                Err(CheckpointError::Injected { errno, .. }) if errno == libc::EPERM => {
+                    icall(&inj, libc::SYS_userfaultfd, &[flags | UFFD_USER_MODE_ONLY])?
+                }
+                r => r?,
+            };
+            let ours = grab_fd(t.pid, fd as i32);
+            icall(&inj, libc::SYS_close, &[fd as u64])?;
+            ours.map_err(|e| sys("taking the userfaultfd", e))
+        })();
+        let back = t.set_regs(&regs).and_then(|_| t.set_sigmask(mask));
+        let fd = res?;
+        back.map_err(|e| sys("restoring source registers", e))?;
+        Ok(fd)
+    }
+
+    /// The frozen source's memory, for pages read by pre-copy.
+    pub(crate) fn reader(&self) -> &dyn ReadMem {
+        &self
+            .tracee
+            .as_ref()
+            .expect("checkpoint already consumed")
+            .main
     }
 
     /// A copy of the source's fd `fd`; see [`grab_fd`].
@@ -680,7 +728,7 @@ fn inject_queries(
 /// pages present in RAM or swap, and private file pages that were written
 /// (no longer the file's page cache page).
 pub struct PageReader<'a> {
-    t: &'a Tracee,
+    t: &'a dyn ReadMem,
     pagemap: File,
     vmas: Vec<&'a Vma>,
     idx: usize,
@@ -692,8 +740,36 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 
-impl PageReader<'_> {
-    fn wanted(entry: u64, file_backed: bool) -> bool {
+/// Reading another process's memory: a stopped tracee, or a running
+/// process during pre-copy.
+pub(crate) trait ReadMem {
+    fn read_mem(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()>;
+}
+
+impl ReadMem for Tracee {
+    fn read_mem(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        Tracee::read_mem(self, addr, buf)
+    }
+}
+
+impl<'a> PageReader<'a> {
+    pub(crate) fn new(
+        t: &'a dyn ReadMem,
+        pagemap: File,
+        vmas: Vec<&'a Vma>,
+        batch_bytes: usize,
+    ) -> Self {
+        PageReader {
+            t,
+            pagemap,
+            vmas,
+            idx: 0,
+            cursor: 0,
+            max_pages: (batch_bytes as u64 / PAGE).max(1),
+        }
+    }
+
+    pub(crate) fn wanted(entry: u64, file_backed: bool) -> bool {
         if entry & PM_SWAP != 0 {
             return true;
         }

@@ -124,6 +124,10 @@ pub enum CheckpointError {
     Unexpected(String),
     #[error(transparent)]
     Stream(#[from] StreamError),
+    /// Pre-copy cannot track this process's writes; a full stop still can
+    /// move it.
+    #[error("dirty-page tracking unavailable: {0}")]
+    TrackingUnavailable(String),
 }
 
 impl CheckpointError {
@@ -134,6 +138,7 @@ impl CheckpointError {
             CheckpointError::Injected { errno, .. } => *errno,
             CheckpointError::Unexpected(_) => libc::EAGAIN,
             CheckpointError::Stream(s) => s.errno(),
+            CheckpointError::TrackingUnavailable(_) => libc::EOPNOTSUPP,
         }
     }
 

@@ -19,6 +19,7 @@ mod error;
 mod inject;
 mod movable;
 mod pages;
+mod precopy;
 mod proc;
 mod ptrace;
 mod restore;
@@ -29,8 +30,9 @@ pub use deputy::{Deputy, DeputyEvent, Ending};
 pub use error::{CantMove, CheckpointError, RestoreError, StreamError};
 pub use movable::check_movable;
 pub use pages::{
-    read_image, write_image, MemPages, PageSink, PageSource, StreamSink, StreamSource,
-    DEFAULT_BATCH_BYTES,
+    read_image, read_start, write_image, write_precopy_start, MemPages, PageSink, PageSource,
+    Start, StreamSink, StreamSource, DEFAULT_BATCH_BYTES,
 };
-pub use restore::{restore, FdReplacement, RestoreOptions, RestoreStep, Restored};
+pub use precopy::{FinalStats, Precopy, RoundStats, FEW_DIRTY_PAGES, MAX_ROUNDS};
+pub use restore::{restore, restore_precopy, FdReplacement, RestoreOptions, RestoreStep, Restored};
 pub use state::*;

@@ -22,6 +22,20 @@ pub trait PageSink {
     fn put(&mut self, batch: PageBatch) -> Result<(), StreamError>;
     /// No more batches for this round.
     fn finish(&mut self) -> Result<(), StreamError>;
+    /// Pre-copy: round `n` (taken while the process ran) is complete.
+    fn end_round(&mut self, n: u32) -> Result<(), StreamError> {
+        let _ = n;
+        Err(StreamError::Protocol(
+            "this sink carries no pre-copy".into(),
+        ))
+    }
+    /// Pre-copy, last round: ranges to zero again on the target.
+    fn holes(&mut self, ranges: &[(u64, u64)]) -> Result<(), StreamError> {
+        let _ = ranges;
+        Err(StreamError::Protocol(
+            "this sink carries no pre-copy".into(),
+        ))
+    }
 }
 
 pub trait PageSource {
@@ -65,8 +79,81 @@ impl PageSource for MemPages {
 #[derive(Serialize, Deserialize)]
 enum Frame {
     Image(Box<ProcessImage>),
-    Pages { addr: u64, len: u64 },
+    Pages {
+        addr: u64,
+        len: u64,
+    },
     End,
+    /// Pre-copy: the image of the process as it runs on, whose areas the
+    /// target builds now and fills with the rounds' pages.
+    Precopy(Box<ProcessImage>),
+    /// Pre-copy: round `n`'s pages were all sent.
+    Round(u32),
+    /// Pre-copy, last round: ranges of pages sent earlier that the process
+    /// no longer holds (freed with `MADV_DONTNEED`, say): zero again.
+    Holes(Vec<(u64, u64)>),
+}
+
+/// How a migration stream begins.
+pub enum Start {
+    /// The frozen process: image, then its pages.
+    Full(ProcessImage),
+    /// Pre-copy: the image of the still-running process, rounds of pages,
+    /// then the final image and the pages written since.
+    Precopy(ProcessImage),
+}
+
+pub fn read_start<R: Read>(r: &mut R) -> Result<Start, StreamError> {
+    match rmp_serde::decode::from_read(r)? {
+        Frame::Image(i) => Ok(Start::Full(*i)),
+        Frame::Precopy(i) => Ok(Start::Precopy(*i)),
+        _ => Err(StreamError::Protocol("expected an image frame".into())),
+    }
+}
+
+pub fn write_precopy_start<W: Write>(w: &mut W, image: &ProcessImage) -> Result<(), StreamError> {
+    rmp_serde::encode::write(w, &Frame::Precopy(Box::new(image.clone())))?;
+    Ok(())
+}
+
+pub fn write_round_end<W: Write>(w: &mut W, n: u32) -> Result<(), StreamError> {
+    rmp_serde::encode::write(w, &Frame::Round(n))?;
+    Ok(())
+}
+
+pub fn write_holes<W: Write>(w: &mut W, holes: &[(u64, u64)]) -> Result<(), StreamError> {
+    rmp_serde::encode::write(w, &Frame::Holes(holes.to_vec()))?;
+    Ok(())
+}
+
+/// What a pre-copy stream carries between the first image and the end.
+pub(crate) enum PrecopyItem {
+    Pages(PageBatch),
+    Round(u32),
+    Image(Box<ProcessImage>),
+    Holes(Vec<(u64, u64)>),
+    End,
+}
+
+pub(crate) fn read_precopy_item<R: Read + ?Sized>(
+    r: &mut R,
+    max_batch: u64,
+) -> Result<PrecopyItem, StreamError> {
+    Ok(match rmp_serde::decode::from_read(&mut *r)? {
+        Frame::Pages { addr, len } => {
+            if len > max_batch {
+                return Err(StreamError::Protocol(format!("batch of {len} bytes")));
+            }
+            let mut data = vec![0u8; len as usize];
+            r.read_exact(&mut data)?;
+            PrecopyItem::Pages(PageBatch { addr, data })
+        }
+        Frame::Round(n) => PrecopyItem::Round(n),
+        Frame::Image(i) => PrecopyItem::Image(i),
+        Frame::Holes(h) => PrecopyItem::Holes(h),
+        Frame::End => PrecopyItem::End,
+        Frame::Precopy(_) => return Err(StreamError::Protocol("a second pre-copy image".into())),
+    })
 }
 
 pub fn write_image<W: Write>(w: &mut W, image: &ProcessImage) -> Result<(), StreamError> {
@@ -115,6 +202,12 @@ impl<W: Write> PageSink for StreamSink<W> {
         self.w.flush()?;
         Ok(())
     }
+    fn end_round(&mut self, n: u32) -> Result<(), StreamError> {
+        write_round_end(&mut self.w, n)
+    }
+    fn holes(&mut self, ranges: &[(u64, u64)]) -> Result<(), StreamError> {
+        write_holes(&mut self.w, ranges)
+    }
 }
 
 /// The reading end of [`StreamSink`].
@@ -156,8 +249,8 @@ impl<R: Read> PageSource for StreamSource<R> {
                 self.done = true;
                 Ok(None)
             }
-            Frame::Image(_) => Err(StreamError::Protocol(
-                "image frame inside page stream".into(),
+            _ => Err(StreamError::Protocol(
+                "image or pre-copy frame inside page stream".into(),
             )),
         }
     }

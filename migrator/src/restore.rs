@@ -22,8 +22,9 @@
 
 use crate::checkpoint::syscall_site;
 use crate::error::RestoreError;
+use crate::error::StreamError;
 use crate::inject::{errno_of, Injector};
-use crate::pages::PageSource;
+use crate::pages::{read_precopy_item, PageSource, PrecopyItem};
 use crate::proc::{read_vmas, RawVma};
 use crate::ptrace::{Group, Tracee};
 use crate::state::*;
@@ -237,6 +238,21 @@ pub fn restore(
     pages: &mut dyn PageSource,
     opts: &RestoreOptions,
 ) -> Result<Restored, RestoreError> {
+    let mut r = spawn_restored(image, opts)?;
+    let g = r.tracee.as_mut().unwrap();
+    if let Err(e) = build(&g.main, &mut g.others, image, pages, opts) {
+        tracing::debug!(stub = r.pid, error = %e, "restore failed; stub killed");
+        return Err(e);
+    }
+    tracing::debug!(
+        pid = r.pid,
+        from = image.pid,
+        "restored, stopped until run()"
+    );
+    Ok(r)
+}
+
+fn check_image(image: &ProcessImage) -> Result<(), RestoreError> {
     if image.version != IMAGE_VERSION {
         return Err(RestoreError::BadImage(format!(
             "image version {} (we read {IMAGE_VERSION})",
@@ -248,6 +264,12 @@ pub fn restore(
             "the first thread must be the main thread".into(),
         ));
     }
+    Ok(())
+}
+
+/// A stub, seized; dropping the result kills it.
+fn spawn_restored(image: &ProcessImage, opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    check_image(image)?;
     let keep: Vec<RawFd> = opts.replacements.iter().map(|r| r.from).collect();
     let pid = match opts.keep_pid.then_some(image.pid) {
         Some(p) => spawn_stub(Some(p), &keep).or_else(|_| spawn_stub(None, &keep)),
@@ -265,18 +287,118 @@ pub fn restore(
             return Err(RestoreError::sys("seizing the stub", e));
         }
     };
-    let mut r = Restored {
+    Ok(Restored {
         tracee: Some(Group::single(t)),
         pid,
         _not_send: PhantomData,
+    })
+}
+
+/// Pre-copy on the target: `prelim` is the image of the process as it ran
+/// on at home. Its areas are built in a new stub at once and each round's
+/// pages are written straight into them as they arrive, so the freeze only
+/// pays for the last round. Then, from `r`: the final image; the areas that
+/// changed since `prelim` are rebuilt (the same comparison the source made
+/// to decide what to send whole); the last pages; the holes, zeroed again;
+/// and the rest of the restore. `on_round` hears of each finished round
+/// (an error there abandons the restore, as any other does).
+pub fn restore_precopy(
+    prelim: &ProcessImage,
+    r: &mut dyn std::io::Read,
+    opts: &RestoreOptions,
+    on_round: &mut dyn FnMut(u32) -> Result<(), RestoreError>,
+) -> Result<(Restored, ProcessImage), RestoreError> {
+    let mut restored = spawn_restored(prelim, opts)?;
+    let g = restored.tracee.as_mut().unwrap();
+    let t = &g.main;
+    let stub = prepare(t, prelim, opts)?;
+    let max_batch = 1 << 30;
+    // Runs written into the stub, for the holes.
+    let mut written: Vec<(u64, u64)> = Vec::new();
+    let image = loop {
+        match read_precopy_item(r, max_batch)? {
+            PrecopyItem::Pages(b) => {
+                write_batch(t, &b)?;
+                written.push((b.addr, b.addr + b.data.len() as u64));
+            }
+            PrecopyItem::Round(n) => on_round(n)?,
+            PrecopyItem::Image(i) => break *i,
+            _ => return Err(StreamError::Protocol("pre-copy stream out of order".into()).into()),
+        }
     };
-    let g = r.tracee.as_mut().unwrap();
-    if let Err(e) = build(&g.main, &mut g.others, image, pages, opts) {
-        tracing::debug!(stub = pid, error = %e, "restore failed; stub killed");
-        return Err(e);
+    let frozen_at = std::time::Instant::now();
+    check_image(&image)?;
+    let rem = stub.remote(t);
+    if image
+        .mm
+        .vmas
+        .iter()
+        .any(|v| v.start < stub.tramp + stub.tramp_len && stub.tramp < v.end)
+    {
+        return Err(RestoreError::Unexpected(
+            "the process mapped memory where the restore's trampoline is; try again".into(),
+        ));
     }
-    tracing::debug!(pid, from = image.pid, "restored, stopped until run()");
-    Ok(r)
+    let special = |v: &&Vma| matches!(v.kind, VmaKind::Special { .. } | VmaKind::Vsyscall);
+    let was: Vec<&Vma> = prelim.mm.vmas.iter().filter(special).collect();
+    let now: Vec<&Vma> = image.mm.vmas.iter().filter(special).collect();
+    if was != now {
+        return Err(RestoreError::VdsoMismatch(
+            "the kernel's areas moved during pre-copy".into(),
+        ));
+    }
+    // Areas gone or changed go; new or changed ones are built afresh and
+    // come whole in the last round.
+    for v in prelim.mm.vmas.iter().filter(|v| !special(v)) {
+        if !image.mm.vmas.contains(v) {
+            rem.call("munmap changed area", libc::SYS_munmap, &[v.start, v.len()])?;
+        }
+    }
+    let fresh: Vec<&Vma> = image
+        .mm
+        .vmas
+        .iter()
+        .filter(|v| !special(v) && !prelim.mm.vmas.contains(v))
+        .collect();
+    map_areas(&rem, &fresh, opts)?;
+    written.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(written.len());
+    for (s, e) in written {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    loop {
+        match read_precopy_item(r, max_batch)? {
+            PrecopyItem::Pages(b) => write_batch(t, &b)?,
+            PrecopyItem::Holes(holes) => {
+                for (hs, he) in holes {
+                    let first = merged.partition_point(|&(_, e)| e <= hs);
+                    for &(ws, we) in merged[first..].iter().take_while(|&&(s, _)| s < he) {
+                        let (s, e) = (hs.max(ws), he.min(we));
+                        rem.call(
+                            "madvise(MADV_DONTNEED) a hole",
+                            libc::SYS_madvise,
+                            &[s, e - s, libc::MADV_DONTNEED as u64],
+                        )?;
+                    }
+                }
+            }
+            PrecopyItem::End => break,
+            _ => return Err(StreamError::Protocol("pre-copy stream out of order".into()).into()),
+        }
+    }
+    opts.fault(RestoreStep::PagesWritten)?;
+    let g = restored.tracee.as_mut().unwrap();
+    finish(&g.main, &mut g.others, &stub, &image, opts)?;
+    tracing::info!(
+        pid = restored.pid,
+        from = image.pid,
+        took = ?frozen_at.elapsed(),
+        "restored after pre-copy (from the final image on), stopped until run()"
+    );
+    Ok((restored, image))
 }
 
 struct Remote<'a> {
@@ -382,8 +504,48 @@ fn build(
     pages: &mut dyn PageSource,
     opts: &RestoreOptions,
 ) -> Result<(), RestoreError> {
+    let stub = prepare(t, image, opts)?;
+    // 6. Pages.
+    while let Some(b) = pages.next_batch()? {
+        write_batch(t, &b)?;
+    }
+    opts.fault(RestoreStep::PagesWritten)?;
+    finish(t, others, &stub, image, opts)
+}
+
+fn write_batch(t: &Tracee, b: &PageBatch) -> Result<(), RestoreError> {
+    t.write_mem(b.addr, &b.data).map_err(|e| {
+        RestoreError::sys(
+            format!("writing {} bytes at {:#x}", b.data.len(), b.addr),
+            e,
+        )
+    })
+}
+
+/// A stub emptied and given the image's areas, with the trampoline that
+/// injection runs from.
+struct Stub {
+    base: Regs,
+    tramp: u64,
+    tramp_len: u64,
+}
+
+impl Stub {
+    fn remote<'a>(&self, t: &'a Tracee) -> Remote<'a> {
+        Remote {
+            inj: Injector {
+                t,
+                insn: self.tramp,
+                base: self.base,
+            },
+            scratch: self.tramp + PAGE,
+        }
+    }
+}
+
+/// Steps 1 to 5: everything up to the pages.
+fn prepare(t: &Tracee, image: &ProcessImage, opts: &RestoreOptions) -> Result<Stub, RestoreError> {
     let sys = RestoreError::sys;
-    let core = &image.threads[0];
     opts.fault(RestoreStep::StubCreated)?;
     // Nothing is delivered into the half-built process.
     t.set_sigmask(!0).map_err(|e| sys("SETSIGMASK", e))?;
@@ -499,8 +661,21 @@ fn build(
     }
 
     // 5. The address space.
+    let areas: Vec<&Vma> = image.mm.vmas.iter().collect();
+    map_areas(&rem, &areas, opts)?;
+    opts.fault(RestoreStep::AddressSpaceMapped)?;
+    Ok(Stub {
+        base,
+        tramp,
+        tramp_len,
+    })
+}
+
+/// Step 5 for `areas`: each mapped at its address, anonymous or from its
+/// (translated) file.
+fn map_areas(rem: &Remote, areas: &[&Vma], opts: &RestoreOptions) -> Result<(), RestoreError> {
     let mut files: HashMap<(PathBuf, bool), u64> = HashMap::new();
-    for v in &image.mm.vmas {
+    for v in areas {
         match &v.kind {
             VmaKind::Special { .. } | VmaKind::Vsyscall => {}
             VmaKind::Anon { .. } => {
@@ -549,18 +724,21 @@ fn build(
     for fd in files.into_values() {
         rem.call("close", libc::SYS_close, &[fd])?;
     }
-    opts.fault(RestoreStep::AddressSpaceMapped)?;
+    Ok(())
+}
 
-    // 6. Pages.
-    while let Some(b) = pages.next_batch()? {
-        t.write_mem(b.addr, &b.data).map_err(|e| {
-            RestoreError::sys(
-                format!("writing {} bytes at {:#x}", b.data.len(), b.addr),
-                e,
-            )
-        })?;
-    }
-    opts.fault(RestoreStep::PagesWritten)?;
+/// Steps 7 to 14: everything after the pages.
+fn finish(
+    t: &Tracee,
+    others: &mut Vec<Tracee>,
+    stub: &Stub,
+    image: &ProcessImage,
+    opts: &RestoreOptions,
+) -> Result<(), RestoreError> {
+    let sys = RestoreError::sys;
+    let core = &image.threads[0];
+    let mut rem = stub.remote(t);
+    let (tramp, tramp_len) = (stub.tramp, stub.tramp_len);
 
     // 7. mm fields. The exe link needs the old exe unmapped, which it is.
     let mm = &image.mm;

@@ -33,8 +33,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mosix_migrator::{
-    check_movable, read_image, restore, write_image, Checkpoint, DeputyEvent, FdKind,
-    FdReplacement, RestoreOptions, StreamSink, StreamSource,
+    check_movable, read_image, read_start, restore, restore_precopy, write_image,
+    write_precopy_start, Checkpoint, CheckpointError, DeputyEvent, FdKind, FdReplacement, Precopy,
+    RestoreError, RestoreOptions, Start, StreamSink, StreamSource,
 };
 use mosix_net::Peers;
 use mosix_procview::node::{Migrator, Placement};
@@ -62,8 +63,9 @@ const RELAY_CHUNK: usize = 64 << 10;
 /// Where a target can be told to fail on purpose, for tests of the
 /// transaction: `/run/mosix/fault` holding `abort:<phase>` (the daemon dies
 /// as if killed) or `cut:<phase>` (the stream to the home node breaks), with
-/// phase `pages` (image read, pages not yet) or `built` (copy built, waiting
-/// for `Run`). Only root can write there; without the file nothing happens.
+/// phase `pages` (image read, pages not yet), `round<N>` (pre-copy round N,
+/// from 0, received while the process still runs at home) or `built` (copy
+/// built, waiting for `Run`). Only root can write there; without the file nothing happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     Cut,
@@ -93,6 +95,94 @@ fn fault_at(spec: &Option<String>, phase: &str) -> Option<Fault> {
         }
         _ => None,
     }
+}
+
+/// Where the home node writes each migration's progress lines, one file per
+/// process (`<dir>/<pid>`), for `mosix migrate` to show as they come.
+pub const PROGRESS_DIR: &str = "/run/mosix/migrations";
+
+/// A migration's progress: to the log, and to its progress file.
+struct Report {
+    pid: u32,
+    target: String,
+    file: Option<std::fs::File>,
+}
+
+impl Report {
+    fn new(pid: u32, target: &str) -> Report {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // Root writes here: nobody else may, and no symlink is followed.
+        let _ = std::fs::DirBuilder::new()
+            .mode(0o755)
+            .recursive(true)
+            .create(PROGRESS_DIR);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(format!("{PROGRESS_DIR}/{pid}"))
+            .ok();
+        Report {
+            pid,
+            target: target.to_string(),
+            file,
+        }
+    }
+
+    fn line(&mut self, text: String) {
+        tracing::info!(pid = self.pid, target = %self.target, "migration: {text}");
+        if let Some(f) = &mut self.file {
+            let _ = writeln!(f, "{text}");
+        }
+    }
+}
+
+/// What sending a process leaves: the frozen source, the descriptors to
+/// relay, the stream, the bytes sent, and when the freeze began.
+type Sent = (
+    Checkpoint,
+    Vec<(i32, bool, OwnedFd)>,
+    quinn::SendStream,
+    quinn::RecvStream,
+    u64,
+    Instant,
+);
+
+/// Buffer over the migration stream: an rmp frame is many small writes
+/// (reads), each a trip into the runtime through the bridge otherwise. Page
+/// batches are larger and go straight through. Nothing follows the stream's
+/// end frame before the home hears `Built`, so the target's buffer never
+/// holds what the guest's messages need.
+const BRIDGE_BUF: usize = 64 << 10;
+
+type BridgeWriter = std::io::BufWriter<SyncIoBridge<quinn::SendStream>>;
+
+fn bridge_writer(send: quinn::SendStream, rt: &tokio::runtime::Handle) -> BridgeWriter {
+    std::io::BufWriter::with_capacity(BRIDGE_BUF, SyncIoBridge::new_with_handle(send, rt.clone()))
+}
+
+fn unbridge(w: BridgeWriter) -> Result<quinn::SendStream, i32> {
+    w.into_inner()
+        .map(|b| b.into_inner())
+        .map_err(|_| libc::EIO)
+}
+
+/// Descriptors whose other end stays here: the deputy's copies, to relay
+/// (and to give back to the process if it comes home). Taken while the
+/// source is frozen.
+fn relayed_fds(ck: &Checkpoint) -> Vec<(i32, bool, OwnedFd)> {
+    ck.image()
+        .fds
+        .entries
+        .iter()
+        .filter(|e| e.kind.needs_relay())
+        .filter_map(|e| {
+            let input = e.flags & libc::O_ACCMODE == libc::O_RDONLY;
+            ck.dup_source_fd(e.fd).ok().map(|fd| (e.fd, input, fd))
+        })
+        .collect()
 }
 
 /// One of this node's processes running elsewhere.
@@ -239,6 +329,23 @@ impl Migrations {
         }
     }
 
+    /// Waits for the target's word that pre-copy round `n` is applied.
+    fn await_round(&self, recv: &mut quinn::RecvStream, n: u32) -> Result<(), i32> {
+        let got = self.rt.block_on(async {
+            tokio::time::timeout(
+                RUN_TIMEOUT + mosix_net::REQUEST_TIMEOUT,
+                read_frame::<_, GuestMsg>(recv, MAX_FRAME),
+            )
+            .await
+        });
+        match got {
+            Ok(Ok(Some(GuestMsg::RoundDone(m)))) if m == n => Ok(()),
+            Ok(Ok(Some(GuestMsg::Built(Err(e))))) => Err(e),
+            Err(_) => Err(libc::ETIMEDOUT),
+            _ => Err(libc::EIO),
+        }
+    }
+
     /// The copy at the other end of `send`/`recv` is told to run; what it
     /// says comes to the home thread tagged `gen`. Returns the way to it.
     fn start_stay(
@@ -283,6 +390,80 @@ impl Migrations {
         to
     }
 
+    /// Full stop: freeze, then image and every page.
+    fn send_stopped(&self, pid: u32, addr: std::net::SocketAddr) -> Result<Sent, i32> {
+        let frozen_at = Instant::now();
+        let ck = Checkpoint::take(pid as i32).map_err(|e| e.errno())?;
+        let relayed = relayed_fds(&ck);
+        let (send, recv) = self.open_arrive(pid, addr, 1)?;
+        let mut w = bridge_writer(send, &self.rt);
+        let bytes = write_image(&mut w, ck.image())
+            .map_err(|e| e.errno())
+            .and_then(|_| {
+                ck.send_pages(&mut StreamSink::new(&mut w))
+                    .map_err(|e| e.errno())
+            })
+            .and_then(|n| w.flush().map(|_| n).map_err(|_| libc::EIO))?;
+        Ok((ck, relayed, unbridge(w)?, recv, bytes, frozen_at))
+    }
+
+    /// Pre-copy: rounds while the process runs, until P.Haul's rule says
+    /// stop, then the freeze and the pages written since. The tracking ends
+    /// when `pc` is dropped, here, whatever happens.
+    fn send_precopy(
+        &self,
+        pid: u32,
+        addr: std::net::SocketAddr,
+        mut pc: Precopy,
+        report: &mut Report,
+    ) -> Result<Sent, i32> {
+        let (send, mut recv) = self.open_arrive(pid, addr, 1)?;
+        let mut w = bridge_writer(send, &self.rt);
+        write_precopy_start(&mut w, pc.image()).map_err(|e| e.errno())?;
+        let mut sink = StreamSink::new(&mut w);
+        let mut bytes = 0;
+        loop {
+            let t = Instant::now();
+            let r = pc.round(&mut sink).map_err(|e| e.errno())?;
+            sink.get_mut().flush().map_err(|_| libc::EIO)?;
+            self.await_round(&mut recv, r.round)?;
+            bytes += r.bytes;
+            report.line(format!(
+                "round {}: {} pages ({:.1} MiB) in {:.3} s{}",
+                r.round,
+                r.pages,
+                r.bytes as f64 / (1 << 20) as f64,
+                t.elapsed().as_secs_f64(),
+                if r.round == 0 { "" } else { " dirty" }
+            ));
+            if pc.should_stop() {
+                break;
+            }
+        }
+        let frozen_at = Instant::now();
+        let ck = pc.freeze().map_err(|e| e.errno())?;
+        let took = frozen_at.elapsed();
+        let relayed = relayed_fds(&ck);
+        write_image(sink.get_mut(), ck.image()).map_err(|e| e.errno())?;
+        let last = pc.send_final(&ck, &mut sink).map_err(|e| e.errno())?;
+        w.flush().map_err(|_| libc::EIO)?;
+        bytes += last.bytes;
+        report.line(format!(
+            "frozen: checkpoint {:.1} ms, last round {} pages ({:.1} MiB) sent by {:.1} ms{}",
+            took.as_secs_f64() * 1e3,
+            last.pages,
+            last.bytes as f64 / (1 << 20) as f64,
+            frozen_at.elapsed().as_secs_f64() * 1e3,
+            if last.whole_areas > 0 {
+                format!(", {} areas new or changed sent whole", last.whole_areas)
+            } else {
+                String::new()
+            }
+        ));
+        drop(pc);
+        Ok((ck, relayed, unbridge(w)?, recv, bytes, frozen_at))
+    }
+
     fn home_thread(
         self: Arc<Self>,
         pid: u32,
@@ -291,60 +472,47 @@ impl Migrations {
         done: mpsc::Sender<Outcome>,
     ) {
         let start = Instant::now();
-        let ck = match Checkpoint::take(pid as i32) {
-            Ok(ck) => ck,
+        let mut report = Report::new(pid, &target);
+        // Pre-copy when this kernel and this process allow it; otherwise
+        // the full stop, and the report says why.
+        let pc = match Precopy::start(pid as i32) {
+            Ok(pc) => Some(pc),
+            Err(CheckpointError::TrackingUnavailable(why)) => {
+                report.line(format!("pre-copy unavailable ({why}): full stop"));
+                None
+            }
             Err(e) => {
                 let _ = done.send(Err(e.errno()));
                 return;
             }
         };
-        // Descriptors whose other end stays here: the deputy's copies, to
-        // relay (and to give back to the process if it comes home). Taken
-        // while the source is frozen.
-        let relayed: Vec<(i32, bool, OwnedFd)> = ck
-            .image()
-            .fds
-            .entries
-            .iter()
-            .filter(|e| e.kind.needs_relay())
-            .filter_map(|e| {
-                let input = e.flags & libc::O_ACCMODE == libc::O_RDONLY;
-                ck.dup_source_fd(e.fd).ok().map(|fd| (e.fd, input, fd))
-            })
-            .collect();
-        let (send, mut recv) = match self.open_arrive(pid, addr, 1) {
+        let sent = match pc {
+            Some(pc) => self.send_precopy(pid, addr, pc, &mut report),
+            None => self.send_stopped(pid, addr),
+        };
+        let (ck, relayed, send, mut recv, bytes, frozen_at) = match sent {
             Ok(s) => s,
             Err(e) => {
-                let _ = done.send(Err(e));
-                return; // dropping `ck` resumes the source
-            }
-        };
-        let mut w = SyncIoBridge::new_with_handle(send, self.rt.clone());
-        let streamed = write_image(&mut w, ck.image())
-            .map_err(|e| e.errno())
-            .and_then(|_| {
-                ck.send_pages(&mut StreamSink::new(&mut w))
-                    .map_err(|e| e.errno())
-            })
-            .and_then(|n| w.flush().map(|_| n).map_err(|_| libc::EIO));
-        let bytes = match streamed {
-            Ok(n) => n,
-            Err(e) => {
                 tracing::warn!(pid, %target, errno = e, "sending the process failed; it resumes here");
+                report.line(format!("failed: {}", std::io::Error::from_raw_os_error(e)));
                 let _ = done.send(Err(e));
-                return;
+                return; // dropping the checkpoint resumes the source
             }
         };
-        let send = w.into_inner();
-        if let Err(e) = self.await_built(&mut recv) {
+        let built = self.await_built(&mut recv);
+        let built_at = frozen_at.elapsed();
+        if let Err(e) = built {
             tracing::warn!(pid, %target, errno = e, "the target did not rebuild the process; it resumes here");
+            report.line(format!(
+                "the target did not rebuild it: {}; it runs on here",
+                std::io::Error::from_raw_os_error(e)
+            ));
             let _ = done.send(Err(e));
             return;
         }
         // The commit point: the source becomes the deputy, then the copy
         // runs. A failure between the two leaves a deputy whose copy never
         // runs: it dies, and the process with it, but it never runs twice.
-        let freeze = start.elapsed();
         let reopened: Vec<i32> = ck
             .image()
             .fds
@@ -364,6 +532,8 @@ impl Migrations {
         let (events_tx, events) = mpsc::channel::<HomeEvent>();
         let mut gen = 1;
         let to = self.start_stay(gen, send, recv, events_tx.clone());
+        // Frozen until `Run` is on its way.
+        let freeze = frozen_at.elapsed();
         let stop_inputs = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writers: HashMap<i32, std::fs::File> = HashMap::new();
         let mut originals: Vec<(i32, OwnedFd)> = Vec::new();
@@ -387,6 +557,14 @@ impl Migrations {
             },
         );
         tracing::info!(pid, %target, ?freeze, bytes, "process migrated; deputy at home");
+        report.line(format!(
+            "frozen {:.1} ms (built on {target} by {:.1} ms); {} MiB in {:.3} s; runs on {target}",
+            freeze.as_secs_f64() * 1e3,
+            built_at.as_secs_f64() * 1e3,
+            bytes >> 20,
+            start.elapsed().as_secs_f64()
+        ));
+        drop(report);
         let _ = done.send(Ok(Timing {
             freeze,
             total: start.elapsed(),
@@ -677,11 +855,12 @@ impl Migrations {
             return;
         }
         // Messages from home go to the thread; the stream comes back once
-        // the pages are read.
-        let Ok(mut recv) = recv_rx.await else {
-            return;
-        };
+        // the pages are read. The guest's own messages flow from the start
+        // (pre-copy's `RoundDone` comes while the pages are being read).
         let reader = rt.spawn(async move {
+            let Ok(mut recv) = recv_rx.await else {
+                return;
+            };
             loop {
                 match read_frame::<_, GuestMsg>(&mut recv, MAX_FRAME).await {
                     Ok(Some(m)) => {
@@ -737,9 +916,16 @@ impl Migrations {
         to_home: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
     ) {
         let faults = read_faults();
-        let mut r = SyncIoBridge::new_with_handle(recv, self.rt.clone());
-        let image = match read_image(&mut r) {
-            Ok(i) => i,
+        let mut r = std::io::BufReader::with_capacity(
+            BRIDGE_BUF,
+            SyncIoBridge::new_with_handle(recv, self.rt.clone()),
+        );
+        // With pre-copy, this is the image of the process as it still runs
+        // at home: its descriptors and paths are what the view and the
+        // relays need; the final image comes after the rounds.
+        let (image, precopy) = match read_start(&mut r) {
+            Ok(Start::Full(i)) => (i, false),
+            Ok(Start::Precopy(i)) => (i, true),
             Err(e) => {
                 let _ = to_home.send(GuestMsg::Built(Err(e.errno())));
                 return;
@@ -795,9 +981,31 @@ impl Migrations {
             keep_pid: true,
             ..Default::default()
         };
-        let built = restore(&image, &mut StreamSource::new(&mut r), &opts);
+        let mut cut = false;
+        let built = if precopy {
+            let mut on_round = |n: u32| match fault_at(&faults, &format!("round{n}")) {
+                Some(Fault::Cut) => {
+                    cut = true;
+                    Err(RestoreError::Unexpected(format!(
+                        "fault injected at round {n}"
+                    )))
+                }
+                None => {
+                    let _ = to_home.send(GuestMsg::RoundDone(n));
+                    Ok(())
+                }
+            };
+            restore_precopy(&image, &mut r, &opts, &mut on_round).map(|(restored, _)| restored)
+        } else {
+            restore(&image, &mut StreamSource::new(&mut r), &opts)
+        };
         drop(kept);
-        let _ = recv_back.send(r.into_inner());
+        if cut {
+            // Dropping both halves resets the stream mid-transfer.
+            drop(r);
+            return;
+        }
+        let _ = recv_back.send(r.into_inner().into_inner());
         let restored = match built {
             Ok(r) => r,
             Err(e) => {
