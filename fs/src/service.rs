@@ -34,7 +34,7 @@ pub type Run = u64;
 /// daemon. Everything a client holds on a serving node (handles, lookup
 /// references, locks) belongs to its `ClientId`, and goes when that client
 /// is declared dead or comes back with a new run.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId {
     pub node: Arc<str>,
     pub run: u64,
