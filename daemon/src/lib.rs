@@ -57,6 +57,10 @@ struct Node {
     procs: Arc<LocalNode>,
     membership: Membership,
     export: Arc<mosix_fs::export::Export>,
+    /// This daemon's run, and its caches of other nodes' files (which
+    /// their recalls empty).
+    run: u64,
+    caches: Arc<mosix_fs::cached::ClientCaches>,
 }
 
 impl mosix_net::Handler for Node {
@@ -138,6 +142,19 @@ impl mosix_net::Handler for Node {
                     .read(&creds, pid, file)
                     .map(serde_bytes::ByteBuf::from),
             ),
+            Request::Recall(r) => {
+                // A lease granted to an earlier run of this daemon is gone
+                // with it: nothing to drop.
+                if r.client_run == self.run {
+                    self.caches
+                        .recall(&peer.name, r.server_run, r.file, r.epoch)
+                        .await;
+                }
+                Response::RecallDone(mosix_proto::lease::RecallDone {
+                    file: r.file,
+                    epoch: r.epoch,
+                })
+            }
             Request::Fs {
                 client_run,
                 creds,
@@ -295,12 +312,23 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg.node_id(),
         Arc::new(migrate::MigratorHandle(migrations.clone())),
     ));
+    let caches = mosix_fs::cached::ClientCaches::new(
+        usize::try_from(cfg.cache.memory_mib << 20).unwrap_or(usize::MAX),
+    );
+    export.set_recaller(Arc::new(link::PeerRecaller {
+        membership: membership.clone(),
+        peers: peers.clone(),
+        export: Arc::downgrade(&export),
+        rt: tokio::runtime::Handle::current(),
+    }));
     let node = Arc::new(Node {
         name: cfg.name.clone(),
         migrations,
         procs: procs.clone(),
         membership: membership.clone(),
         export: export.clone(),
+        run,
+        caches: caches.clone(),
     });
     tokio::spawn(mosix_net::serve(endpoint.clone(), node));
     tokio::spawn(control::serve(
@@ -314,7 +342,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     ));
     tokio::spawn(end_departed_clients(membership.clone(), export.clone()));
     let (session, proc_session) = if cfg.mount {
-        let link = Arc::new(link::ClusterLink::new(membership, peers.clone(), run));
+        let link = Arc::new(link::ClusterLink::new(
+            membership,
+            peers.clone(),
+            run,
+            caches.clone(),
+        ));
         let fs = Arc::new(mosix_fs::MosixFs::new(
             cfg.name.clone(),
             export,
@@ -322,6 +355,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             link.clone(),
             link.clone(),
         ));
+        let kernel: Arc<dyn mosix_fs::cached::KernelCache> = fs.clone();
+        caches.attach(Arc::downgrade(&kernel));
         // The process view first: /mosix lists `proc` once it exists.
         let view = Arc::new(mosix_procview::fs::ProcFs::new(
             cfg.name.clone(),

@@ -86,6 +86,20 @@ pub struct Lock {
     pub pid: u32,
 }
 
+/// How the kernel may cache the data of one open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenCache {
+    /// Within the open only: pages read are kept until the next open
+    /// (close-to-open), the kernel's default. This node's own files.
+    Plain,
+    /// Across opens (`FOPEN_KEEP_CACHE`): a lease says nobody else changes
+    /// the file without recalling it first.
+    Keep,
+    /// Not at all (`FOPEN_DIRECT_IO`): another node may change it at any
+    /// time, so every read asks the serving node.
+    Direct,
+}
+
 /// Every file operation one node serves. Methods mirror the FUSE operations
 /// they serve; each fails with the serving kernel's errno
 /// ([`crate::FsError::Os`]) or with why the node could not be asked.
@@ -192,4 +206,27 @@ pub trait FileService: Send + Sync + 'static {
     /// by the caller, so no serving thread ever blocks on a lock).
     async fn setlk(&self, at: &At, ino: RemoteIno, lock: Lock) -> FsResult<()>;
     async fn access(&self, at: &At, ino: RemoteIno, mask: i32) -> FsResult<()>;
+
+    /// How long the kernel may keep the attributes of `ino` of run `run`
+    /// that the last call returned (none unless a lease covers them).
+    fn kernel_ttl(&self, _run: Run, _ino: RemoteIno) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
+    /// How long the kernel may keep the name `name` in `parent` (it names
+    /// `child`).
+    fn entry_ttl(
+        &self,
+        _run: Run,
+        _parent: RemoteIno,
+        _name: &[u8],
+        _child: RemoteIno,
+    ) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
+    /// How the kernel may cache the data of the open `fh`.
+    fn open_cache(&self, _fh: RemoteFh) -> OpenCache {
+        OpenCache::Plain
+    }
 }
