@@ -321,6 +321,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         export: Arc::downgrade(&export),
         rt: tokio::runtime::Handle::current(),
     }));
+    // This node's own processes change exported files directly: those
+    // changes must end other nodes' leases too.
+    match export.watch_local_changes(&cfg.export.path) {
+        Ok(n) => tracing::info!(filesystems = n, "watching local changes to exported files"),
+        Err(e) => {
+            tracing::warn!(error = %e, "local changes to exported files are not watched: other nodes' caches of them may go stale")
+        }
+    }
     let node = Arc::new(Node {
         name: cfg.name.clone(),
         migrations,

@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mosix_fs::reach::{ClusterView, Connector};
 use mosix_cache::wire::Recall;
 use mosix_cache::RECALL_TIMEOUT;
 use mosix_fs::cached::ClientCaches;
 use mosix_fs::export::Recaller;
+use mosix_fs::reach::{ClusterView, Connector};
 use mosix_fs::remote::{FsCall, Transport};
 use mosix_fs::service::{ClientId, FileService, Run};
 use mosix_fs::FsError;

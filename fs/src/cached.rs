@@ -265,7 +265,12 @@ impl ClientCaches {
     /// Serving node `node` (as run `server_run`) recalls our lease on
     /// `file` under `epoch`. Returns once nothing of it is cached here.
     pub async fn recall(&self, node: &str, server_run: Run, file: RemoteIno, epoch: Epoch) {
-        let cache = self.nodes.lock().unwrap_or_else(|e| e.into_inner()).get(node).cloned();
+        let cache = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .cloned();
         if let Some(c) = cache {
             c.recall(server_run, file, epoch).await;
         }

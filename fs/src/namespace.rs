@@ -243,7 +243,11 @@ impl MosixFs {
         let Ino::Node { slot, .. } = ino::classify(i) else {
             return OpenCache::Plain;
         };
-        match self.nodes.locate(slot).and_then(|l| self.reach.files(&l.node)) {
+        match self
+            .nodes
+            .locate(slot)
+            .and_then(|l| self.reach.files(&l.node))
+        {
             Ok(svc) => svc.open_cache(fh),
             Err(_) => OpenCache::Plain,
         }
@@ -791,7 +795,8 @@ impl MosixFs {
 /// inode numbers here, for the caching decorator's recalls.
 impl crate::cached::KernelCache for MosixFs {
     fn drop_file(&self, node: &str, run: Run, file: RemoteIno, names: Vec<Vec<u8>>) {
-        let (Some(slot), Some(inval)) = (self.nodes.slot_of_run(node, run), self.inval.get()) else {
+        let (Some(slot), Some(inval)) = (self.nodes.slot_of_run(node, run), self.inval.get())
+        else {
             return;
         };
         let ino = ino::node_file(slot, file);
@@ -806,7 +811,8 @@ impl crate::cached::KernelCache for MosixFs {
     }
 
     fn drop_range(&self, node: &str, run: Run, file: RemoteIno, offset: u64, len: u64) {
-        let (Some(slot), Some(inval)) = (self.nodes.slot_of_run(node, run), self.inval.get()) else {
+        let (Some(slot), Some(inval)) = (self.nodes.slot_of_run(node, run), self.inval.get())
+        else {
             return;
         };
         inval.invalidate(crate::invalidate::Inval::Inode {

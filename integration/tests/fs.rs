@@ -611,3 +611,54 @@ print(oct(os.fstat(fd).st_mode & 0o7777))\""
     c.sh("n1", &format!("sh -c 'echo z >> {f}'"));
     assert_eq!(c.sh("n2", "stat -c %a /tmp/sid"), "6777\n");
 }
+
+/// Caching under leases: a node that read another node's file keeps its
+/// attributes, names and pages, yet sees every change made from any other
+/// node as soon as that change has returned (the owner recalls the lease
+/// first), never a stale byte or size.
+#[test]
+fn cached_remote_files_see_every_change_from_other_nodes() {
+    let c = Cluster::up(3);
+    let d = "/mosix/nodes/n1/tmp/lease";
+    c.sh("n1", "mkdir /tmp/lease && printf one > /tmp/lease/f");
+    // n2 reads and stats: from now on it may cache all of it.
+    let look = format!("cat {d}/f; echo; stat -c '%s' {d}/f; ls {d}");
+    assert_eq!(c.sh("n2", &look), "one\n3\nf\n");
+    assert_eq!(c.sh("n2", &look), "one\n3\nf\n");
+    // n3 overwrites through /mosix: n2's next read, size and listing follow.
+    c.sh("n3", &format!("printf 'two, longer' > {d}/f"));
+    assert_eq!(c.sh("n2", &look), "two, longer\n11\nf\n");
+    // Appends and truncation.
+    c.sh("n3", &format!("printf '+3' >> {d}/f"));
+    assert_eq!(c.sh("n2", &look), "two, longer+3\n13\nf\n");
+    c.sh("n3", &format!("truncate -s 3 {d}/f"));
+    assert_eq!(c.sh("n2", &look), "two\n3\nf\n");
+    // A partial overwrite keeps the size: only the data tells.
+    c.sh(
+        "n3",
+        &format!("printf X | dd of={d}/f bs=1 seek=1 conv=notrunc 2>/dev/null"),
+    );
+    assert_eq!(c.sh("n2", &look), "tXo\n3\nf\n");
+    // Names: a rename and a new file show at once in n2's cached directory.
+    c.sh("n3", &format!("mv {d}/f {d}/g && printf new > {d}/h"));
+    assert_eq!(
+        c.sh(
+            "n2",
+            &format!("ls {d}; cat {d}/g {d}/h; test -e {d}/f || echo gone")
+        ),
+        "g\nh\ntXonew\ngone\n"
+    );
+    // Mode changes.
+    c.sh("n3", &format!("chmod 600 {d}/g"));
+    assert_eq!(c.sh("n2", &format!("stat -c %a {d}/g")), "600\n");
+    // Removal.
+    c.sh("n3", &format!("rm {d}/g"));
+    assert_eq!(
+        c.sh("n2", &format!("test -e {d}/g || echo gone; ls {d}")),
+        "gone\nh\n"
+    );
+    // The owner's own changes through /mosix recall too.
+    c.sh("n2", &format!("cat {d}/h"));
+    c.sh("n1", "printf mine > /mosix/here/tmp/lease/h");
+    assert_eq!(c.sh("n2", &format!("cat {d}/h")), "mine");
+}

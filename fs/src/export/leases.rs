@@ -224,7 +224,9 @@ impl Leases {
                     return Err(libc::EAGAIN);
                 }
                 // Answered just now.
-                return rx.recv_timeout(Duration::from_secs(1)).unwrap_or(Err(libc::EIO));
+                return rx
+                    .recv_timeout(Duration::from_secs(1))
+                    .unwrap_or(Err(libc::EIO));
             }
         }
     }
@@ -244,7 +246,13 @@ impl Leases {
         }
     }
 
-    fn grant(&self, run: u64, who: &ClientId, file: RemoteIno, access: Option<Access>) -> Res<Grant> {
+    fn grant(
+        &self,
+        run: u64,
+        who: &ClientId,
+        file: RemoteIno,
+        access: Option<Access>,
+    ) -> Res<Grant> {
         let now = self.now();
         let d = match access {
             Some(a) => lock(&self.table).request(who.clone(), file, a, now),
@@ -282,6 +290,47 @@ impl Export {
         l.dispatch(self.epoch, events);
     }
 
+    /// A change made on this node outside the export (`watch.rs`): every
+    /// node's lease on `file` goes before the next one is granted.
+    pub(super) fn local_change(&self, file: RemoteIno) {
+        let l = &self.leases;
+        let d = lock(&l.table).mutate(None, file, l.now());
+        match l.wait(self.epoch, d) {
+            Ok(Ready::Mutate(op)) => l.done(self.epoch, vec![op]),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(file, errno = e, "recall after a local change failed"),
+        }
+    }
+
+    /// Runs `f`, the change `op` describes (its bulk data left out), made
+    /// by this node's own caller `who` in-process: other nodes' leases on
+    /// what it changes are recalled first.
+    pub fn as_change<T>(&self, who: &Who, op: &FsRequest, f: impl FnOnce() -> Res<T>) -> Res<T> {
+        if self.leases.recaller.get().is_none() || self.leases_idle() {
+            return f();
+        }
+        let plan = self.plan(who, op, true);
+        let l = &self.leases;
+        let mut held = Vec::new();
+        for file in &plan.mutate {
+            match l.mutate(self.epoch, None, *file) {
+                Ok(op) => held.push(op),
+                Err(e) => {
+                    l.done(self.epoch, held);
+                    return Err(e);
+                }
+            }
+        }
+        let r = f();
+        l.done(self.epoch, held);
+        r
+    }
+
+    /// Whether no lease is held or asked for anywhere.
+    pub(super) fn leases_idle(&self) -> bool {
+        lock(&self.leases.table).is_empty()
+    }
+
     /// The session of `client` ended: its leases go with it.
     pub(super) fn leases_gone(&self, client: &ClientId) {
         let l = &self.leases;
@@ -291,7 +340,10 @@ impl Export {
     }
 
     fn is_local(&self, who: &Who) -> bool {
-        self.sessions.local.get().is_some_and(|l| *l == who.client.node)
+        self.sessions
+            .local
+            .get()
+            .is_some_and(|l| *l == who.client.node)
     }
 
     /// The file an open handle of `who` is on.
@@ -316,7 +368,11 @@ impl Export {
                 libc::AT_SYMLINK_NOFOLLOW,
             )
         };
-        (r == 0).then(|| self.inodes.ids_of(st.st_dev, std::iter::once(st.st_ino)).pop())?
+        (r == 0).then(|| {
+            self.inodes
+                .ids_of(st.st_dev, std::iter::once(st.st_ino))
+                .pop()
+        })?
     }
 
     /// Which files a request changes or asks to cache.

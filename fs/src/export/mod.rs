@@ -69,6 +69,7 @@ mod ops;
 mod policy;
 mod sessions;
 mod sys;
+mod watch;
 mod wire;
 
 #[cfg(test)]
