@@ -646,7 +646,7 @@ fn cached_remote_files_see_every_change_from_other_nodes() {
             "n2",
             &format!("ls {d}; cat {d}/g {d}/h; test -e {d}/f || echo gone")
         ),
-        "g\nh\ntXonew\ngone\n"
+        "g\nh\ntXonewgone\n"
     );
     // Mode changes.
     c.sh("n3", &format!("chmod 600 {d}/g"));

@@ -65,9 +65,10 @@ pub(super) struct Leases {
     waiters: Mutex<HashMap<OpId, mpsc::Sender<Outcome>>>,
     opens: Mutex<Opens>,
     recaller: OnceLock<Arc<dyn Recaller>>,
-    /// Debug switch (`MOSIX_DEBUG_NO_RECALLS=1`): never send a recall, so
-    /// a holder keeps its cache until it is fenced, unaware. Exists only to
-    /// show that the coherence test catches stale caches.
+    /// Debug switch (`MOSIX_DEBUG_NO_RECALLS=1`): changes never recall
+    /// anything (nor wait for it), so holders keep caching what is no
+    /// longer true. Exists only to show that the coherence tests catch
+    /// stale caches; never set it otherwise.
     no_recalls: AtomicBool,
 }
 
@@ -231,10 +232,13 @@ impl Leases {
         }
     }
 
-    fn mutate(&self, run: u64, by: Option<&ClientId>, file: RemoteIno) -> Res<OpId> {
+    fn mutate(&self, run: u64, by: Option<&ClientId>, file: RemoteIno) -> Res<Option<OpId>> {
+        if self.no_recalls.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let d = lock(&self.table).mutate(by.cloned(), file, self.now());
         match self.wait(run, d)? {
-            Ready::Mutate(op) => Ok(op),
+            Ready::Mutate(op) => Ok(Some(op)),
             Ready::Grant(_) => Err(libc::EIO),
         }
     }
@@ -294,10 +298,8 @@ impl Export {
     /// node's lease on `file` goes before the next one is granted.
     pub(super) fn local_change(&self, file: RemoteIno) {
         let l = &self.leases;
-        let d = lock(&l.table).mutate(None, file, l.now());
-        match l.wait(self.epoch, d) {
-            Ok(Ready::Mutate(op)) => l.done(self.epoch, vec![op]),
-            Ok(_) => {}
+        match l.mutate(self.epoch, None, file) {
+            Ok(op) => l.done(self.epoch, op.into_iter().collect()),
             Err(e) => tracing::warn!(file, errno = e, "recall after a local change failed"),
         }
     }
@@ -314,7 +316,7 @@ impl Export {
         let mut held = Vec::new();
         for file in &plan.mutate {
             match l.mutate(self.epoch, None, *file) {
-                Ok(op) => held.push(op),
+                Ok(op) => held.extend(op),
                 Err(e) => {
                     l.done(self.epoch, held);
                     return Err(e);
@@ -461,7 +463,7 @@ impl Export {
         let mut held = Vec::new();
         for file in &plan.mutate {
             match l.mutate(run, by, *file) {
-                Ok(op) => held.push(op),
+                Ok(op) => held.extend(op),
                 Err(e) => {
                     l.done(run, held);
                     return Err(e);
