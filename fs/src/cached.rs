@@ -3,7 +3,7 @@
 //! it read while the serving node's lease says nobody else can change it.
 //!
 //! What is cached where:
-//! * **The kernel**: attributes and directory entries, for as long as the
+//! * **The kernel**: attributes, for as long as the
 //!   lease is confirmed ([`FileService::kernel_ttl`], at most `LEASE_TERM`
 //!   after the request that confirmed it was sent), and file data in the
 //!   page cache across opens (`FOPEN_KEEP_CACHE`) for an open granted a
@@ -12,8 +12,13 @@
 //!   the serving node.
 //! * **Here**: attributes, in an LRU bounded by the configured memory, so a
 //!   getattr the kernel asks again is answered without the network while
-//!   the lease is confirmed; and which names the kernel was given under
-//!   each directory's lease, to take them back on a recall.
+//!   the lease is confirmed.
+//!
+//! Names are not given a kernel lifetime: taking one back (an entry
+//! invalidation) needs the directory's lock on this node, which a create or
+//! rename here holds while it waits at the serving node for that very
+//! recall to finish; every lookup asks the serving node (one round trip,
+//! which also renews the lease on what it finds).
 //!
 //! A recall ([`ClientCaches::recall`]) stops local answers at once, queues
 //! the kernel's invalidations on the invalidation thread, waits on its
@@ -41,10 +46,6 @@ use crate::service::{At, FileService, Lock, LockInfo, OpenCache, Run, Xattr};
 
 /// Roughly what one cached attribute or name costs, for the memory limit.
 const ENTRY_BYTES: usize = 256;
-
-/// Names remembered per directory, to invalidate them on a recall; past
-/// this the kernel gets no lifetime for more names of that directory.
-const NAMES_PER_DIR: usize = 4096;
 
 /// The kernel's caches of other nodes' files (the namespace, which knows
 /// their inode numbers there).
@@ -595,23 +596,6 @@ impl FileService for CachedService {
             return Duration::ZERO;
         }
         self.cache.ttl(&s, ino)
-    }
-
-    fn entry_ttl(&self, run: Run, parent: RemoteIno, name: &[u8], child: RemoteIno) -> Duration {
-        let mut s = self.cache.state();
-        if s.run != Some(run) {
-            return Duration::ZERO;
-        }
-        let ttl = self.cache.ttl(&s, parent);
-        if ttl.is_zero() {
-            return ttl;
-        }
-        let names = s.names.get_or_insert_mut(parent, HashMap::new);
-        if names.len() >= NAMES_PER_DIR && !names.contains_key(name) {
-            return Duration::ZERO;
-        }
-        names.insert(name.to_vec(), child);
-        ttl
     }
 
     fn open_cache(&self, fh: RemoteFh) -> OpenCache {

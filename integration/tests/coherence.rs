@@ -117,14 +117,20 @@ fn check(ops: &[Op]) -> (usize, Vec<Stale>) {
         writes.entry(&o.file).or_default().push(o);
     }
     let mut by_token: HashMap<(&str, &str), &Op> = HashMap::new();
-    for o in ops.iter().filter(|o| o.kind != "read" && o.token != "EMPTY") {
+    for o in ops
+        .iter()
+        .filter(|o| o.kind != "read" && o.token != "EMPTY")
+    {
         by_token.insert((&o.file, &o.token), o);
     }
     let mut reads = 0;
     let mut stale = Vec::new();
     for r in ops.iter().filter(|o| o.kind == "read") {
         reads += 1;
-        let ws = writes.get(r.file.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let ws = writes
+            .get(r.file.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         // Which writes could have left what the read saw.
         let sources: Vec<&Op> = match r.token.as_str() {
             "GONE" => continue, // the files are never removed; a rename's instant
@@ -148,7 +154,10 @@ fn check(ops: &[Op]) -> (usize, Vec<Stale>) {
             local: false,
         };
         let sources: Vec<&Op> = if r.token == "EMPTY" {
-            sources.into_iter().chain(std::iter::once(&initial)).collect()
+            sources
+                .into_iter()
+                .chain(std::iter::once(&initial))
+                .collect()
         } else {
             sources
         };
@@ -207,8 +216,19 @@ fn run_workers(c: &Cluster, dir_local: &str, dir_remote: &str, ops: usize) -> Ve
                 s.spawn(move || {
                     let ops = ops.to_string();
                     let seed = (i + 1).to_string();
-                    let out = c.enter(node, &["python3", "-c", WORKER, dir, me, &ops, &seed]);
-                    assert!(out.status.success(), "worker {me} on {node}: {}", output_text(&out));
+                    // Bounded: a stuck worker fails the test instead of
+                    // hanging it.
+                    let out = c.enter(
+                        node,
+                        &[
+                            "timeout", "600", "python3", "-c", WORKER, dir, me, &ops, &seed,
+                        ],
+                    );
+                    assert!(
+                        out.status.success(),
+                        "worker {me} on {node}: {}",
+                        output_text(&out)
+                    );
                     parse(&String::from_utf8_lossy(&out.stdout), local)
                 })
             })
@@ -221,7 +241,10 @@ fn run_workers(c: &Cluster, dir_local: &str, dir_remote: &str, ops: usize) -> Ve
 }
 
 fn setup(c: &Cluster) -> (&'static str, &'static str) {
-    c.sh("n1", "mkdir -p /tmp/coh && cd /tmp/coh && : > hot && : > f0 && : > f1 && : > f2");
+    c.sh(
+        "n1",
+        "mkdir -p /tmp/coh && cd /tmp/coh && : > hot && : > f0 && : > f1 && : > f2",
+    );
     // Every node reads each file once first, so caches are warm from the
     // start.
     for n in ["n2", "n3"] {
@@ -267,7 +290,10 @@ fn no_node_ever_reads_stale_data() {
     let (reads, stale) = check(&ops);
     let (remote_stale, local_lag) = report(&ops, reads, &stale);
     eprintln!("in {elapsed:?}");
-    assert_eq!(remote_stale, 0, "reads missed writes completed through /mosix");
+    assert_eq!(
+        remote_stale, 0,
+        "reads missed writes completed through /mosix"
+    );
     assert!(
         Duration::from_nanos(local_lag) < LOCAL_WINDOW,
         "an owner-local write was missed {local_lag} ns after it returned"

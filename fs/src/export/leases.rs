@@ -383,7 +383,6 @@ impl Export {
         let mut mutate = Vec::new();
         let mut lease = Vec::new();
         match op {
-            R::Lookup { parent, .. } => lease.push((*parent, None)),
             R::GetAttr { ino } => lease.push((*ino, None)),
             R::Open { ino, flags } => lease.push((*ino, Some(access_of(*flags)))),
             R::SetAttr { ino, .. } => mutate.push(*ino),
