@@ -104,6 +104,12 @@ pub struct Export {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Cache {
+    /// Whether other nodes' files are cached under leases at all (also
+    /// switched on by `MOSIX_CACHE=1` in the daemon's environment). Off by
+    /// default until the coherence stress test runs to its end (see
+    /// docs/SEMANTICS.md, Consistency).
+    #[serde(default)]
+    pub enabled: bool,
     /// Memory for cached attributes and names, per serving node, in MiB.
     /// File data is cached by the kernel's page cache, outside this limit.
     #[serde(default = "default_cache_mib")]
@@ -113,6 +119,7 @@ pub struct Cache {
 impl Default for Cache {
     fn default() -> Self {
         Cache {
+            enabled: false,
             memory_mib: default_cache_mib(),
         }
     }

@@ -60,7 +60,7 @@ struct Node {
     /// This daemon's run, and its caches of other nodes' files (which
     /// their recalls empty).
     run: u64,
-    caches: Arc<mosix_fs::cached::ClientCaches>,
+    caches: Option<Arc<mosix_fs::cached::ClientCaches>>,
 }
 
 impl mosix_net::Handler for Node {
@@ -145,10 +145,8 @@ impl mosix_net::Handler for Node {
             Request::Recall(r) => {
                 // A lease granted to an earlier run of this daemon is gone
                 // with it: nothing to drop.
-                if r.client_run == self.run {
-                    self.caches
-                        .recall(&peer.name, r.server_run, r.file, r.epoch)
-                        .await;
+                if let Some(c) = self.caches.as_ref().filter(|_| r.client_run == self.run) {
+                    c.recall(&peer.name, r.server_run, r.file, r.epoch).await;
                 }
                 Response::RecallDone(mosix_proto::lease::RecallDone {
                     file: r.file,
@@ -312,21 +310,27 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg.node_id(),
         Arc::new(migrate::MigratorHandle(migrations.clone())),
     ));
-    let caches = mosix_fs::cached::ClientCaches::new(
-        usize::try_from(cfg.cache.memory_mib << 20).unwrap_or(usize::MAX),
-    );
-    export.set_recaller(Arc::new(link::PeerRecaller {
-        membership: membership.clone(),
-        peers: peers.clone(),
-        export: Arc::downgrade(&export),
-        rt: tokio::runtime::Handle::current(),
-    }));
-    // This node's own processes change exported files directly: those
-    // changes must end other nodes' leases too.
-    match export.watch_local_changes(&cfg.export.path) {
-        Ok(n) => tracing::info!(filesystems = n, "watching local changes to exported files"),
-        Err(e) => {
-            tracing::warn!(error = %e, "local changes to exported files are not watched: other nodes' caches of them may go stale")
+    let caching = cfg.cache.enabled || std::env::var_os("MOSIX_CACHE").is_some_and(|v| v == "1");
+    let caches = caching.then(|| {
+        mosix_fs::cached::ClientCaches::new(
+            usize::try_from(cfg.cache.memory_mib << 20).unwrap_or(usize::MAX),
+        )
+    });
+    if caching {
+        // Leases are granted only once recalls can be sent.
+        export.set_recaller(Arc::new(link::PeerRecaller {
+            membership: membership.clone(),
+            peers: peers.clone(),
+            export: Arc::downgrade(&export),
+            rt: tokio::runtime::Handle::current(),
+        }));
+        // This node's own processes change exported files directly: those
+        // changes must end other nodes' leases too.
+        match export.watch_local_changes(&cfg.export.path) {
+            Ok(n) => tracing::info!(filesystems = n, "watching local changes to exported files"),
+            Err(e) => {
+                tracing::warn!(error = %e, "local changes to exported files are not watched: other nodes' caches of them may go stale")
+            }
         }
     }
     let node = Arc::new(Node {
@@ -363,8 +367,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             link.clone(),
             link.clone(),
         ));
-        let kernel: Arc<dyn mosix_fs::cached::KernelCache> = fs.clone();
-        caches.attach(Arc::downgrade(&kernel));
+        if let Some(c) = &caches {
+            let kernel: Arc<dyn mosix_fs::cached::KernelCache> = fs.clone();
+            c.attach(Arc::downgrade(&kernel));
+        }
         // The process view first: /mosix lists `proc` once it exists.
         let view = Arc::new(mosix_procview::fs::ProcFs::new(
             cfg.name.clone(),

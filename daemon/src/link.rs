@@ -12,7 +12,7 @@ use mosix_cache::RECALL_TIMEOUT;
 use mosix_fs::cached::ClientCaches;
 use mosix_fs::export::Recaller;
 use mosix_fs::reach::{ClusterView, Connector};
-use mosix_fs::remote::{FsCall, Transport};
+use mosix_fs::remote::{FsCall, RemoteService, Transport};
 use mosix_fs::service::{ClientId, FileService, Run};
 use mosix_fs::FsError;
 use mosix_net::{NetError, Peers};
@@ -172,8 +172,9 @@ pub struct ClusterLink {
     membership: Membership,
     peers: Arc<Peers>,
     transport: Arc<PeerTransport>,
-    /// Other nodes' files are reached through their caches.
-    caches: Arc<ClientCaches>,
+    /// Other nodes' files are reached through their caches, if caching is
+    /// on.
+    caches: Option<Arc<ClientCaches>>,
 }
 
 impl ClusterLink {
@@ -181,7 +182,7 @@ impl ClusterLink {
         membership: Membership,
         peers: Arc<Peers>,
         run: u64,
-        caches: Arc<ClientCaches>,
+        caches: Option<Arc<ClientCaches>>,
     ) -> Self {
         ClusterLink {
             transport: Arc::new(PeerTransport {
@@ -246,7 +247,10 @@ impl ClusterView for ClusterLink {
 impl Connector for ClusterLink {
     fn files(&self, node: &str) -> FsResult<Arc<dyn FileService>> {
         address(&self.membership, node)?;
-        Ok(self.caches.service(node, self.transport.clone()))
+        Ok(match &self.caches {
+            Some(c) => c.service(node, self.transport.clone()),
+            None => Arc::new(RemoteService::new(node.to_string(), self.transport.clone())),
+        })
     }
 }
 
