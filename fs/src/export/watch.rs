@@ -239,8 +239,12 @@ impl Watch {
     }
 }
 
-/// (pid, [(fsid, file_handle bytes)]) of each event in a read buffer.
-fn events(mut buf: &[u8]) -> Vec<(i32, Vec<(Fsid, Vec<u8>)>)> {
+/// One event: the pid that caused it, and (fsid, `struct file_handle`
+/// bytes) of each file it names.
+type Event = (i32, Vec<(Fsid, Vec<u8>)>);
+
+/// Each event in a read buffer.
+fn events(mut buf: &[u8]) -> Vec<Event> {
     let meta = std::mem::size_of::<libc::fanotify_event_metadata>();
     let mut out = Vec::new();
     while buf.len() >= meta {
