@@ -267,6 +267,16 @@ impl<F: Copy + Ord> ClientCache<F> {
         })
     }
 
+    /// Until when `file` may be answered locally (see the module docs), if
+    /// its lease is cached and not recalled: how long the kernel may be
+    /// told to keep what it caches.
+    pub fn confirmed_until(&self, file: F) -> Option<Now> {
+        self.held
+            .get(&file)
+            .filter(|h| !h.recalled && matches!(h.mode, Mode::Cached(_)))
+            .map(|h| h.confirmed_until)
+    }
+
     /// Whether `file` has dirty data buffered here.
     pub fn dirty(&self, file: F) -> bool {
         self.held.get(&file).is_some_and(|h| h.dirty)

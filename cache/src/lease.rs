@@ -492,6 +492,12 @@ impl<C: Clone + Ord + Debug, F: Copy + Ord + Debug> LeaseTable<C, F> {
         Renewal { live, recalls }
     }
 
+    /// Whether nothing is held or waiting on any file (a change then needs
+    /// no recall at all).
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
     /// Whether `file` is write-shared now (its open nodes go uncached).
     pub fn write_shared(&self, file: F) -> bool {
         self.files.get(&file).is_some_and(|fs| fs.write_shared())

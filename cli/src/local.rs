@@ -174,6 +174,7 @@ pub fn up(state: &Path, n: usize, port: u16, timeout: u64) -> anyhow::Result<()>
             control_socket: config::default_control_socket(),
             export: config::Export::default(),
             mount: true,
+            cache: Default::default(),
             source: None,
         };
         cfg.validate().map_err(|e| anyhow::anyhow!(e))?;

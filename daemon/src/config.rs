@@ -68,6 +68,9 @@ pub struct Config {
     /// Whether to mount /mosix at all (a pure file server can skip it).
     #[serde(default = "yes")]
     pub mount: bool,
+    /// Caching of other nodes' files.
+    #[serde(default)]
+    pub cache: Cache,
     /// The file this config was loaded from (not a key of the file): the
     /// daemon never exports it.
     #[serde(skip)]
@@ -94,6 +97,36 @@ pub struct Export {
     pub read_only: bool,
     #[serde(default)]
     pub root_squash: bool,
+}
+
+/// `[cache]`: caching of other nodes' files under their leases
+/// (`fs/src/cached.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    /// Whether other nodes' files are cached under leases at all (also
+    /// switched on by `MOSIX_CACHE=1` in the daemon's environment). Off by
+    /// default until the coherence stress test runs to its end (see
+    /// docs/SEMANTICS.md, Consistency).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Memory for cached attributes and names, per serving node, in MiB.
+    /// File data is cached by the kernel's page cache, outside this limit.
+    #[serde(default = "default_cache_mib")]
+    pub memory_mib: u64,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            enabled: false,
+            memory_mib: default_cache_mib(),
+        }
+    }
+}
+
+fn default_cache_mib() -> u64 {
+    64
 }
 
 pub fn default_mountpoint() -> PathBuf {

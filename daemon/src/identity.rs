@@ -88,6 +88,7 @@ mod tests {
             control_socket: "/run/mosix/control.sock".into(),
             export: Export::default(),
             mount: true,
+            cache: Default::default(),
             source: None,
         }
     }

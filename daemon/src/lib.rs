@@ -58,6 +58,10 @@ struct Node {
     membership: Membership,
     export: Arc<mosix_fs::export::Export>,
     revoked: Arc<mosix_net::pki::Revocations>,
+    /// This daemon's run, and its caches of other nodes' files (which
+    /// their recalls empty).
+    run: u64,
+    caches: Option<Arc<mosix_fs::cached::ClientCaches>>,
 }
 
 impl mosix_net::Handler for Node {
@@ -160,6 +164,17 @@ impl mosix_net::Handler for Node {
                     .read(&creds, pid, file)
                     .map(serde_bytes::ByteBuf::from),
             ),
+            Request::Recall(r) => {
+                // A lease granted to an earlier run of this daemon is gone
+                // with it: nothing to drop.
+                if let Some(c) = self.caches.as_ref().filter(|_| r.client_run == self.run) {
+                    c.recall(&peer.name, r.server_run, r.file, r.epoch).await;
+                }
+                Response::RecallDone(mosix_proto::lease::RecallDone {
+                    file: r.file,
+                    epoch: r.epoch,
+                })
+            }
             Request::Fs {
                 client_run,
                 creds,
@@ -337,6 +352,29 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         Arc::new(migrate::MigratorHandle(migrations.clone())),
     ));
     let control_migrations = migrations.clone();
+    let caching = cfg.cache.enabled || std::env::var_os("MOSIX_CACHE").is_some_and(|v| v == "1");
+    let caches = caching.then(|| {
+        mosix_fs::cached::ClientCaches::new(
+            usize::try_from(cfg.cache.memory_mib << 20).unwrap_or(usize::MAX),
+        )
+    });
+    if caching {
+        // Leases are granted only once recalls can be sent.
+        export.set_recaller(Arc::new(link::PeerRecaller {
+            membership: membership.clone(),
+            peers: peers.clone(),
+            export: Arc::downgrade(&export),
+            rt: tokio::runtime::Handle::current(),
+        }));
+        // This node's own processes change exported files directly: those
+        // changes must end other nodes' leases too.
+        match export.watch_local_changes(&cfg.export.path) {
+            Ok(n) => tracing::info!(filesystems = n, "watching local changes to exported files"),
+            Err(e) => {
+                tracing::warn!(error = %e, "local changes to exported files are not watched: other nodes' caches of them may go stale")
+            }
+        }
+    }
     let node = Arc::new(Node {
         name: cfg.name.clone(),
         migrations,
@@ -344,6 +382,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         membership: membership.clone(),
         export: export.clone(),
         revoked: revoked.clone(),
+        run,
+        caches: caches.clone(),
     });
     tokio::spawn(mosix_net::serve(endpoint.clone(), node));
     tokio::spawn(end_departed_clients(membership.clone(), export.clone()));
@@ -355,6 +395,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             membership.clone(),
             peers.clone(),
             run,
+            caches.clone(),
         ));
         let fs = Arc::new(mosix_fs::MosixFs::new(
             cfg.name.clone(),
@@ -363,6 +404,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             link.clone(),
             link.clone(),
         ));
+        if let Some(c) = &caches {
+            let kernel: Arc<dyn mosix_fs::cached::KernelCache> = fs.clone();
+            c.attach(Arc::downgrade(&kernel));
+        }
         // The process view first: /mosix lists `proc` once it exists.
         let view = Arc::new(mosix_procview::fs::ProcFs::new(
             cfg.name.clone(),

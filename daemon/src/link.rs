@@ -7,14 +7,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mosix_cache::wire::Recall;
+use mosix_cache::RECALL_TIMEOUT;
+use mosix_fs::cached::ClientCaches;
+use mosix_fs::export::Recaller;
 use mosix_fs::reach::{ClusterView, Connector};
 use mosix_fs::remote::{FsCall, RemoteService, Transport};
-use mosix_fs::service::{FileService, Run};
+use mosix_fs::service::{ClientId, FileService, Run};
 use mosix_fs::FsError;
 use mosix_net::{NetError, Peers};
 use mosix_procview::error::{ProcError, ProcResult};
 use mosix_procview::service::Processes;
-use mosix_proto::fs::Creds;
+use mosix_proto::fs::{Creds, RemoteIno};
 use mosix_proto::proc::{NodeFile, ProcEntry, ProcFile, SnapshotPage};
 use mosix_proto::{MemberState, Request, Response};
 
@@ -170,10 +174,18 @@ pub struct ClusterLink {
     membership: Membership,
     peers: Arc<Peers>,
     transport: Arc<PeerTransport>,
+    /// Other nodes' files are reached through their caches, if caching is
+    /// on.
+    caches: Option<Arc<ClientCaches>>,
 }
 
 impl ClusterLink {
-    pub fn new(membership: Membership, peers: Arc<Peers>, run: u64) -> Self {
+    pub fn new(
+        membership: Membership,
+        peers: Arc<Peers>,
+        run: u64,
+        caches: Option<Arc<ClientCaches>>,
+    ) -> Self {
         ClusterLink {
             transport: Arc::new(PeerTransport {
                 membership: membership.clone(),
@@ -182,7 +194,45 @@ impl ClusterLink {
             }),
             membership,
             peers,
+            caches,
         }
+    }
+}
+
+/// Sends this node's recalls to the nodes caching its files: one request
+/// each, answered once the holder's kernel dropped its copy. A holder that
+/// cannot be reached is fenced by the lease table when its time is up.
+pub struct PeerRecaller {
+    pub membership: Membership,
+    pub peers: Arc<Peers>,
+    pub export: std::sync::Weak<mosix_fs::export::Export>,
+    pub rt: tokio::runtime::Handle,
+}
+
+impl Recaller for PeerRecaller {
+    fn recall(&self, to: &ClientId, server_run: u64, recall: Recall<RemoteIno>) {
+        let Ok(addr) = address(&self.membership, &to.node) else {
+            return;
+        };
+        let (peers, export, to) = (self.peers.clone(), self.export.clone(), to.clone());
+        let req = Request::Recall(mosix_proto::lease::Recall {
+            client_run: to.run,
+            server_run,
+            file: recall.file,
+            epoch: recall.epoch,
+        });
+        self.rt.spawn(async move {
+            match tokio::time::timeout(RECALL_TIMEOUT, peers.request(addr, &req)).await {
+                Ok(Ok(Response::RecallDone(d))) => {
+                    if let Some(e) = export.upgrade() {
+                        e.recall_done(&to, d.file, d.epoch);
+                    }
+                }
+                Ok(Ok(other)) => tracing::warn!(node = %to.node, ?other, "odd answer to a recall"),
+                Ok(Err(e)) => tracing::debug!(node = %to.node, error = %e, "recall not delivered"),
+                Err(_) => tracing::debug!(node = %to.node, "recall not answered in time"),
+            }
+        });
     }
 }
 
@@ -199,10 +249,10 @@ impl ClusterView for ClusterLink {
 impl Connector for ClusterLink {
     fn files(&self, node: &str) -> FsResult<Arc<dyn FileService>> {
         address(&self.membership, node)?;
-        Ok(Arc::new(RemoteService::new(
-            node.to_string(),
-            self.transport.clone(),
-        )))
+        Ok(match &self.caches {
+            Some(c) => c.service(node, self.transport.clone()),
+            None => Arc::new(RemoteService::new(node.to_string(), self.transport.clone())),
+        })
     }
 }
 

@@ -25,6 +25,7 @@ fn secrets_and_their_own_directories_are_hidden() {
         control_socket: root.join("run/mosix/control.sock"),
         export: Export::default(),
         mount: true,
+        cache: Default::default(),
         source: Some(etc.join("node.toml")),
     };
     let hidden = hidden_paths(&cfg);

@@ -24,7 +24,7 @@ use crate::error::FsError;
 use crate::invalidate::{Inval, Sink};
 use crate::namespace::{MosixFs, Opened};
 use crate::passthrough::{LocalOpen, Passthrough};
-use crate::service::{Lock, Xattr};
+use crate::service::{Lock, OpenCache, Xattr};
 
 /// Largest read and write the kernel sends in one request.
 pub const MAX_IO: u32 = 1 << 20;
@@ -95,7 +95,19 @@ fn open_flags(o: &Opened) -> FopenFlags {
     if o.noflush {
         f |= FopenFlags::FOPEN_NOFLUSH;
     }
+    if o.keep_cache {
+        f |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
     f
+}
+
+/// A create's open flags: how its node lets the kernel cache the new file.
+fn create_flags(fs: &MosixFs, ino: u64, fh: u64) -> FopenFlags {
+    match fs.open_cache(ino, fh) {
+        OpenCache::Plain => FopenFlags::empty(),
+        OpenCache::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+        OpenCache::Direct => FopenFlags::FOPEN_DIRECT_IO,
+    }
 }
 
 fn entry(r: Result<Entry, FsError>, reply: ReplyEntry) {
@@ -183,6 +195,10 @@ impl Filesystem for FuseAdapter {
         // flock arrives as a whole-file lock whose owner is the open file
         // description; the serving node holds it the same way (an OFD lock).
         let _ = config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS);
+        // Files another node may change at any time are opened direct
+        // (no page cache, see cached.rs); shared mappings of them must still
+        // work, as they do over NFS.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         // Passthrough needs kernel support (6.9+) and CAP_SYS_ADMIN; without
         // it, local files go through the daemon like remote ones.
         if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -441,7 +457,7 @@ impl Filesystem for FuseAdapter {
                     &file_attr(&e.attr),
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    create_flags(&fs, e.attr.ino, fh),
                 ),
                 Err(e) => reply.error(errno(&e)),
             }

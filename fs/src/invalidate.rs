@@ -21,6 +21,9 @@ pub enum Inval {
 /// Asks the kernel to drop cached state, without waiting for it.
 pub trait Invalidator: Send + Sync + 'static {
     fn invalidate(&self, what: Inval);
+    /// Waits until everything queued before has reached the kernel. Never
+    /// from a FUSE handler.
+    fn barrier(&self) {}
 }
 
 /// Where invalidations are finally delivered (the kernel, through fuser's
@@ -37,6 +40,10 @@ impl Invalidator for Queue {
         // The delivery thread ends only with the mount; then nothing is
         // cached any more either.
         let _ = self.0.send((what, None));
+    }
+
+    fn barrier(&self) {
+        Queue::barrier(self)
     }
 }
 

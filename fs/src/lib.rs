@@ -10,8 +10,9 @@
 //! - [`nodes`]: which inode slot stands for which run of which node.
 //! - [`reach`]: who is alive and how to reach each node's services.
 //! - [`service`]: the typed file service of one node; [`local`] serves this
-//!   node's files from the [`export`] in-process; [`faulty`] injects
-//!   failures for tests.
+//!   node's files from the [`export`] in-process; [`remote`] asks another
+//!   node, and [`cached`] caches its answers under that node's leases;
+//!   [`faulty`] injects failures for tests.
 //! - [`export`]: the serving side. Runs file operations on this node's
 //!   exported tree, with the caller's credentials, never resolving a path
 //!   outside the export.
@@ -23,6 +24,7 @@
 //!   invalidation.
 //! - [`fuse`]: the thin FUSE adapter over [`namespace`].
 pub mod attr;
+pub mod cached;
 pub mod callers;
 pub mod clusterdir;
 pub mod creds;

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mosix_proto::fs::{Attr, Creds, DirEntry, RemoteFh, RemoteIno, SetAttr, StatFs};
+use mosix_proto::fs::{
+    Attr, Creds, DirEntry, FsRequest as R, RemoteFh, RemoteIno, SetAttr, StatFs,
+};
 
 use crate::error::{FsError, FsResult};
 use crate::export::Export;
@@ -49,6 +51,17 @@ impl LocalService {
         }
     }
 
+    /// [`Self::run`] for a change that other nodes' caches must not
+    /// survive: their leases on what `op` changes are recalled first.
+    fn change<T>(
+        &self,
+        at: &At,
+        op: R,
+        f: impl FnOnce(&Export, &Who) -> Result<T, i32>,
+    ) -> FsResult<T> {
+        self.run(at, |e, w| e.as_change(w, &op, || f(e, w)))
+    }
+
     /// Runs `f` as the caller of `at`, if `at` names this export's run.
     fn run<T>(&self, at: &At, f: impl FnOnce(&Export, &Who) -> Result<T, i32>) -> FsResult<T> {
         self.check(at.run)?;
@@ -82,7 +95,14 @@ impl FileService for LocalService {
     }
 
     async fn setattr(&self, at: &At, ino: RemoteIno, set: SetAttr) -> FsResult<Attr> {
-        self.run(at, |e, w| e.setattr(w, ino, &set))
+        self.change(
+            at,
+            R::SetAttr {
+                ino,
+                set: set.clone(),
+            },
+            |e, w| e.setattr(w, ino, &set),
+        )
     }
 
     async fn readlink(&self, at: &At, ino: RemoteIno) -> FsResult<Vec<u8>> {
@@ -98,7 +118,17 @@ impl FileService for LocalService {
         rdev: u64,
         umask: u32,
     ) -> FsResult<Attr> {
-        self.run(at, |e, w| e.mknod(w, parent, name, mode, rdev, umask))
+        self.change(
+            at,
+            R::Mknod {
+                parent,
+                name: name.to_vec(),
+                mode,
+                rdev,
+                umask,
+            },
+            |e, w| e.mknod(w, parent, name, mode, rdev, umask),
+        )
     }
 
     async fn mkdir(
@@ -109,15 +139,38 @@ impl FileService for LocalService {
         mode: u32,
         umask: u32,
     ) -> FsResult<Attr> {
-        self.run(at, |e, w| e.mkdir(w, parent, name, mode, umask))
+        self.change(
+            at,
+            R::Mkdir {
+                parent,
+                name: name.to_vec(),
+                mode,
+                umask,
+            },
+            |e, w| e.mkdir(w, parent, name, mode, umask),
+        )
     }
 
     async fn unlink(&self, at: &At, parent: RemoteIno, name: &[u8]) -> FsResult<()> {
-        self.run(at, |e, w| e.unlink(w, parent, name))
+        self.change(
+            at,
+            R::Unlink {
+                parent,
+                name: name.to_vec(),
+            },
+            |e, w| e.unlink(w, parent, name),
+        )
     }
 
     async fn rmdir(&self, at: &At, parent: RemoteIno, name: &[u8]) -> FsResult<()> {
-        self.run(at, |e, w| e.rmdir(w, parent, name))
+        self.change(
+            at,
+            R::Rmdir {
+                parent,
+                name: name.to_vec(),
+            },
+            |e, w| e.rmdir(w, parent, name),
+        )
     }
 
     async fn symlink(
@@ -127,7 +180,15 @@ impl FileService for LocalService {
         name: &[u8],
         target: &[u8],
     ) -> FsResult<Attr> {
-        self.run(at, |e, w| e.symlink(w, parent, name, target))
+        self.change(
+            at,
+            R::Symlink {
+                parent,
+                name: name.to_vec(),
+                target: Vec::new(),
+            },
+            |e, w| e.symlink(w, parent, name, target),
+        )
     }
 
     async fn rename(
@@ -139,7 +200,14 @@ impl FileService for LocalService {
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        self.run(at, |e, w| {
+        let op = R::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            flags,
+        };
+        self.change(at, op, |e, w| {
             e.rename(w, parent, name, new_parent, new_name, flags)
         })
     }
@@ -151,7 +219,15 @@ impl FileService for LocalService {
         new_parent: RemoteIno,
         new_name: &[u8],
     ) -> FsResult<Attr> {
-        self.run(at, |e, w| e.link(w, ino, new_parent, new_name))
+        self.change(
+            at,
+            R::Link {
+                ino,
+                new_parent,
+                new_name: new_name.to_vec(),
+            },
+            |e, w| e.link(w, ino, new_parent, new_name),
+        )
     }
 
     async fn open(&self, at: &At, ino: RemoteIno, flags: i32) -> FsResult<RemoteFh> {
@@ -167,7 +243,17 @@ impl FileService for LocalService {
         umask: u32,
         flags: i32,
     ) -> FsResult<(Attr, RemoteFh)> {
-        self.run(at, |e, w| e.create(w, parent, name, mode, umask, flags))
+        self.change(
+            at,
+            R::Create {
+                parent,
+                name: name.to_vec(),
+                mode,
+                umask,
+                flags,
+            },
+            |e, w| e.create(w, parent, name, mode, umask, flags),
+        )
     }
 
     async fn read(&self, at: &At, fh: RemoteFh, offset: u64, size: u32) -> FsResult<Vec<u8>> {
@@ -175,7 +261,15 @@ impl FileService for LocalService {
     }
 
     async fn write(&self, at: &At, fh: RemoteFh, offset: u64, data: Vec<u8>) -> FsResult<u32> {
-        self.run(at, |e, w| e.write(w, fh, offset, &data))
+        self.change(
+            at,
+            R::Write {
+                fh,
+                offset,
+                data: Vec::new(),
+            },
+            |e, w| e.write(w, fh, offset, &data),
+        )
     }
 
     async fn flush(&self, at: &At, fh: RemoteFh) -> FsResult<()> {
@@ -224,7 +318,16 @@ impl FileService for LocalService {
         value: &[u8],
         flags: i32,
     ) -> FsResult<()> {
-        self.run(at, |e, w| e.setxattr(w, ino, name, value, flags))
+        self.change(
+            at,
+            R::SetXattr {
+                ino,
+                name: Vec::new(),
+                value: Vec::new(),
+                flags,
+            },
+            |e, w| e.setxattr(w, ino, name, value, flags),
+        )
     }
 
     async fn getxattr(&self, at: &At, ino: RemoteIno, name: &[u8], size: u32) -> FsResult<Xattr> {
@@ -236,7 +339,14 @@ impl FileService for LocalService {
     }
 
     async fn removexattr(&self, at: &At, ino: RemoteIno, name: &[u8]) -> FsResult<()> {
-        self.run(at, |e, w| e.removexattr(w, ino, name))
+        self.change(
+            at,
+            R::RemoveXattr {
+                ino,
+                name: Vec::new(),
+            },
+            |e, w| e.removexattr(w, ino, name),
+        )
     }
 
     async fn fallocate(
@@ -247,7 +357,16 @@ impl FileService for LocalService {
         length: u64,
         mode: i32,
     ) -> FsResult<()> {
-        self.run(at, |e, w| e.fallocate(w, fh, offset, length, mode))
+        self.change(
+            at,
+            R::Fallocate {
+                fh,
+                offset,
+                length,
+                mode,
+            },
+            |e, w| e.fallocate(w, fh, offset, length, mode),
+        )
     }
 
     async fn getlk(&self, at: &At, ino: RemoteIno, lock: Lock) -> FsResult<LockInfo> {

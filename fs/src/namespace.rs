@@ -34,7 +34,7 @@ use crate::local::LocalService;
 use crate::nodes::{Located, Nodes};
 use crate::posix_locks::LockOwners;
 use crate::reach::{ClusterView, Connector, Reach};
-use crate::service::{At, FileService, Lock, LockInfo, Xattr};
+use crate::service::{At, FileService, Lock, LockInfo, OpenCache, Run, Xattr};
 use crate::snapshots::Snapshots;
 use crate::ttl;
 
@@ -52,6 +52,9 @@ pub struct Opened {
     pub direct_io: bool,
     /// Nothing to flush and no locks: close costs no round trip.
     pub noflush: bool,
+    /// The kernel may keep the file's pages across opens: a lease covers
+    /// them.
+    pub keep_cache: bool,
 }
 
 /// A node file bound to the service that serves it.
@@ -224,6 +227,32 @@ impl MosixFs {
         ttl::entry(parent, Self::node_attr(slot, a))
     }
 
+    /// A node file's attributes, kept by the kernel as long as its node's
+    /// lease allows.
+    fn leased(b: &Bound, a: &Attr) -> Entry {
+        Entry {
+            attr: Self::node_attr(b.slot, a),
+            attr_ttl: b.svc.kernel_ttl(b.at.run, a.ino),
+            entry_ttl: Duration::ZERO,
+        }
+    }
+
+    /// How the kernel may cache the data of the daemon-served open `fh` of
+    /// `i` (a create's, which [`Self::open`] did not answer).
+    pub fn open_cache(&self, i: u64, fh: u64) -> OpenCache {
+        let Ino::Node { slot, .. } = ino::classify(i) else {
+            return OpenCache::Plain;
+        };
+        match self
+            .nodes
+            .locate(slot)
+            .and_then(|l| self.reach.files(&l.node))
+        {
+            Ok(svc) => svc.open_cache(fh),
+            Err(_) => OpenCache::Plain,
+        }
+    }
+
     pub async fn lookup(&self, caller: Caller, parent: u64, name: &[u8]) -> FsResult<Entry> {
         let attr = match ino::classify(parent) {
             Ino::Root(ino::ROOT) => {
@@ -242,7 +271,11 @@ impl MosixFs {
             Ino::Node { slot, id } => {
                 let b = self.bind(caller, slot).await?;
                 let a = b.svc.lookup(&b.at, id, name).await?;
-                Self::node_attr(b.slot, &a)
+                return Ok(Entry {
+                    attr: Self::node_attr(b.slot, &a),
+                    attr_ttl: b.svc.kernel_ttl(b.at.run, a.ino),
+                    entry_ttl: b.svc.entry_ttl(b.at.run, id, name, a.ino),
+                });
             }
             Ino::Cluster(_) => self.cluster.lookup(parent, name)?,
             Ino::Unknown => return Err(FsError::Os(libc::ENOENT)),
@@ -288,7 +321,7 @@ impl MosixFs {
             Ino::Node { slot, id } => {
                 let b = self.bind(caller, slot).await?;
                 let a = b.svc.getattr(&b.at, id).await?;
-                Self::node_attr(b.slot, &a)
+                return Ok(Self::leased(&b, &a));
             }
             Ino::Cluster(_) => self.cluster.getattr(i)?,
             Ino::Unknown => return Err(FsError::Os(libc::ENOENT)),
@@ -312,7 +345,7 @@ impl MosixFs {
         }
         let (b, id) = self.file(caller, i).await?;
         let a = b.svc.setattr(&b.at, id, change.to_wire()).await?;
-        Ok(Self::entry(None, b.slot, &a))
+        Ok(Self::leased(&b, &a))
     }
 
     pub async fn readlink(&self, caller: Caller, i: u64) -> FsResult<Vec<u8>> {
@@ -426,10 +459,12 @@ impl MosixFs {
             Ino::Node { slot, id } => {
                 let b = self.bind(caller, slot).await?;
                 let fh = b.svc.open(&b.at, id, flags).await?;
+                let cache = b.svc.open_cache(fh);
                 return Ok(Opened {
                     fh,
-                    direct_io: false,
+                    direct_io: cache == OpenCache::Direct,
                     noflush: false,
+                    keep_cache: cache == OpenCache::Keep,
                 });
             }
             Ino::Cluster(_) => self.cluster.render(i, flags)?,
@@ -439,6 +474,7 @@ impl MosixFs {
             fh: self.snapshots.keep(content),
             direct_io: true,
             noflush: true,
+            keep_cache: false,
         })
     }
 
@@ -751,6 +787,44 @@ impl MosixFs {
                 }
                 r => return r,
             }
+        }
+    }
+}
+
+/// Invalidations of what the kernel caches of other nodes' files, by their
+/// inode numbers here, for the caching decorator's recalls.
+impl crate::cached::KernelCache for MosixFs {
+    fn drop_file(&self, node: &str, run: Run, file: RemoteIno, names: Vec<Vec<u8>>) {
+        let (Some(slot), Some(inval)) = (self.nodes.slot_of_run(node, run), self.inval.get())
+        else {
+            return;
+        };
+        let ino = ino::node_file(slot, file);
+        for name in names {
+            inval.invalidate(crate::invalidate::Inval::Entry { parent: ino, name });
+        }
+        inval.invalidate(crate::invalidate::Inval::Inode {
+            ino,
+            offset: 0,
+            len: 0,
+        });
+    }
+
+    fn drop_range(&self, node: &str, run: Run, file: RemoteIno, offset: u64, len: u64) {
+        let (Some(slot), Some(inval)) = (self.nodes.slot_of_run(node, run), self.inval.get())
+        else {
+            return;
+        };
+        inval.invalidate(crate::invalidate::Inval::Inode {
+            ino: ino::node_file(slot, file),
+            offset: offset.min(i64::MAX as u64) as i64,
+            len: len.min(i64::MAX as u64) as i64,
+        });
+    }
+
+    fn barrier(&self) {
+        if let Some(inval) = self.inval.get() {
+            inval.barrier();
         }
     }
 }

@@ -76,6 +76,14 @@ impl Nodes {
         })
     }
 
+    /// The slot standing for run `run` of node `name`, if that run is the
+    /// node's current one.
+    pub fn slot_of_run(&self, name: &str, run: Run) -> Option<usize> {
+        let t = self.0.lock().expect("node table");
+        let &slot = t.current.get(name)?;
+        (t.by_slot.get(slot - 1)?.1 == Some(run)).then_some(slot)
+    }
+
     /// Node `name` answered from run `run`: the slot that stands for it. A
     /// new run retires the node's current slot; a run that already ended is
     /// `ESTALE`.

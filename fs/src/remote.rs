@@ -6,6 +6,7 @@
 //! in-process loop to a real [`crate::export::Export`] in tests, so the
 //! namespace's failure handling is tested without a cluster.
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use mosix_proto::fs::{
@@ -35,14 +36,33 @@ pub trait Transport: Send + Sync + 'static {
     async fn fs(&self, node: &str, call: FsCall) -> FsResult<(Run, mosix_proto::fs::FsResult)>;
 }
 
+/// Told about the leases the serving node grants in its replies (the
+/// caching decorator, `cached.rs`), before the reply is used.
+pub trait Grants: Send + Sync + 'static {
+    /// `sent`: when the request that got them was sent (a lease is
+    /// confirmed from then, not from its arrival).
+    fn granted(&self, run: Run, grants: &[(RemoteIno, mosix_proto::lease::Grant)], sent: Instant);
+}
+
 pub struct RemoteService {
     node: String,
     transport: Arc<dyn Transport>,
+    grants: Option<Arc<dyn Grants>>,
 }
 
 impl RemoteService {
     pub fn new(node: String, transport: Arc<dyn Transport>) -> Self {
-        RemoteService { node, transport }
+        RemoteService {
+            node,
+            transport,
+            grants: None,
+        }
+    }
+
+    /// Hands the leases granted in replies to `grants`.
+    pub fn with_grants(mut self, grants: Arc<dyn Grants>) -> Self {
+        self.grants = Some(grants);
+        self
     }
 
     async fn send(
@@ -51,6 +71,7 @@ impl RemoteService {
         op: FsRequest,
         epoch: Option<Run>,
     ) -> FsResult<(Run, FsReply)> {
+        let sent = Instant::now();
         let (run, result) = self
             .transport
             .fs(&self.node, FsCall { creds, op, epoch })
@@ -60,7 +81,15 @@ impl RemoteService {
             // nothing to it.
             return Err(FsError::Stale);
         }
-        Ok((run, result.map_err(FsError::Os)?))
+        match result.map_err(FsError::Os)? {
+            FsReply::Leased { grants, reply } => {
+                if let Some(g) = &self.grants {
+                    g.granted(run, &grants, sent);
+                }
+                Ok((run, *reply))
+            }
+            reply => Ok((run, reply)),
+        }
     }
 
     async fn call(&self, at: &At, op: FsRequest) -> FsResult<FsReply> {

@@ -34,7 +34,7 @@ pub type Run = u64;
 /// daemon. Everything a client holds on a serving node (handles, lookup
 /// references, locks) belongs to its `ClientId`, and goes when that client
 /// is declared dead or comes back with a new run.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId {
     pub node: Arc<str>,
     pub run: u64,
@@ -84,6 +84,20 @@ pub struct Lock {
     /// F_RDLCK, F_WRLCK or F_UNLCK.
     pub typ: i32,
     pub pid: u32,
+}
+
+/// How the kernel may cache the data of one open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenCache {
+    /// Within the open only: pages read are kept until the next open
+    /// (close-to-open), the kernel's default. This node's own files.
+    Plain,
+    /// Across opens (`FOPEN_KEEP_CACHE`): a lease says nobody else changes
+    /// the file without recalling it first.
+    Keep,
+    /// Not at all (`FOPEN_DIRECT_IO`): another node may change it at any
+    /// time, so every read asks the serving node.
+    Direct,
 }
 
 /// Every file operation one node serves. Methods mirror the FUSE operations
@@ -192,4 +206,27 @@ pub trait FileService: Send + Sync + 'static {
     /// by the caller, so no serving thread ever blocks on a lock).
     async fn setlk(&self, at: &At, ino: RemoteIno, lock: Lock) -> FsResult<()>;
     async fn access(&self, at: &At, ino: RemoteIno, mask: i32) -> FsResult<()>;
+
+    /// How long the kernel may keep the attributes of `ino` of run `run`
+    /// that the last call returned (none unless a lease covers them).
+    fn kernel_ttl(&self, _run: Run, _ino: RemoteIno) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
+    /// How long the kernel may keep the name `name` in `parent` (it names
+    /// `child`).
+    fn entry_ttl(
+        &self,
+        _run: Run,
+        _parent: RemoteIno,
+        _name: &[u8],
+        _child: RemoteIno,
+    ) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
+    /// How the kernel may cache the data of the open `fh`.
+    fn open_cache(&self, _fh: RemoteFh) -> OpenCache {
+        OpenCache::Plain
+    }
 }

@@ -310,6 +310,13 @@ pub enum FsReply {
         typ: i32,
         pid: u32,
     },
+    /// `reply`, with the leases the serving node granted the asking node
+    /// on the way (see [`crate::lease`]): on the file a getattr, open or
+    /// create names, and on a lookup's directory and its result.
+    Leased {
+        grants: Vec<(RemoteIno, crate::lease::Grant)>,
+        reply: Box<FsReply>,
+    },
 }
 
 /// The outcome of a file operation: a reply, or the errno the operation

@@ -15,6 +15,7 @@ pub mod checkpoint;
 mod frame;
 pub mod fs;
 pub mod guest;
+pub mod lease;
 mod messages;
 pub mod proc;
 
@@ -23,10 +24,10 @@ pub use messages::*;
 
 /// Bumped on any incompatible change. Carried in the QUIC ALPN, so a node that
 /// speaks another version fails the TLS handshake instead of misreading frames.
-pub const PROTO_VERSION: u32 = 3;
+pub const PROTO_VERSION: u32 = 4;
 
 /// ALPN protocol id; encodes [`PROTO_VERSION`].
-pub const ALPN: &[u8] = b"mosix/3";
+pub const ALPN: &[u8] = b"mosix/4";
 
 /// TLS server name every node certificate carries. Cluster membership is
 /// proven by the CA signature, not by the name, so dialing by address works.

@@ -176,6 +176,9 @@ pub enum Request {
     Restart {
         creds: crate::fs::Creds,
     },
+    /// From a node serving files to a node caching them: give a lease back
+    /// (answered [`Response::RecallDone`]).
+    Recall(crate::lease::Recall),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -215,6 +218,7 @@ pub enum Response {
     Error(RemoteError),
     /// ProcSnapshot's page.
     ProcSnapshot(crate::proc::SnapshotPage),
+    RecallDone(crate::lease::RecallDone),
 }
 
 /// An error the serving node reports back instead of a result.

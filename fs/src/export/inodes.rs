@@ -340,6 +340,12 @@ impl Inodes {
             .collect()
     }
 
+    /// The id of file (`dev`, `st_ino`) if any client ever named it (only
+    /// those can be cached anywhere).
+    pub fn known_id(&self, dev: u64, st_ino: u64) -> Option<RemoteIno> {
+        lock(&self.table).by_key.get(&(dev, st_ino)).copied()
+    }
+
     #[cfg(test)]
     pub fn held(&self) -> usize {
         lock(&self.table).by_id.len()

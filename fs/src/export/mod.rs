@@ -61,6 +61,7 @@ mod config;
 mod dirent;
 mod handles;
 mod inodes;
+mod leases;
 mod limits;
 mod local;
 mod locks;
@@ -68,6 +69,7 @@ mod ops;
 mod policy;
 mod sessions;
 mod sys;
+mod watch;
 mod wire;
 
 #[cfg(test)]
@@ -78,6 +80,7 @@ mod tests_limits;
 mod testutil;
 
 pub use config::ExportConfig;
+pub use leases::{Recaller, WAIT_LIMIT};
 pub use limits::Limits;
 
 use handles::Handles;
@@ -111,6 +114,8 @@ pub struct Export {
     fds: FdBudget,
     /// Whose turn it is to append to each file.
     appends: appends::AppendTurns,
+    /// Which client nodes may cache which files.
+    leases: leases::Leases,
     /// (st_dev, st_ino) of the export root.
     root_key: (u64, u64),
     /// Whether a directory can be moved out of the export at all: not when
@@ -185,6 +190,7 @@ impl Export {
             sessions: Sessions::default(),
             fds: FdBudget::new(limits),
             appends: appends::AppendTurns::default(),
+            leases: leases::Leases::default(),
             root_key: (st.st_dev, st.st_ino),
             confine: std::fs::metadata("/")
                 .map(|m| {
@@ -242,6 +248,7 @@ impl Export {
         drop(self.locks.release(s));
         drop(self.handles.remove_all(s));
         self.inodes.release(s);
+        self.leases_gone(&s.client);
     }
 
     /// Starts one operation of `who` that `intent`s: finds (or renews) the

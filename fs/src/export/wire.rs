@@ -13,8 +13,14 @@ fn xattr_reply(x: Xattr) -> FsReply {
 }
 
 impl Export {
-    /// Runs one operation for `who`. Blocking. Never panics on any input.
+    /// Runs one operation for `who`. Blocking (at most
+    /// [`super::leases::WAIT_LIMIT`] more when it waits for recalls).
+    /// Never panics on any input.
     pub fn handle(&self, who: &Who, op: FsRequest) -> FsResult {
+        self.leased(who, op, |op| self.run_op(who, op))
+    }
+
+    fn run_op(&self, who: &Who, op: FsRequest) -> FsResult {
         use FsRequest as R;
         let ok = |()| FsReply::Ok;
         match op {
