@@ -124,16 +124,25 @@ impl Deputy {
                     Ok(crate::state::VmaKind::Anon { .. } | crate::state::VmaKind::File { .. })
                 )
         };
+        // Its command line and environment stay readable: `ps` shows them
+        // for the process at home (its /proc/<pid>/cmdline reads them there).
+        let keep = args_and_env(self.pid()).unwrap_or((0, 0));
         for v in vmas.iter().filter(private) {
             if (v.start..v.end).contains(&self.insn) {
                 continue;
             }
-            let r = inj.raw(
-                libc::SYS_madvise,
-                &[v.start, v.end - v.start, libc::MADV_DONTNEED as u64],
-            )?;
-            if let Some(e) = crate::inject::errno_of(r) {
-                tracing::debug!(start = v.start, errno = e, "deputy keeps an area");
+            let parts = [
+                (v.start, v.end.min(keep.0).max(v.start)),
+                (v.start.max(keep.1).min(v.end), v.end),
+            ];
+            for (start, end) in parts.into_iter().filter(|(s, e)| s < e) {
+                let r = inj.raw(
+                    libc::SYS_madvise,
+                    &[start, end - start, libc::MADV_DONTNEED as u64],
+                )?;
+                if let Some(e) = crate::inject::errno_of(r) {
+                    tracing::debug!(start, errno = e, "deputy keeps an area");
+                }
             }
         }
         Ok(())
@@ -325,6 +334,21 @@ fn try_wait(tid: i32) -> io::Result<Option<Stop>> {
         };
     }
     Ok(Some(decode_status(status)))
+}
+
+/// The page-aligned span holding process `pid`'s arguments and
+/// environment (`arg_start`..`env_end` of /proc/<pid>/stat).
+fn args_and_env(pid: i32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(45)
+        .take(4)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let (lo, hi) = (f[0].min(f[2]), f[1].max(f[3]));
+    (lo < hi).then_some((lo & !0xfff, (hi + 0xfff) & !0xfff))
 }
 
 fn is_stop_signal(sig: i32) -> bool {

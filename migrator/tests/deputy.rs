@@ -135,6 +135,12 @@ fn the_deputy_gives_back_the_memory_the_copy_now_holds() {
     let after = rss_kib(pid);
     eprintln!("mem 128: {before} KiB resident, {after} KiB as a deputy");
     assert!(after < 8 << 10, "the deputy still holds {after} KiB");
+    // What ps shows of it at home is still there.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert_eq!(
+        cmdline,
+        format!("{}\x00128\x00", bin.display()).into_bytes()
+    );
     // Still a working deputy: signals are seen, and it ends as told.
     unsafe { libc::kill(pid, libc::SIGUSR2) };
     assert_eq!(next_event(&d), DeputyEvent::Signal(libc::SIGUSR2));
