@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use mosix_proto::MemberInfo;
 
+pub mod guests;
 pub mod machine;
 
 /// The `mosix` binary under test: `$MOSIX_BIN`, or the one cargo built next

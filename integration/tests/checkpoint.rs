@@ -1,26 +1,11 @@
 //! Checkpoint and restart on a real 3-node cluster: `mosix checkpoint` saves
 //! a running process to a file, `mosix restart` brings it back, on another
 //! node, where it continues from where it was.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
+use mosix_integration::guests::{assert_gap_free, gpid};
 use mosix_integration::{assert_fails_saying, mosix_bin, output_text, Cluster};
-
-/// Compiles one of the migrator's C test programs into the cluster's state
-/// directory, which every node sees.
-fn compile(c: &Cluster, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../migrator/tests/c/{name}.c"));
-    let out = c.state().join(name);
-    let st = Command::new("cc")
-        .args(["-O1", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("cc");
-    assert!(st.success(), "compiling {name}.c");
-    out
-}
 
 /// The node pid of the newest process named `comm` on `node`, if any.
 fn pid_of(c: &Cluster, node: &str, comm: &str) -> Option<u32> {
@@ -28,31 +13,6 @@ fn pid_of(c: &Cluster, node: &str, comm: &str) -> Option<u32> {
         .trim()
         .parse()
         .ok()
-}
-
-fn gpid(node_id: u32, pid: u32) -> u32 {
-    node_id << 22 | pid
-}
-
-/// A background `mosix enter`, reaped when the test is done with it.
-struct Bg(std::process::Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(c: &Cluster, node: &str, script: &str) -> Bg {
-    Bg(Command::new(mosix_bin())
-        .args(["enter", "--state"])
-        .arg(c.state())
-        .args([node, "--", "bash", "-c", script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap())
 }
 
 /// `mosix ARGS...` inside `node`.
@@ -70,22 +30,14 @@ fn lines(c: &Cluster, node: &str, path: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Lines of `text` must be exactly 1..=n.
-fn assert_gap_free(text: &str, n: usize, what: &str) {
-    let got: Vec<usize> = text.lines().map(|l| l.parse().expect(what)).collect();
-    let want: Vec<usize> = (1..=n).collect();
-    assert_eq!(got, want, "{what} is not a gap-free 1..{n}");
-}
-
 #[test]
 fn a_checkpointed_counter_restarts_on_another_node_and_continues_where_it_was() {
     let c = Cluster::up(3);
-    let counter = compile(&c, "counter");
+    let counter = c.compile("counter");
     let n = 500;
     c.sh("n1", "mkdir -p /tmp/w");
     // It writes its sequence to a file in its cwd on n1, and to a pipe.
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         &format!("cd /tmp/w && {} {n} | cat > /tmp/w/out", counter.display()),
     );
@@ -190,7 +142,7 @@ fn only_the_owner_checkpoints_a_process_and_restarts_it_as_itself() {
         format!("setpriv --reuid={uid} --regid={uid} --clear-groups -- {cmd}")
     };
     // A process of uid 65534 on n1.
-    let _r = start(&c, "n1", &as_user(65534, "sleep 600"));
+    let _r = c.start("n1", &as_user(65534, "sleep 600"));
     let found = Cluster::wait_for(Duration::from_secs(10), || {
         pid_of(&c, "n1", "sleep").is_some()
     });
@@ -274,11 +226,10 @@ fn only_the_owner_checkpoints_a_process_and_restarts_it_as_itself() {
 #[test]
 fn a_process_running_away_is_checkpointed_where_it_runs_and_restarts_on_a_third_node() {
     let c = Cluster::up(3);
-    let counter = compile(&c, "counter");
+    let counter = c.compile("counter");
     let n = 500;
     c.sh("n1", "mkdir -p /tmp/w");
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         &format!(
             "cd /tmp/w && {} {n} | cat > /tmp/w/out; echo ${{PIPESTATUS[0]}} > /tmp/w/status",
@@ -357,8 +308,7 @@ fn a_restarted_program_opening_files_by_absolute_path_still_writes_its_old_homes
         ),
     )
     .unwrap();
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         &format!(
             "exec python3 {} < /dev/null > /dev/null 2>&1",

@@ -1,25 +1,11 @@
 //! Process migration on a real 3-node cluster: unmodified programs move
 //! between nodes while running, with their deputy left at home.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mosix_integration::guests::{assert_gap_free, gpid, Bg};
 use mosix_integration::{output_text, Cluster};
-
-/// Compiles one of the migrator's C test programs into the cluster's state
-/// directory, which every node sees.
-fn compile(c: &Cluster, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../migrator/tests/c/{name}.c"));
-    let out = c.state().join(name);
-    let st = Command::new("cc")
-        .args(["-O1", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("cc");
-    assert!(st.success(), "compiling {name}.c");
-    out
-}
 
 /// The node pid of the newest process named `comm` on `node`.
 fn pid_of(c: &Cluster, node: &str, comm: &str) -> u32 {
@@ -27,40 +13,6 @@ fn pid_of(c: &Cluster, node: &str, comm: &str) -> u32 {
     out.trim()
         .parse()
         .unwrap_or_else(|_| panic!("no {comm} on {node}"))
-}
-
-fn gpid(node_id: u32, pid: u32) -> u32 {
-    node_id << 22 | pid
-}
-
-/// Lines of `text` must be exactly 1..=n.
-fn assert_gap_free(text: &str, n: usize, what: &str) {
-    let got: Vec<usize> = text.lines().map(|l| l.parse().expect(what)).collect();
-    let want: Vec<usize> = (1..=n).collect();
-    assert_eq!(got, want, "{what} is not a gap-free 1..{n}");
-}
-
-/// A background `mosix enter`, reaped when the test is done with it.
-struct Bg(std::process::Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `script` (bash) on `node` in the background; it is the parent of
-/// whatever it runs.
-fn start(c: &Cluster, node: &str, script: &str) -> Bg {
-    Bg(Command::new(mosix_integration::mosix_bin())
-        .args(["enter", "--state"])
-        .arg(c.state())
-        .args([node, "--", "bash", "-c", script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap())
 }
 
 /// Writes `target` to the process's `where`; returns what the writer saw.
@@ -85,7 +37,7 @@ fn wait_file(c: &Cluster, node: &str, path: &str, want: &str, limit: Duration) -
 #[test]
 fn a_running_counter_moves_n1_n2_n3_home_and_its_parent_pipe_and_exit_code_stay_home() {
     let c = Cluster::up(3);
-    let counter = compile(&c, "counter");
+    let counter = c.compile("counter");
     let n = 400;
     c.sh("n1", "mkdir -p /tmp/w");
     // Its stdout is a pipe at home; its parent (bash) waits for it there.
@@ -184,10 +136,9 @@ fn a_running_counter_moves_n1_n2_n3_home_and_its_parent_pipe_and_exit_code_stay_
 #[test]
 fn signals_to_the_home_pid_reach_the_copy_and_sigkill_at_home_ends_it() {
     let c = Cluster::up(3);
-    let sig = compile(&c, "sig");
+    let sig = c.compile("sig");
     c.sh("n1", "mkdir -p /tmp/w");
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         &format!(
             "cd /tmp/w && {} | cat > /tmp/w/out; echo ${{PIPESTATUS[0]}} > /tmp/w/status",
@@ -210,10 +161,9 @@ fn signals_to_the_home_pid_reach_the_copy_and_sigkill_at_home_ends_it() {
     assert!(!out.contains("not blocked"), "{out}");
 
     // SIGKILL of the home pid ends the copy on the remote node.
-    let counter = compile(&c, "counter");
+    let counter = c.compile("counter");
     c.sh("n1", "mkdir -p /tmp/k");
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         &format!(
             "cd /tmp/k && {} 100000 > /dev/null; echo $? > /tmp/k/status",
@@ -245,8 +195,7 @@ fn a_program_reading_its_parents_pipe_keeps_reading_after_it_moves() {
     let c = Cluster::up(3);
     c.sh("n1", "mkdir -p /tmp/w");
     // Unmodified cat, fed line by line by its parent's pipeline at home.
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         "cd /tmp/w && (for i in $(seq 1 300); do echo $i; sleep 0.01; done) | cat > /tmp/w/out; \
          echo ${PIPESTATUS[1]} > /tmp/w/status",
@@ -283,9 +232,7 @@ fn python_holding_512_mib_keeps_its_memory_intact() {
          print('after', hashlib.sha256(b).hexdigest(), flush=True)\n",
     )
     .unwrap();
-    let _r = start(
-        &c,
-        "n1",
+    let _r = c.start("n1",
         &format!(
             "cd /tmp/w && /usr/bin/python3 {} | cat > /tmp/w/out; echo ${{PIPESTATUS[0]}} > /tmp/w/status",
             c.state().join("hold.py").display()
@@ -320,8 +267,7 @@ fn sqlite3_in_the_middle_of_inserts_moves_and_finishes_intact() {
     // Each insert after the move is a dozen remote lock and write round
     // trips (no caching yet), so fewer rows keep the test short.
     let n = 600;
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         &format!(
             // A rollback journal on disk is opened by the database's name
@@ -366,10 +312,9 @@ fn sqlite3_in_the_middle_of_inserts_moves_and_finishes_intact() {
 #[test]
 fn a_program_with_a_device_open_is_refused_and_keeps_running() {
     let c = Cluster::up(3);
-    let dev = compile(&c, "dev");
+    let dev = c.compile("dev");
     c.sh("n1", "mkdir -p /tmp/w");
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         &format!("cd /tmp/w && {} /dev/kmsg > /tmp/w/out", dev.display()),
     );
@@ -411,8 +356,7 @@ fn failed_migration_resumes_at_home(
     let dir = format!("/tmp/f{trial}");
     let n = 80;
     c.sh("n1", &format!("mkdir -p {dir}"));
-    let _r = start(
-        c,
+    let _r = c.start(
         "n1",
         &format!(
             "cd {dir} && {} {n} > /dev/null; echo $? > {dir}/status",
@@ -472,7 +416,7 @@ fn failed_migration_resumes_at_home(
 #[test]
 fn a_migration_that_fails_midway_leaves_the_process_running_once_at_home() {
     let c = Cluster::up(3);
-    let counter = compile(&c, "counter");
+    let counter = c.compile("counter");
     let mut trial = 0;
     // 20 trials of each fault, over both phases before the commit.
     for fault in ["cut", "abort"] {
@@ -485,8 +429,7 @@ fn a_migration_that_fails_midway_leaves_the_process_running_once_at_home() {
     // And after all that, a migration still works.
     c.sh("n2", "rm -f /run/mosix/fault");
     c.sh("n1", "mkdir -p /tmp/ok");
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         &format!(
             "cd /tmp/ok && {} 200 > /dev/null; echo $? > /tmp/ok/status",
@@ -541,8 +484,7 @@ fn a_moved_process_computes_on_the_target_and_its_home_stays_idle() {
     // Patterns say `i=[0]` so they match the spinner, not the shell that
     // runs pgrep with the pattern in its own command line.
     let c = Cluster::up(3);
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         "exec -a spin sh -c 'i=0; while :; do i=$((i+1)); done'",
     );
@@ -591,11 +533,10 @@ fn a_moved_process_computes_on_the_target_and_its_home_stays_idle() {
 #[test]
 fn mosix_run_on_starts_a_program_elsewhere_and_mosix_migrate_moves_one() {
     let c = Cluster::up(3);
-    let counter = compile(&c, "counter");
+    let counter = c.compile("counter");
     let bin = mosix_integration::mosix_bin();
     c.sh("n1", "mkdir -p /tmp/r");
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         &format!(
             "cd /tmp/r && {} run --on n3 -- {} 300 > /tmp/r/out; echo $? > /tmp/r/status",
@@ -615,8 +556,7 @@ fn mosix_run_on_starts_a_program_elsewhere_and_mosix_migrate_moves_one() {
     assert_gap_free(&c.sh("n1", "cat /tmp/r/out"), 300, "stdout");
 
     c.sh("n1", "mkdir -p /tmp/m");
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         &format!(
             "cd /tmp/m && {} 300 > /dev/null; echo $? > /tmp/m/status",
@@ -669,9 +609,7 @@ fn a_threaded_python_program_moves_and_keeps_working() {
          sys.exit(7)\n",
     )
     .unwrap();
-    let _r = start(
-        &c,
-        "n1",
+    let _r = c.start("n1",
         &format!(
             "cd /tmp/w && /usr/bin/python3 {} | cat > /tmp/w/out; echo ${{PIPESTATUS[0]}} > /tmp/w/status",
             c.state().join("threads.py").display()
@@ -725,12 +663,11 @@ while True:
 #[test]
 fn a_moved_job_stops_and_continues_under_its_parents_job_control() {
     let c = Cluster::up(3);
-    let counter = compile(&c, "counter");
+    let counter = c.compile("counter");
     let parent = c.state().join("job_parent.py");
     std::fs::write(&parent, JOB_PARENT).unwrap();
     c.sh("n1", "mkdir -p /tmp/j");
-    let _r = start(
-        &c,
+    let _r = c.start(
         "n1",
         &format!("python3 {} {} /tmp/j", parent.display(), counter.display()),
     );
@@ -779,10 +716,9 @@ fn a_moved_job_stops_and_continues_under_its_parents_job_control() {
 /// `mb` MiB rewritten at `rate` MiB/s, its output in `out` and its exit
 /// status in `status`. Returns its node pid once it said `ready`.
 fn start_dirty(c: &Cluster, dir: &str, mb: u32, rate: u32) -> (Bg, u32) {
-    let prog = compile(c, "dirty");
+    let prog = c.compile("dirty");
     c.sh("n1", &format!("mkdir -p /tmp/{dir}"));
-    let bg = start(
-        c,
+    let bg = c.start(
         "n1",
         &format!(
             "cd /tmp/{dir} && {} {mb} {rate} > /tmp/{dir}/out; echo $? > /tmp/{dir}/status",
@@ -799,8 +735,9 @@ fn start_dirty(c: &Cluster, dir: &str, mb: u32, rate: u32) -> (Bg, u32) {
 }
 
 /// Asks the program (through its home pid) to check every page of its
-/// memory, and returns what it said and its exit status.
-fn check_dirty(c: &Cluster, dir: &str, pid: u32) -> (String, String) {
+/// `mb` MiB, and asserts it found every one as it wrote it and exited 0.
+#[track_caller]
+fn assert_pages_intact(c: &Cluster, dir: &str, pid: u32, mb: usize, what: &str) {
     c.sh("n1", &format!("kill -USR2 {pid}"));
     let status = wait_file(
         c,
@@ -810,7 +747,12 @@ fn check_dirty(c: &Cluster, dir: &str, pid: u32) -> (String, String) {
         Duration::from_secs(60),
     );
     let out = c.sh("n1", &format!("cat /tmp/{dir}/out"));
-    (out, status.trim().to_string())
+    assert_eq!(status.trim(), "0", "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("ok {} ", mb * 256))),
+        "{what}: {out}"
+    );
 }
 
 /// The progress lines the home node wrote for its process `pid`'s last
@@ -854,13 +796,7 @@ fn a_program_writing_100_mib_per_second_still_moves_and_its_memory_is_right() {
         !c.sh("n2", "pgrep -x dirty || true").trim().is_empty(),
         "it runs on n2"
     );
-    let (out, status) = check_dirty(&c, "busy", pid);
-    assert_eq!(status, "0", "{out}");
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with(&format!("ok {} ", 128 * 256))),
-        "every page checked out in the copy: {out}"
-    );
+    assert_pages_intact(&c, "busy", pid, 128, "every page checked out in the copy");
 }
 
 /// The bound is for what users run: a release build (a debug build of the
@@ -881,13 +817,7 @@ fn a_quiet_process_of_256_mib_moves_with_a_freeze_under_50_ms() {
     let ms = freeze_ms(&report);
     eprintln!("quiet 256 MiB: freeze {ms} ms\n{report}");
     assert!(ms < 50.0, "frozen {ms} ms: {report}");
-    let (out, status) = check_dirty(&c, "quiet", pid);
-    assert_eq!(status, "0", "{out}");
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with(&format!("ok {} ", 256 * 256))),
-        "{out}"
-    );
+    assert_pages_intact(&c, "quiet", pid, 256, "every page as written");
 }
 
 #[test]
@@ -938,11 +868,11 @@ fn a_failure_at_each_pre_copy_round_leaves_the_process_running_once_at_home() {
         }
     }
     c.sh("n2", "rm -f /run/mosix/fault");
-    let (out, status) = check_dirty(&c, "rounds", pid);
-    assert_eq!(status, "0", "{out}");
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with(&format!("ok {} ", 64 * 256))),
-        "memory intact at home after six failed moves: {out}"
+    assert_pages_intact(
+        &c,
+        "rounds",
+        pid,
+        64,
+        "memory intact at home after six failed moves",
     );
 }

@@ -1,32 +1,8 @@
 //! A multi-threaded program moves on a real 3-node cluster, mid-run, twice,
 //! and computes the right result.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mosix_integration::{output_text, Cluster};
-
-fn compile(c: &Cluster, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../migrator/tests/c/{name}.c"));
-    let out = c.state().join(name);
-    let st = Command::new("cc")
-        .args(["-O1", "-pthread", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("cc");
-    assert!(st.success(), "compiling {name}.c");
-    out
-}
-
-struct Bg(std::process::Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The lines `c <k>` the workers printed, in order.
 fn counts(out: &str) -> Vec<u64> {
@@ -39,28 +15,18 @@ fn counts(out: &str) -> Vec<u64> {
 #[test]
 fn four_threads_with_a_mutex_move_twice_mid_run_and_the_total_is_right() {
     let c = Cluster::up(3);
-    let prog = compile(&c, "threads");
+    let prog = c.compile("threads");
     // Four workers add 1 to a shared counter under a mutex, 3000 times
     // each, napping 2 ms in between: about 7 s of work.
     let per_thread = 3000u64;
     c.sh("n1", "mkdir -p /tmp/w");
-    let _r = Bg(Command::new(mosix_integration::mosix_bin())
-        .args(["enter", "--state"])
-        .arg(c.state())
-        .args([
-            "n1",
-            "--",
-            "bash",
-            "-c",
-            &format!(
-                "cd /tmp/w && {} count {per_thread} > /tmp/w/out; echo $? > /tmp/w/status",
-                prog.display()
-            ),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _r = c.start(
+        "n1",
+        &format!(
+            "cd /tmp/w && {} count {per_thread} > /tmp/w/out; echo $? > /tmp/w/status",
+            prog.display()
+        ),
+    );
     let out = |c: &Cluster| c.sh("n1", "cat /tmp/w/out 2>/dev/null || true");
     let progress = |c: &Cluster| counts(&out(c)).last().copied().unwrap_or(0);
     let started = Cluster::wait_for(Duration::from_secs(10), || progress(&c) >= 500);
@@ -123,26 +89,16 @@ fn four_threads_with_a_mutex_move_twice_mid_run_and_the_total_is_right() {
 #[test]
 fn four_threads_checkpointed_mid_run_and_restarted_elsewhere_finish_with_the_right_total() {
     let c = Cluster::up(3);
-    let prog = compile(&c, "threads");
+    let prog = c.compile("threads");
     let per_thread = 2000u64;
     c.sh("n1", "mkdir -p /tmp/w");
-    let _r = Bg(Command::new(mosix_integration::mosix_bin())
-        .args(["enter", "--state"])
-        .arg(c.state())
-        .args([
-            "n1",
-            "--",
-            "bash",
-            "-c",
-            &format!(
-                "cd /tmp/w && {} count {per_thread} > /tmp/w/out",
-                prog.display()
-            ),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _r = c.start(
+        "n1",
+        &format!(
+            "cd /tmp/w && {} count {per_thread} > /tmp/w/out",
+            prog.display()
+        ),
+    );
     let out = |c: &Cluster| c.sh("n1", "cat /tmp/w/out 2>/dev/null || true");
     let progress = |c: &Cluster| counts(&out(c)).last().copied().unwrap_or(0);
     let started = Cluster::wait_for(Duration::from_secs(10), || progress(&c) >= 500);

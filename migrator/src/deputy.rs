@@ -224,7 +224,7 @@ impl Deputy {
     fn delivered(&self, sig: i32) -> i32 {
         let default_stop = match sig {
             libc::SIGSTOP => true,
-            libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => !caught(self.pid(), sig),
+            libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => !catches(self.pid(), sig),
             _ => false,
         };
         if default_stop {
@@ -359,7 +359,7 @@ fn is_stop_signal(sig: i32) -> bool {
 }
 
 /// Whether process `pid` has a handler for `sig` (its `SigCgt` mask).
-fn caught(pid: i32, sig: i32) -> bool {
+pub fn catches(pid: i32, sig: i32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };

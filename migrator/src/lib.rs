@@ -26,7 +26,7 @@ mod restore;
 mod state;
 
 pub use checkpoint::{grab_fd, Checkpoint, FrozenSource, PageReader};
-pub use deputy::{Deputy, DeputyEvent, Ending};
+pub use deputy::{catches, Deputy, DeputyEvent, Ending};
 pub use error::{CantMove, CheckpointError, RestoreError, StreamError};
 pub use movable::check_movable;
 pub use pages::{

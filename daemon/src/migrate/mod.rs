@@ -1142,14 +1142,7 @@ fn stop_as_at_home(pid: i32, sig: i32) -> i32 {
     if !matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
         return sig;
     }
-    let caught = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            let mask = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
-            u64::from_str_radix(mask.trim(), 16).ok()
-        })
-        .is_some_and(|m| m & (1 << (sig - 1)) != 0);
-    if caught {
+    if mosix_migrator::catches(pid, sig) {
         sig
     } else {
         libc::SIGSTOP
