@@ -58,7 +58,22 @@ impl FrozenSource {
     /// reopened those files, and the deputy must not keep the POSIX locks
     /// the process held on them (the copy takes them again, and would find
     /// them held by itself at home).
-    pub fn into_deputy(mut self, close: &[i32]) -> io::Result<Deputy> {
+    pub fn into_deputy(self, close: &[i32]) -> io::Result<Deputy> {
+        self.into_deputy_then(close, || {})
+    }
+
+    /// [`into_deputy`](Self::into_deputy), calling `committed` as soon as
+    /// the deputy holds nothing the copy needs (its reopened files closed),
+    /// before it gives its memory back: freeing a 1 GiB address space
+    /// takes tens of milliseconds, and the caller lets the copy run from
+    /// `committed`, so the process's freeze does not include it. Once
+    /// `committed` ran, shedding memory is best effort; only parking can
+    /// still fail, and then the caller must end the copy it let run.
+    pub fn into_deputy_then(
+        mut self,
+        close: &[i32],
+        committed: impl FnOnce(),
+    ) -> io::Result<Deputy> {
         let tracee = self
             .take_tracee()
             .ok_or_else(|| io::Error::other("source already let go"))?;
@@ -85,7 +100,10 @@ impl FrozenSource {
             for fd in close {
                 inj.raw(libc::SYS_close, &[*fd as u64])?;
             }
-            d.shed_memory(&inj, &vmas)?;
+            committed();
+            if let Err(e) = d.shed_memory(&inj, &vmas) {
+                tracing::warn!(pid = d.pid(), error = %e, "the deputy keeps its memory");
+            }
         }
         d.park()?;
         Ok(d)

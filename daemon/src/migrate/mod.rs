@@ -148,6 +148,7 @@ type Sent = (
     quinn::RecvStream,
     u64,
     Instant,
+    Option<Precopy>,
 );
 
 /// Buffer over the migration stream: an rmp frame is many small writes
@@ -404,7 +405,7 @@ impl Migrations {
                     .map_err(|e| e.errno())
             })
             .and_then(|n| w.flush().map(|_| n).map_err(|_| libc::EIO))?;
-        Ok((ck, relayed, unbridge(w)?, recv, bytes, frozen_at))
+        Ok((ck, relayed, unbridge(w)?, recv, bytes, frozen_at, None))
     }
 
     /// Pre-copy: rounds while the process runs, until P.Haul's rule says
@@ -460,8 +461,10 @@ impl Migrations {
                 String::new()
             }
         ));
-        drop(pc);
-        Ok((ck, relayed, unbridge(w)?, recv, bytes, frozen_at))
+        // The tracking is kept until the deputy has freed the memory:
+        // ending it walks every page table entry of the tracked areas
+        // (tens of milliseconds per GiB), and over none once freed.
+        Ok((ck, relayed, unbridge(w)?, recv, bytes, frozen_at, Some(pc)))
     }
 
     fn home_thread(
@@ -490,7 +493,7 @@ impl Migrations {
             Some(pc) => self.send_precopy(pid, addr, pc, &mut report),
             None => self.send_stopped(pid, addr),
         };
-        let (ck, relayed, send, mut recv, bytes, frozen_at) = match sent {
+        let (ck, relayed, send, mut recv, bytes, frozen_at, tracking) = match sent {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(pid, %target, errno = e, "sending the process failed; it resumes here");
@@ -502,6 +505,8 @@ impl Migrations {
         let built = self.await_built(&mut recv);
         let built_at = frozen_at.elapsed();
         if let Err(e) = built {
+            // Untracked before it runs on.
+            drop(tracking);
             tracing::warn!(pid, %target, errno = e, "the target did not rebuild the process; it resumes here");
             report.line(format!(
                 "the target did not rebuild it: {}; it runs on here",
@@ -521,19 +526,29 @@ impl Migrations {
             .filter(|e| matches!(e.kind, FdKind::File { .. } | FdKind::Directory { .. }))
             .map(|e| e.fd)
             .collect();
-        let deputy = match ck.keep_frozen().into_deputy(&reopened) {
+        let (events_tx, events) = mpsc::channel::<HomeEvent>();
+        let mut gen = 1;
+        // Frozen until `Run` is on its way; the deputy frees the memory
+        // the copy now holds only after that.
+        let mut running = None;
+        let deputy = ck.keep_frozen().into_deputy_then(&reopened, || {
+            let to = self.start_stay(gen, send, recv, events_tx.clone());
+            running = Some((to, frozen_at.elapsed()));
+        });
+        let deputy = match deputy {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(pid, error = %e, "cannot park the deputy; the process is lost");
+                // It may be running already: it must not outlive its home.
+                if let Some((to, _)) = running {
+                    let _ = to.send(GuestMsg::Signal(libc::SIGKILL));
+                }
                 let _ = done.send(Err(libc::EIO));
                 return;
             }
         };
-        let (events_tx, events) = mpsc::channel::<HomeEvent>();
-        let mut gen = 1;
-        let to = self.start_stay(gen, send, recv, events_tx.clone());
-        // Frozen until `Run` is on its way.
-        let freeze = frozen_at.elapsed();
+        let (to, freeze) = running.expect("committed before the deputy is parked");
+        drop(tracking);
         let stop_inputs = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writers: HashMap<i32, std::fs::File> = HashMap::new();
         let mut originals: Vec<(i32, OwnedFd)> = Vec::new();
