@@ -327,7 +327,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     );
     // The mountpoint must exist before the export can hide it.
     if cfg.mount {
-        mount::clean_stale_mount(&cfg.mountpoint).map_err(|source| DaemonError::Mount {
+        mount::check_mountpoint(&cfg.mountpoint).map_err(|source| DaemonError::Mount {
             path: cfg.mountpoint.clone(),
             source,
         })?;

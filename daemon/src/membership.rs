@@ -38,6 +38,12 @@ pub const JOIN_RETRY: Duration = Duration::from_secs(1);
 /// ready) anyway, alone: the first node of a cluster to start has nobody to
 /// join, and must not wait forever.
 pub const JOIN_WAIT: Duration = Duration::from_secs(10);
+/// How long a starting daemon that has the member list of one member waits
+/// to hear from each other configured peer that list shows up: every one
+/// of them was sent our announce, and a live one replies within a handshake
+/// (at most `CONNECT_TIMEOUT`); one that does not is likely down, and the
+/// members' probes will say so.
+pub const JOIN_SETTLE: Duration = mosix_net::CONNECT_TIMEOUT;
 /// How long a stopping daemon waits for its members to acknowledge that
 /// it is leaving; one that does not answer in time learns it from gossip,
 /// or sees the node as dead.
@@ -165,6 +171,15 @@ impl Table {
             if state == MemberState::Alive {
                 seen.insert(id.name.clone());
             }
+            if state == MemberState::Alive
+                && !self.entries.contains_key(&id.name)
+                && self.forgotten.contains_key(&id.name)
+            {
+                // Removed, and now started again: the connection to the
+                // run that was removed leads nowhere, like a restart's.
+                tracing::info!(member = %id.name, "removed member is back");
+                restarted.push(id.addr);
+            }
             let e = self.entries.entry(id.name.clone()).or_insert(Entry {
                 id: id.id,
                 addr: id.addr,
@@ -287,9 +302,17 @@ impl Up for MemberState {
 }
 
 enum Input {
-    Data(Bytes),
+    /// A SWIM packet; `from` is the member listening there when the packet
+    /// is addressed to this run, and `feed` says it is the member list sent
+    /// in reply to our announce.
+    Data {
+        data: Bytes,
+        from: Option<SocketAddr>,
+        feed: bool,
+    },
     Timer(Timer<NodeId>),
-    Announce,
+    /// Announce this node to these configured peers.
+    Announce(Vec<SocketAddr>),
     /// A member said it is leaving: foca stops probing it and spreads it.
     Down(NodeId),
     /// This node leaves: foca declares it down to a few members.
@@ -329,6 +352,31 @@ pub struct Membership {
     /// This node's latest load record, sampled by the load loop: reading it
     /// costs nothing, while a fresh sample walks all of /proc.
     own_load: Arc<Mutex<Option<LoadRecord>>>,
+    join: Arc<Mutex<JoinState>>,
+    /// The configured peers (the addresses this node announces itself to).
+    seeds: Arc<[SocketAddr]>,
+}
+
+/// How far the join has come (see [`Membership::wait_joined`]).
+#[derive(Default)]
+struct JoinState {
+    /// A member sent its member list (foca's reply to our announce).
+    fed: bool,
+    /// The members that sent us anything: they know this run of the node.
+    heard: std::collections::HashSet<SocketAddr>,
+}
+
+/// How a starting daemon's join went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Joined {
+    /// It has a member's list, and every configured peer that list shows
+    /// up has spoken to it (so knows this run).
+    Fully,
+    /// It is in the cluster, but these configured peers, up as far as it
+    /// knows, did not speak to it within [`JOIN_SETTLE`].
+    Partly(Vec<SocketAddr>),
+    /// No configured peer answered within the wait.
+    Alone,
 }
 
 fn foca_config() -> foca::Config {
@@ -373,6 +421,7 @@ impl Membership {
         let (tx, rx) = mpsc::channel(1024);
         let (sched_tx, sched_rx) = mpsc::unbounded_channel();
         let load_now = Arc::new(Notify::new());
+        let join = Arc::new(Mutex::new(JoinState::default()));
         tokio::spawn(scheduler(sched_rx, tx.clone()));
         tokio::spawn(foca_loop(
             me,
@@ -380,8 +429,8 @@ impl Membership {
             sched_tx,
             peers.clone(),
             table.clone(),
-            seeds.clone(),
             load_now.clone(),
+            join.clone(),
         ));
         let m = Membership {
             tx,
@@ -391,8 +440,10 @@ impl Membership {
             probe,
             load_now,
             own_load: Arc::default(),
+            join,
+            seeds: seeds.clone().into(),
         };
-        tokio::spawn(m.clone().join_loop(!seeds.is_empty()));
+        tokio::spawn(m.clone().join_loop());
         tokio::spawn(m.clone().load_loop(name, peers));
         m
     }
@@ -404,8 +455,17 @@ impl Membership {
         // (and carry its id, where the certificate has one): a member cannot
         // speak as another, or take a name or id it was not issued.
         use foca::Codec;
-        match Codec::<NodeId>::decode_header(&mut PostcardCodec, &data[..]) {
-            Ok(h) if *h.src.name == *peer.name && peer.id.is_none_or(|id| id == h.src.id) => {}
+        let (from, feed) = match Codec::<NodeId>::decode_header(&mut PostcardCodec, &data[..]) {
+            Ok(h) if *h.src.name == *peer.name && peer.id.is_none_or(|id| id == h.src.id) => {
+                // Only a packet addressed to this run shows that its sender
+                // knows it: a probe of a crashed predecessor reaches this
+                // address too.
+                let to_us = h.dst.run == self.run;
+                (
+                    to_us.then_some(h.src.addr),
+                    to_us && h.message == foca::Message::Feed,
+                )
+            }
             Ok(h) => {
                 return refuse(
                     peer,
@@ -413,7 +473,7 @@ impl Membership {
                 );
             }
             Err(_) => return refuse(peer, "an undecodable SWIM packet"),
-        }
+        };
         {
             let mut t = self.table.lock().expect("table lock");
             if t.fingerprints.get(&*peer.name) != Some(&peer.fingerprint) {
@@ -421,7 +481,7 @@ impl Membership {
                     .insert(peer.name.to_string(), peer.fingerprint.clone());
             }
         }
-        let _ = self.tx.try_send(Input::Data(data));
+        let _ = self.tx.try_send(Input::Data { data, from, feed });
     }
 
     /// `peer` says its run `run` is stopping on purpose: it is `left` at
@@ -477,23 +537,57 @@ impl Membership {
             .collect()
     }
 
-    /// Waits until some other member is alive, at most `limit`. True if
-    /// one is.
-    pub async fn wait_joined(&self, limit: Duration) -> bool {
+    /// Waits until this node has joined, at most `limit`: until a member
+    /// sent its member list, and then (at most [`JOIN_SETTLE`] more) until
+    /// every configured peer that the list shows up has spoken to this run.
+    /// Only then do the peers' files answer at once here, and does every
+    /// such peer reach this run (not a connection to a crashed
+    /// predecessor).
+    pub async fn wait_joined(&self, limit: Duration) -> Joined {
         let deadline = Instant::now() + limit;
+        let mut settle_until = None;
         loop {
-            let joined = {
-                let t = self.table.lock().expect("table lock");
-                t.entries.values().any(|e| e.state == MemberState::Alive)
-            };
-            if joined {
-                return true;
+            let (fed, missing) = self.join_progress();
+            if fed && missing.is_empty() {
+                return Joined::Fully;
             }
-            if Instant::now() >= deadline {
-                return false;
+            let now = Instant::now();
+            if fed {
+                let until = *settle_until.get_or_insert(now + JOIN_SETTLE);
+                if now >= until {
+                    return Joined::Partly(missing);
+                }
+            } else if now >= deadline {
+                let any = self
+                    .table
+                    .lock()
+                    .expect("table lock")
+                    .entries
+                    .values()
+                    .any(|e| e.state == MemberState::Alive);
+                return if any {
+                    Joined::Partly(missing)
+                } else {
+                    Joined::Alone
+                };
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether a member list came, and the configured peers that are up
+    /// but have not spoken to this run yet.
+    fn join_progress(&self) -> (bool, Vec<SocketAddr>) {
+        let t = self.table.lock().expect("table lock");
+        let j = self.join.lock().expect("join lock");
+        let missing = t
+            .entries
+            .values()
+            .filter(|e| e.state.is_up() && self.seeds.contains(&e.addr))
+            .map(|e| e.addr)
+            .filter(|a| !j.heard.contains(a))
+            .collect();
+        (j.fed, missing)
     }
 
     pub fn receive_load(&self, node: &str, rec: LoadRecord) {
@@ -553,10 +647,11 @@ impl Membership {
         self.table.lock().expect("table lock").snapshot(&own)
     }
 
-    async fn join_loop(self, have_seeds: bool) {
-        if !have_seeds {
+    async fn join_loop(self) {
+        if self.seeds.is_empty() {
             return;
         }
+        let start = Instant::now();
         let mut tick = tokio::time::interval(JOIN_RETRY);
         loop {
             tick.tick().await;
@@ -566,7 +661,21 @@ impl Membership {
                 .expect("table lock")
                 .alive_peers()
                 .is_empty();
-            if lonely && self.tx.send(Input::Announce).await.is_err() {
+            let to = if lonely {
+                self.seeds.to_vec()
+            } else if start.elapsed() < JOIN_WAIT {
+                // Still joining: a lost member list, or a peer that has not
+                // answered yet, is asked again.
+                let (fed, missing) = self.join_progress();
+                if fed {
+                    missing
+                } else {
+                    self.seeds.to_vec()
+                }
+            } else {
+                Vec::new()
+            };
+            if !to.is_empty() && self.tx.send(Input::Announce(to)).await.is_err() {
                 return;
             }
         }
@@ -605,20 +714,27 @@ async fn foca_loop(
     sched: mpsc::UnboundedSender<(Instant, Timer<NodeId>)>,
     peers: Arc<Peers>,
     table: Arc<Mutex<Table>>,
-    seeds: Vec<SocketAddr>,
     load_now: Arc<Notify>,
+    join: Arc<Mutex<JoinState>>,
 ) {
     let rng: rand::rngs::StdRng = rand::make_rng();
     let mut foca = Foca::new(me, foca_config(), rng, PostcardCodec);
     let mut rt = foca::AccumulatingRuntime::new();
     let mut had_members = false;
     while let Some(input) = rx.recv().await {
+        let mut heard = None;
         let result = match input {
-            Input::Data(d) => foca.handle_data(&d, &mut rt),
+            Input::Data { data, from, feed } => {
+                let r = foca.handle_data(&data, &mut rt);
+                if r.is_ok() {
+                    heard = from.map(|from| (from, feed));
+                }
+                r
+            }
             Input::Timer(t) => foca.handle_timer(t, &mut rt),
-            Input::Announce => {
+            Input::Announce(to) => {
                 let mut r = Ok(());
-                for &addr in &seeds {
+                for addr in to {
                     // Only the address matters for an announce; the real
                     // identity comes back in the reply.
                     let placeholder = NodeId {
@@ -651,6 +767,13 @@ async fn foca_loop(
             .sync(foca.iter_membership_state());
         for addr in restarted {
             peers.drop_connection(addr);
+        }
+        // Recorded after the table follows foca: whoever waits on the join
+        // then finds the members this packet brought.
+        if let Some((from, feed)) = heard {
+            let mut j = join.lock().expect("join lock");
+            j.heard.insert(from);
+            j.fed |= feed;
         }
         while let Some((dst, data)) = rt.to_send() {
             let framed = Datagram::Swim(data.to_vec()).encode();
@@ -896,8 +1019,12 @@ mod tests {
         assert!(!t.forget("a"));
         t.sync([Member::down(id("a", 3)), Member::alive(id("a", 2))].iter());
         assert_eq!(state(&t, "a"), None);
-        // A later run (not revoked) joins as usual.
-        t.sync([Member::alive(id("a", 4))].iter());
+        // A later run (not revoked) joins as usual, and the connection to
+        // the removed run is dropped, as for a restart.
+        let restarted = t.sync([Member::alive(id("a", 4))].iter());
         assert_eq!(state(&t, "a"), Some(MemberState::Alive));
+        assert_eq!(restarted, vec![id("a", 4).addr]);
+        // A member never removed is just new: no connection to drop.
+        assert!(t.sync([Member::alive(id("b", 1))].iter()).is_empty());
     }
 }

@@ -101,11 +101,25 @@ fn probe(path: &Path) -> Served {
     }
 }
 
+/// Checks `mountpoint` for a new daemon, early (before anything is bound):
+/// refuses a mount that a live daemon serves and creates the directory if
+/// missing, but leaves a dead mount of a crashed daemon in place;
+/// [`clean_stale_mount`] removes it just before the new mount goes on, so
+/// that meanwhile (the join may take seconds) /mosix answers ENOTCONN
+/// rather than showing the bare directory below it.
+pub fn check_mountpoint(mountpoint: &Path) -> std::io::Result<()> {
+    settle(mountpoint, false)
+}
+
 /// Makes `mountpoint` ready for a new daemon: detaches a /mosix left by a
 /// daemon that died (every access to it answers ENOTCONN, though stat may
 /// still succeed), creates the directory if missing, and refuses a mount
 /// that a live daemon serves.
 pub fn clean_stale_mount(mountpoint: &Path) -> std::io::Result<()> {
+    settle(mountpoint, true)
+}
+
+fn settle(mountpoint: &Path, detach: bool) -> std::io::Result<()> {
     use std::io::{Error, ErrorKind};
     // A daemon that died more than once may have left dead mounts stacked.
     for _ in 0..16 {
@@ -117,6 +131,7 @@ pub fn clean_stale_mount(mountpoint: &Path) -> std::io::Result<()> {
             break;
         }
         match probe(mountpoint) {
+            Served::Dead if !detach => return Ok(()),
             Served::Dead => {
                 tracing::warn!(mountpoint = %mountpoint.display(), "removing the dead mount of a daemon that died");
                 nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
@@ -143,6 +158,7 @@ pub fn clean_stale_mount(mountpoint: &Path) -> std::io::Result<()> {
     match std::fs::metadata(mountpoint) {
         Err(e) if e.kind() == ErrorKind::NotFound => std::fs::create_dir_all(mountpoint),
         // A dead mount the mount table did not show us (another path to it).
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) && !detach => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(mountpoint = %mountpoint.display(), "removing stale mount");
             nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(Error::from)

@@ -11,14 +11,15 @@ use crate::{identity, mount, DaemonError};
 pub const BIND_RETRY: Duration = Duration::from_secs(3);
 
 /// Checks the node's identity (its key's mode, its certificate against the
-/// config; a config without `id` takes the certificate's) and clears a dead
-/// mount left at the mountpoint, or refuses one a live daemon serves: before
-/// anything is bound, so that a second daemon says why it cannot start.
+/// config; a config without `id` takes the certificate's) and refuses a
+/// mount at the mountpoint that a live daemon serves: before anything is
+/// bound, so that a second daemon says why it cannot start. A dead mount
+/// left by a crash stays until the new one replaces it.
 pub fn preflight(mut cfg: Config) -> Result<Config, DaemonError> {
     identity::check(&mut cfg)?;
     raise_nofile();
     if cfg.mount {
-        mount::clean_stale_mount(&cfg.mountpoint).map_err(|source| DaemonError::Mount {
+        mount::check_mountpoint(&cfg.mountpoint).map_err(|source| DaemonError::Mount {
             path: cfg.mountpoint.clone(),
             source,
         })?;
@@ -39,23 +40,32 @@ pub fn revocation_file(cfg: &Config) -> std::path::PathBuf {
     dir.join("revoked")
 }
 
-/// Waits until the node has joined through one of its configured peers, at
-/// most [`crate::membership::JOIN_WAIT`]; a node with no peers configured is
-/// a cluster of its own at once. Past the wait it goes on alone, saying so.
+/// Waits until the node has joined through its configured peers (see
+/// [`crate::membership::Membership::wait_joined`]), at most
+/// [`crate::membership::JOIN_WAIT`] for the first to answer; a node with no
+/// peers configured is a cluster of its own at once. Past the wait it goes
+/// on alone, saying so.
 pub async fn wait_joined(membership: &crate::membership::Membership, cfg: &Config) {
     if cfg.peers.is_empty() {
         return;
     }
     let wait = crate::membership::JOIN_WAIT;
     let start = std::time::Instant::now();
-    if membership.wait_joined(wait).await {
-        tracing::info!(took = ?start.elapsed(), "joined the cluster");
-    } else {
-        tracing::warn!(
+    match membership.wait_joined(wait).await {
+        crate::membership::Joined::Fully => {
+            tracing::info!(took = ?start.elapsed(), "joined the cluster")
+        }
+        crate::membership::Joined::Partly(silent) => tracing::warn!(
+            took = ?start.elapsed(),
+            ?silent,
+            "joined the cluster, but these peers, up as far as the members know, \
+             did not answer: their files may not answer here yet"
+        ),
+        crate::membership::Joined::Alone => tracing::warn!(
             peers = ?cfg.peers,
             "no configured peer answered in {wait:?}: going on alone; \
              members join as they come up"
-        );
+        ),
     }
 }
 
