@@ -73,6 +73,9 @@ enum Fault {
 
 const FAULT_FILE: &str = "/run/mosix/fault";
 
+/// How long the end of a copy waits for its last output to be relayed.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+
 /// The fault file's contents, read once when a guest arrives: after that,
 /// the guest's thread sees its home node's files, not this node's.
 fn read_faults() -> Option<String> {
@@ -1064,9 +1067,10 @@ impl Migrations {
         tracing::info!(%home, home_pid, pid, "guest runs here");
         // Set once the copy moved on: its end here is not its end.
         let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        for (fd, file) in outputs {
-            spawn_output_relay(&self.rt, fd, file, to_home.clone(), left.clone());
-        }
+        let relays: Vec<_> = outputs
+            .into_iter()
+            .map(|(fd, file)| spawn_output_relay(&self.rt, fd, file, to_home.clone(), left.clone()))
+            .collect();
         // Home's messages to the copy, on their own thread: this one waits
         // for the copy to end.
         let (to, left2) = (to_home.clone(), left.clone());
@@ -1135,6 +1139,17 @@ impl Migrations {
             }
         });
         let ending = wait_ending(pid);
+        // What it wrote last is still in the pipes: home hears it before
+        // the end, which closes its output there. A descendant that keeps
+        // a pipe open is not waited for past OUTPUT_DRAIN.
+        let drain = async {
+            for r in relays {
+                let _ = r.await;
+            }
+        };
+        let _ = self
+            .rt
+            .block_on(async { tokio::time::timeout(OUTPUT_DRAIN, drain).await });
         self.guests.lock().expect("guests").remove(&(pid as u32));
         // The view's mounts go with this thread's namespace; its directory
         // in the node's own tree is removed by `arrive`.

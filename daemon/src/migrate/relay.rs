@@ -61,7 +61,7 @@ pub(super) fn spawn_output_relay(
     mut f: std::fs::File,
     to: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
     left: Arc<std::sync::atomic::AtomicBool>,
-) {
+) -> tokio::task::JoinHandle<()> {
     rt.spawn_blocking(move || {
         let mut buf = vec![0u8; RELAY_CHUNK];
         loop {
@@ -80,7 +80,7 @@ pub(super) fn spawn_output_relay(
                 }
             }
         }
-    });
+    })
 }
 
 /// Writes the migrator's stream as `Chunk` messages on a guest stream.
