@@ -72,8 +72,13 @@ struct State {
     /// Recalls that arrived before the reply granting their lease: that
     /// grant is void when it comes.
     early: LruCache<(RemoteIno, Epoch), ()>,
-    /// Open handles: on which file, and whether the kernel keeps its pages.
-    opens: HashMap<RemoteFh, (RemoteIno, bool)>,
+    /// Open handles: on which file, and how the kernel caches its data.
+    opens: HashMap<RemoteFh, (RemoteIno, OpenCache)>,
+    /// The lease epoch the kernel's pages of a file were read under: an
+    /// open keeps them only under that same epoch. Pages read under another
+    /// (or under none: an open that outlived its lease) are dropped by the
+    /// open itself, before it returns.
+    pages: LruCache<RemoteIno, Epoch>,
 }
 
 impl State {
@@ -85,6 +90,7 @@ impl State {
             names: LruCache::new(capacity),
             early: LruCache::new(NonZeroUsize::new(1024).expect("nonzero")),
             opens: HashMap::new(),
+            pages: LruCache::new(capacity),
         }
     }
 
@@ -154,6 +160,7 @@ impl NodeCache {
                 s.early.put((file, epoch), ());
             }
             let actions = s.leases.on_recall(&Recall { file, epoch });
+            s.pages.pop(&file);
             (actions, s.forget(file))
         };
         let mut names = Some(names);
@@ -312,14 +319,28 @@ impl CachedService {
         }
     }
 
-    fn file_of(&self, fh: RemoteFh) -> Option<(RemoteIno, bool)> {
+    fn file_of(&self, fh: RemoteFh) -> Option<(RemoteIno, OpenCache)> {
         self.cache.state().opens.get(&fh).copied()
     }
 
+    /// How the kernel may cache the new open `fh` of `ino`: through the
+    /// page cache under a cached lease, keeping the pages it has only if
+    /// they were read under this very lease.
     fn opened(&self, ino: RemoteIno, fh: RemoteFh) {
         let mut s = self.cache.state();
-        let keep = self.cache.local(&s, ino);
-        s.opens.insert(fh, (ino, keep));
+        let lease = s.leases.lease(ino).filter(|_| self.cache.local(&s, ino));
+        let cache = match lease {
+            Some(g) if s.pages.get(&ino) == Some(&g.epoch) => OpenCache::Keep,
+            Some(g) => {
+                s.pages.put(ino, g.epoch);
+                OpenCache::Plain
+            }
+            None => {
+                s.pages.pop(&ino);
+                OpenCache::Direct
+            }
+        };
+        s.opens.insert(fh, (ino, cache));
     }
 }
 
@@ -477,7 +498,7 @@ impl FileService for CachedService {
 
     async fn read(&self, at: &At, fh: RemoteFh, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let data = self.inner.read(at, fh, offset, size).await?;
-        if let Some((file, true)) = self.file_of(fh) {
+        if let Some((file, OpenCache::Keep | OpenCache::Plain)) = self.file_of(fh) {
             let s = self.cache.state();
             if !self.cache.local(&s, file) {
                 drop(s);
@@ -599,9 +620,89 @@ impl FileService for CachedService {
     }
 
     fn open_cache(&self, fh: RemoteFh) -> OpenCache {
-        match self.file_of(fh) {
-            Some((_, true)) => OpenCache::Keep,
-            _ => OpenCache::Direct,
+        self.file_of(fh).map_or(OpenCache::Direct, |(_, c)| c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::Recaller;
+    use crate::faulty::Loopback;
+    use crate::service::ClientId;
+
+    /// Recalls go nowhere: these tests play the holder's side by hand.
+    struct Silent;
+    impl Recaller for Silent {
+        fn recall(&self, _: &ClientId, _: u64, _: mosix_cache::wire::Recall<RemoteIno>) {}
+    }
+
+    struct Setup {
+        caches: Arc<ClientCaches>,
+        svc: Arc<dyn FileService>,
+        at: At,
+        file: RemoteIno,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"one\n").unwrap();
+        let export = crate::tests::export(dir.path());
+        export.set_recaller(Arc::new(Silent));
+        let caches = ClientCaches::new(1 << 20);
+        let svc = caches.service("n1", Arc::new(Loopback::new(export, "n2")));
+        let (run, root) = svc.root(&Creds::default()).await.unwrap();
+        let at = At {
+            run,
+            creds: Creds::default(),
+        };
+        let file = svc.lookup(&at, root.ino, b"f").await.unwrap().ino;
+        Setup {
+            caches,
+            svc,
+            at,
+            file,
+            _dir: dir,
         }
+    }
+
+    impl Setup {
+        async fn open(&self) -> (RemoteFh, OpenCache) {
+            let fh = self
+                .svc
+                .open(&self.at, self.file, libc::O_RDONLY)
+                .await
+                .unwrap();
+            (fh, self.svc.open_cache(fh))
+        }
+
+        fn epoch(&self) -> Epoch {
+            let n = self.caches.node("n1");
+            let s = n.state();
+            s.leases.lease(self.file).expect("a lease").epoch
+        }
+    }
+
+    /// Pages are kept across opens only under the lease they were read
+    /// under: once it was recalled (pages read meanwhile by an open that
+    /// outlived it are nobody's), the next open drops them.
+    #[tokio::test]
+    async fn an_open_keeps_pages_only_from_its_own_lease() {
+        let t = setup().await;
+        let (fh, first) = t.open().await;
+        assert_eq!(first, OpenCache::Plain, "nothing known of the pages yet");
+        t.svc.release(t.at.run, fh).await;
+        let (fh, again) = t.open().await;
+        assert_eq!(again, OpenCache::Keep, "same lease: pages kept");
+        t.svc.release(t.at.run, fh).await;
+        let epoch = t.epoch();
+        t.caches.recall("n1", t.at.run, t.file, epoch).await;
+        let (_, after) = t.open().await;
+        assert_eq!(
+            after,
+            OpenCache::Plain,
+            "pages from before the recall are dropped"
+        );
     }
 }

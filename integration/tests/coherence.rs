@@ -24,9 +24,11 @@ const LOCAL_WINDOW: Duration = Duration::from_millis(100);
 /// One worker: a loop of random operations on the files of `dir`, one
 /// record per operation on stdout:
 /// `kind file token start_ns end_ns` (token `-` for none; for reads, the
-/// last line the file held, `EMPTY` if none, `GONE` if it did not exist).
+/// last line the file held, `EMPTY` if none, `GONE` if it did not exist,
+/// `TORN:<hex>` with all the bytes if they are not whole records).
 const WORKER: &str = r#"
-import os, random, sys, time
+import os, random, re, sys, time
+tok_re = re.compile(rb"^[lab][12]\.[0-9]{5}$")
 dirp, me, ops, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(seed)
 files = ["hot"] * 4 + ["f0", "f1", "f2"]
@@ -35,7 +37,10 @@ now = time.monotonic_ns
 for i in range(ops):
     f = rng.choice(files)
     p = os.path.join(dirp, f)
-    tok = "%s.%d" % (me, i)
+    # One width for every record: two overlapping overwrites (each
+    # truncates, then writes at 0) leave one whole record, never the tail
+    # of a longer one after a shorter one.
+    tok = "%s.%05d" % (me, i)
     r = rng.random()
     t0 = now()
     try:
@@ -45,6 +50,9 @@ for i in range(ops):
             lines = data.split(b"\n")
             last = [l for l in lines if l]
             seen = last[-1].decode() if last else "EMPTY"
+            if data and not all(tok_re.match(l) for l in data.split(b"\n")[:-1]) or (data and not data.endswith(b"\n")):
+                # Torn: no write ever leaves this. The bytes, for the report.
+                seen = "TORN:" + data.hex()
             out.append("read %s %s %d %d" % (f, seen, t0, now()))
             continue
         elif r < 0.70:
@@ -72,9 +80,13 @@ sys.stdout.write("\n".join(out) + "\n")
 "#;
 
 /// A 3-node cluster with caching on (`[cache] enabled` is off by default;
-/// the daemons inherit `MOSIX_CACHE` from `mosix up`).
+/// the daemons inherit `MOSIX_CACHE` from `mosix up`). `COH_CACHE=0` runs
+/// the same checks with caching off, for comparison.
 fn cluster() -> Cluster {
-    std::env::set_var("MOSIX_CACHE", "1");
+    std::env::set_var(
+        "MOSIX_CACHE",
+        std::env::var("COH_CACHE").unwrap_or("1".into()),
+    );
     Cluster::up(3)
 }
 
@@ -87,9 +99,11 @@ struct Op {
     end: u64,
     /// Made by the owning node's own process, not through /mosix.
     local: bool,
+    /// The worker that made it.
+    by: &'static str,
 }
 
-fn parse(text: &str, local: bool) -> Vec<Op> {
+fn parse(text: &str, local: bool, by: &'static str) -> Vec<Op> {
     text.lines()
         .filter(|l| !l.is_empty())
         .map(|l| {
@@ -102,6 +116,7 @@ fn parse(text: &str, local: bool) -> Vec<Op> {
                 start: f[3].parse().unwrap(),
                 end: f[4].parse().unwrap(),
                 local,
+                by,
             }
         })
         .collect()
@@ -118,10 +133,30 @@ struct Stale {
 /// Checks every read against the writes: the write whose content it shows
 /// must not have been followed, before the read began, by another write
 /// that started after it ended.
-fn check(ops: &[Op]) -> (usize, Vec<Stale>) {
+fn check(ops: &[Op]) -> (usize, Vec<Stale>, Vec<Op>) {
+    // Per file, the writes by start, and the earliest end among each
+    // suffix: "did some write start after `w` ended and end before the read
+    // began" is then one binary search (a scan per source is far too slow
+    // for the thousands of writes an EMPTY read may come from).
     let mut writes: HashMap<&str, Vec<&Op>> = HashMap::new();
     for o in ops.iter().filter(|o| o.kind != "read") {
         writes.entry(&o.file).or_default().push(o);
+    }
+    let mut earliest_end: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (f, ws) in writes.iter_mut() {
+        ws.sort_by_key(|w| w.start);
+        let mut min = u64::MAX;
+        let mut suffix: Vec<u64> = ws
+            .iter()
+            .rev()
+            .map(|w| {
+                min = min.min(w.end);
+                min
+            })
+            .collect();
+        suffix.reverse();
+        suffix.push(u64::MAX);
+        earliest_end.insert(f, suffix);
     }
     let mut by_token: HashMap<(&str, &str), &Op> = HashMap::new();
     for o in ops
@@ -132,12 +167,17 @@ fn check(ops: &[Op]) -> (usize, Vec<Stale>) {
     }
     let mut reads = 0;
     let mut stale = Vec::new();
+    let mut torn = Vec::new();
     for r in ops.iter().filter(|o| o.kind == "read") {
         reads += 1;
         let ws = writes
             .get(r.file.as_str())
             .map(Vec::as_slice)
             .unwrap_or(&[]);
+        let ends = earliest_end
+            .get(r.file.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[u64::MAX]);
         // Which writes could have left what the read saw.
         let sources: Vec<&Op> = match r.token.as_str() {
             "GONE" => continue, // the files are never removed; a rename's instant
@@ -148,7 +188,11 @@ fn check(ops: &[Op]) -> (usize, Vec<Stale>) {
                 .collect(),
             t => match by_token.get(&(r.file.as_str(), t)) {
                 Some(w) => vec![*w],
-                None => panic!("read {r:?} saw a token nobody wrote"),
+                // Bytes no sequence of whole writes leaves.
+                None => {
+                    torn.push(r.clone());
+                    continue;
+                }
             },
         };
         // The file starts empty: that counts as a write at time 0.
@@ -159,6 +203,7 @@ fn check(ops: &[Op]) -> (usize, Vec<Stale>) {
             start: 0,
             end: 0,
             local: false,
+            by: "-",
         };
         let sources: Vec<&Op> = if r.token == "EMPTY" {
             sources
@@ -173,37 +218,33 @@ fn check(ops: &[Op]) -> (usize, Vec<Stale>) {
             "read {r:?} saw a write from its future"
         );
         // The read is fine if some possible source was not superseded
-        // before it began; otherwise it is stale, by the smallest lag.
-        let mut best: Option<(u64, &Op)> = None;
-        let mut fine = false;
-        for w in sources.iter().filter(|w| w.start <= r.end) {
-            let missed = ws
-                .iter()
-                .filter(|w2| w2.start > w.end && w2.end < r.start)
-                .min_by_key(|w2| r.start - w2.end);
-            match missed {
-                None => {
-                    fine = true;
-                    break;
-                }
-                Some(w2) => {
-                    let lag = r.start - w2.end;
-                    if best.is_none_or(|(l, _)| lag < l) {
-                        best = Some((lag, w2));
-                    }
-                }
-            }
+        // before it began.
+        let fine = sources.iter().filter(|w| w.start <= r.end).any(|w| {
+            let after = ws.partition_point(|w2| w2.start <= w.end);
+            ends[after] >= r.start
+        });
+        if fine {
+            continue;
         }
-        if !fine {
-            let (lag_ns, missed) = best.expect("a missed write");
-            stale.push(Stale {
-                read: r.clone(),
-                missed: missed.clone(),
-                lag_ns,
-            });
-        }
+        // Stale: by the smallest lag over its possible sources.
+        let (lag_ns, missed) = sources
+            .iter()
+            .filter(|w| w.start <= r.end)
+            .filter_map(|w| {
+                ws.iter()
+                    .filter(|w2| w2.start > w.end && w2.end < r.start)
+                    .map(|w2| (r.start - w2.end, *w2))
+                    .min_by_key(|(lag, _)| *lag)
+            })
+            .min_by_key(|(lag, _)| *lag)
+            .expect("a missed write");
+        stale.push(Stale {
+            read: r.clone(),
+            missed: missed.clone(),
+            lag_ns,
+        });
     }
-    (reads, stale)
+    (reads, stale, torn)
 }
 
 fn run_workers(c: &Cluster, dir_local: &str, dir_remote: &str, ops: usize) -> Vec<Op> {
@@ -236,7 +277,7 @@ fn run_workers(c: &Cluster, dir_local: &str, dir_remote: &str, ops: usize) -> Ve
                         "worker {me} on {node}: {}",
                         output_text(&out)
                     );
-                    parse(&String::from_utf8_lossy(&out.stdout), local)
+                    parse(&String::from_utf8_lossy(&out.stdout), local, me)
                 })
             })
             .collect();
@@ -277,7 +318,8 @@ fn report(ops: &[Op], reads: usize, stale: &[Stale]) -> (usize, u64) {
     );
     for s in remote_stale.iter().take(5) {
         eprintln!(
-            "stale: {:?} missed {:?} ({:.3} ms before it began)",
+            "stale: read by {}: {:?} missed {:?} ({:.3} ms before it began)",
+            s.read.by,
             s.read,
             s.missed,
             s.lag_ns as f64 / 1e6
@@ -287,7 +329,7 @@ fn report(ops: &[Op], reads: usize, stale: &[Stale]) -> (usize, u64) {
 }
 
 #[test]
-#[ignore = "open bug: under this load some requests of n2/n3 never get an answer (see the report); bounded by the workers' 600 s timeout"]
+#[ignore = "fails: ~13 torn reads in 21,000 operations (page-cache reads racing another node's change; 22 with caching off), 0 stale; takes ~145 s (docs/SEMANTICS.md)"]
 fn no_node_ever_reads_stale_data() {
     let c = cluster();
     let (local, remote) = setup(&c);
@@ -295,9 +337,17 @@ fn no_node_ever_reads_stale_data() {
     let ops = run_workers(&c, local, remote, OPS);
     let elapsed = t.elapsed();
     assert!(ops.len() >= 20_000, "only {} operations", ops.len());
-    let (reads, stale) = check(&ops);
+    let (reads, stale, torn) = check(&ops);
     let (remote_stale, local_lag) = report(&ops, reads, &stale);
+    for t in torn.iter().take(5) {
+        eprintln!("torn: read by {}: {t:?}", t.by);
+    }
     eprintln!("in {elapsed:?}");
+    assert!(
+        torn.is_empty(),
+        "{} reads saw bytes no write ever left",
+        torn.len()
+    );
     assert_eq!(
         remote_stale, 0,
         "reads missed writes completed through /mosix"
@@ -323,7 +373,7 @@ fn the_checker_catches_a_cluster_that_never_recalls() {
     let c = cluster();
     let (local, remote) = setup(&c);
     let ops = run_workers(&c, local, remote, 1000);
-    let (reads, stale) = check(&ops);
+    let (reads, stale, _) = check(&ops);
     let (remote_stale, _) = report(&ops, reads, &stale);
     assert!(remote_stale > 0, "no stale read caught without recalls");
 }

@@ -31,16 +31,18 @@ use std::time::{Duration, Instant};
 
 use mosix_cache::lease::{Decision, Event, LeaseTable, OpId, Ready};
 use mosix_cache::wire::Recall;
-use mosix_cache::{Access, Grant};
+use mosix_cache::{Access, Grant, Mode, NO_EPOCH};
 use mosix_proto::fs::{FsReply, FsRequest, FsResult, RemoteFh, RemoteIno};
 
 use super::{lock, Export, Res};
 use crate::service::{ClientId, Who};
 
-/// The longest any operation waits for recalls before it fails with
-/// `EAGAIN`. Each recall is answered or fenced within `RECALL_TIMEOUT`
-/// (2 s); this bounds a queue of several on one file.
-pub const WAIT_LIMIT: Duration = Duration::from_secs(10);
+/// The longest one request waits for recalls, on all the files it names
+/// together, before it fails with `EAGAIN`. Each recall is answered or
+/// fenced within `RECALL_TIMEOUT` (2 s); this bounds a queue of several on
+/// one file. Under the client's own limit for an answer (`REQUEST_TIMEOUT`
+/// = 10 s, `net/`), so that the `EAGAIN` reaches it rather than a timeout.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(8);
 
 /// Sends recalls to the nodes holding leases (the daemon, over QUIC). Must
 /// not block: the answer comes back through [`Export::recall_done`].
@@ -52,6 +54,16 @@ type Table = LeaseTable<ClientId, RemoteIno>;
 
 /// How a waiting operation ends.
 type Outcome = Result<Ready, i32>;
+
+/// The table's answer to a request, its waiter already registered.
+enum Pending {
+    Ready(Ready),
+    Wait {
+        op: OpId,
+        recalls: Vec<(ClientId, Recall<RemoteIno>)>,
+        rx: mpsc::Receiver<Outcome>,
+    },
+}
 
 #[derive(Default)]
 struct Opens {
@@ -190,21 +202,37 @@ impl Leases {
         }
     }
 
-    /// Waits for the table to let `decision` go on.
-    fn wait(&self, export_run: u64, decision: Decision<ClientId, RemoteIno>) -> Result<Ready, i32> {
-        let (op, recalls) = match decision {
-            Decision::Ready(r) => return Ok(r),
-            Decision::Wait { op, recalls } => (op, recalls),
+    /// Asks the table (`ask`, under its lock) and, if the answer is to
+    /// wait, registers the waiter before the lock is let go: the `Ready`
+    /// that ends the wait is made under that lock too (by another thread's
+    /// `done`, `recall_done` or `tick`), so it always finds its waiter.
+    /// Registered any later, a `Ready` dispatched in between was lost and
+    /// the request sat out all of [`WAIT_LIMIT`].
+    fn decide(
+        &self,
+        ask: impl FnOnce(&mut Table, Duration) -> Decision<ClientId, RemoteIno>,
+    ) -> Pending {
+        let now = self.now();
+        let mut table = lock(&self.table);
+        match ask(&mut table, now) {
+            Decision::Ready(r) => Pending::Ready(r),
+            Decision::Wait { op, recalls } => {
+                let (tx, rx) = mpsc::channel();
+                lock(&self.waiters).insert(op, tx);
+                Pending::Wait { op, recalls, rx }
+            }
+        }
+    }
+
+    /// Waits for the table to let a decision go on.
+    fn wait(&self, export_run: u64, pending: Pending, give_up: Instant) -> Result<Ready, i32> {
+        let (op, recalls, rx) = match pending {
+            Pending::Ready(r) => return Ok(r),
+            Pending::Wait { op, recalls, rx } => (op, recalls, rx),
         };
-        let (tx, rx) = mpsc::channel();
-        lock(&self.waiters).insert(op, tx);
-        // The Ready event may already have been dispatched by another
-        // thread between the decision and the registration above: look
-        // once more at every tick below.
         for (to, recall) in recalls {
             self.send_recall(&to, export_run, recall);
         }
-        let give_up = Instant::now() + WAIT_LIMIT;
         loop {
             let next = lock(&self.table).next_deadline();
             let now = self.now();
@@ -232,12 +260,18 @@ impl Leases {
         }
     }
 
-    fn mutate(&self, run: u64, by: Option<&ClientId>, file: RemoteIno) -> Res<Option<OpId>> {
+    fn mutate(
+        &self,
+        run: u64,
+        by: Option<&ClientId>,
+        file: RemoteIno,
+        until: Instant,
+    ) -> Res<Option<OpId>> {
         if self.no_recalls.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let d = lock(&self.table).mutate(by.cloned(), file, self.now());
-        match self.wait(run, d)? {
+        let d = self.decide(|t, now| t.mutate(by.cloned(), file, now));
+        match self.wait(run, d, until)? {
             Ready::Mutate(op) => Ok(Some(op)),
             Ready::Grant(_) => Err(libc::EIO),
         }
@@ -256,13 +290,25 @@ impl Leases {
         who: &ClientId,
         file: RemoteIno,
         access: Option<Access>,
+        until: Instant,
     ) -> Res<Grant> {
-        let now = self.now();
-        let d = match access {
-            Some(a) => lock(&self.table).request(who.clone(), file, a, now),
-            None => lock(&self.table).request_lease(who.clone(), file, now),
-        };
-        match self.wait(run, d)? {
+        if self.no_recalls.load(Ordering::Relaxed) {
+            // Every node may cache everything, under one epoch that never
+            // changes: nothing it holds is ever taken back. Through the
+            // table instead, a conflicting open would wait out
+            // RECALL_TIMEOUT for each recall never sent, and the fencing
+            // would hand out new epochs that drop the stale pages anyway.
+            let a = access.unwrap_or(Access::Read);
+            return Ok(Grant {
+                mode: Mode::Cached(a),
+                epoch: NO_EPOCH + 1,
+            });
+        }
+        let d = self.decide(|t, now| match access {
+            Some(a) => t.request(who.clone(), file, a, now),
+            None => t.request_lease(who.clone(), file, now),
+        });
+        match self.wait(run, d, until)? {
             Ready::Grant(g) => Ok(g),
             Ready::Mutate(_) => Err(libc::EIO),
         }
@@ -298,7 +344,7 @@ impl Export {
     /// node's lease on `file` goes before the next one is granted.
     pub(super) fn local_change(&self, file: RemoteIno) {
         let l = &self.leases;
-        match l.mutate(self.epoch, None, file) {
+        match l.mutate(self.epoch, None, file, Instant::now() + WAIT_LIMIT) {
             Ok(op) => l.done(self.epoch, op.into_iter().collect()),
             Err(e) => tracing::warn!(file, errno = e, "recall after a local change failed"),
         }
@@ -313,9 +359,10 @@ impl Export {
         }
         let plan = self.plan(who, op, true);
         let l = &self.leases;
+        let until = Instant::now() + WAIT_LIMIT;
         let mut held = Vec::new();
         for file in &plan.mutate {
-            match l.mutate(self.epoch, None, *file) {
+            match l.mutate(self.epoch, None, *file, until) {
                 Ok(op) => held.extend(op),
                 Err(e) => {
                     l.done(self.epoch, held);
@@ -459,9 +506,10 @@ impl Export {
         let run = self.epoch;
         let l = &self.leases;
         let by = (!local).then_some(&who.client);
+        let until = Instant::now() + WAIT_LIMIT;
         let mut held = Vec::new();
         for file in &plan.mutate {
-            match l.mutate(run, by, *file) {
+            match l.mutate(run, by, *file, until) {
                 Ok(op) => held.extend(op),
                 Err(e) => {
                     l.done(run, held);
@@ -471,7 +519,7 @@ impl Export {
         }
         let mut grants = Vec::new();
         for (file, access) in &plan.lease {
-            match l.grant(run, &who.client, *file, *access) {
+            match l.grant(run, &who.client, *file, *access, until) {
                 Ok(g) => grants.push((*file, g)),
                 // No lease is no cache: the operation itself goes on.
                 Err(e) => tracing::debug!(file, errno = e, "no lease"),
@@ -482,7 +530,7 @@ impl Export {
         if local {
             return r;
         }
-        let r = self.after(who, next, r, &mut grants);
+        let r = self.after(who, next, r, &mut grants, until);
         match r {
             Ok(reply) if !grants.is_empty() => Ok(FsReply::Leased {
                 grants,
@@ -500,6 +548,7 @@ impl Export {
         op: After,
         r: FsResult,
         grants: &mut Vec<(RemoteIno, Grant)>,
+        until: Instant,
     ) -> FsResult {
         use After as R;
         let run = self.epoch;
@@ -515,7 +564,7 @@ impl Export {
                 // The new file is open here for writing: nobody else may
                 // cache it while it is (the table records the open).
                 let access = access_of(flags).max(Access::Write);
-                if let Ok(g) = l.grant(run, &who.client, attr.ino, Some(access)) {
+                if let Ok(g) = l.grant(run, &who.client, attr.ino, Some(access), until) {
                     lock(&l.opens)
                         .by_fh
                         .insert(*fh, (who.client.clone(), attr.ino, access));
@@ -534,7 +583,7 @@ impl Export {
                 }
             }
             (R::Lookup, Ok(FsReply::Entry(a))) => {
-                if let Ok(g) = l.grant(run, &who.client, a.ino, None) {
+                if let Ok(g) = l.grant(run, &who.client, a.ino, None, until) {
                     grants.push((a.ino, g));
                     if let Ok(fresh) = self.getattr(who, a.ino) {
                         return Ok(FsReply::Entry(fresh));
@@ -544,5 +593,107 @@ impl Export {
             _ => {}
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(node: &str) -> ClientId {
+        ClientId {
+            node: node.into(),
+            run: 1,
+        }
+    }
+
+    /// The interleaving that hung the coherence checker: a request queued
+    /// behind a change on the same file, and the change finishing (on
+    /// another thread) after the table answered "wait" but before the
+    /// request started waiting. The wake-up must not be lost: the request
+    /// goes on at once, instead of sitting out [`WAIT_LIMIT`] (longer than
+    /// the client waits for an answer) and failing.
+    #[test]
+    fn a_wakeup_before_the_wait_begins_is_not_lost() {
+        let l = Leases::default();
+        let (run, file) = (7, 42);
+        let change = match l.decide(|t, now| t.mutate(None, file, now)) {
+            Pending::Ready(Ready::Mutate(op)) => op,
+            _ => panic!("nobody holds the file: the change goes on at once"),
+        };
+        let lookup = l.decide(|t, now| t.request_lease(client("n2"), file, now));
+        assert!(
+            matches!(lookup, Pending::Wait { .. }),
+            "the lease waits behind the change"
+        );
+        l.done(run, vec![change]);
+        let t = Instant::now();
+        let got = l.wait(run, lookup, Instant::now() + WAIT_LIMIT);
+        assert!(
+            matches!(got, Ok(Ready::Grant(_))),
+            "the lease is granted: {got:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "granted only after {:?}",
+            t.elapsed()
+        );
+    }
+
+    /// A holder that answers every recall at once, from another thread,
+    /// as a node whose kernel had nothing to drop would.
+    struct Answering(OnceLock<std::sync::Weak<Leases>>);
+
+    impl Recaller for Answering {
+        fn recall(&self, to: &ClientId, server_run: u64, recall: Recall<RemoteIno>) {
+            let Some(l) = self.0.get().and_then(std::sync::Weak::upgrade) else {
+                return;
+            };
+            let to = to.clone();
+            std::thread::spawn(move || {
+                let events = lock(&l.table).recall_done(&to, recall.file, recall.epoch, l.now());
+                l.dispatch(server_run, events);
+            });
+        }
+    }
+
+    /// Many threads changing and leasing one file at once, every recall
+    /// answered at once: each request goes on within a few recall round
+    /// trips, none anywhere near [`WAIT_LIMIT`] (a lost wake-up shows as
+    /// exactly that wait).
+    #[test]
+    fn concurrent_changes_and_leases_on_one_file_all_go_on_promptly() {
+        let l = Arc::new(Leases::default());
+        let answering = Arc::new(Answering(OnceLock::new()));
+        let _ = answering.0.set(Arc::downgrade(&l));
+        let _ = l.recaller.set(answering);
+        let (run, file) = (7, 42);
+        let slowest = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|i| {
+                    let l = l.clone();
+                    s.spawn(move || {
+                        let who = client(&format!("n{i}"));
+                        let mut slowest = Duration::ZERO;
+                        for _ in 0..300 {
+                            let t = Instant::now();
+                            if i % 2 == 0 {
+                                let op = l
+                                    .mutate(run, Some(&who), file, Instant::now() + WAIT_LIMIT)
+                                    .expect("change goes on");
+                                l.done(run, op.into_iter().collect());
+                            } else {
+                                l.grant(run, &who, file, None, Instant::now() + WAIT_LIMIT)
+                                    .expect("lease");
+                            }
+                            slowest = slowest.max(t.elapsed());
+                        }
+                        slowest
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+        });
+        assert!(slowest < Duration::from_secs(1), "one waited {slowest:?}");
     }
 }
