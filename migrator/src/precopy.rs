@@ -246,37 +246,16 @@ impl Precopy {
     }
 
     /// One `PAGEMAP_SCAN` over `[start, end)`, all of it (the kernel stops
-    /// early when the output vector is full). `Err` with EPERM when a page
-    /// is not in an asynchronously tracked area and `CHECK_WPASYNC` is set.
+    /// early when the output vector is full), each region with the
+    /// categories of `ret` it has (the kernel splits regions where those
+    /// differ). `Err` with EPERM when a page is not in an asynchronously
+    /// tracked area and `CHECK_WPASYNC` is set.
     fn scan(
         &self,
         start: u64,
         end: u64,
         flags: u64,
         mask: u64,
-        inverted: u64,
-        anyof: u64,
-    ) -> std::io::Result<Vec<(u64, u64)>> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        for r in self.scan_regions(start, end, flags, mask, inverted, anyof, mask | anyof)? {
-            match out.last_mut() {
-                Some(last) if last.1 == r.start => last.1 = r.end,
-                _ => out.push((r.start, r.end)),
-            }
-        }
-        Ok(out)
-    }
-
-    /// The same walk, keeping each region's categories (`ret` of them):
-    /// the kernel splits regions where those differ.
-    #[allow(clippy::too_many_arguments)]
-    fn scan_regions(
-        &self,
-        start: u64,
-        end: u64,
-        flags: u64,
-        mask: u64,
-        inverted: u64,
         anyof: u64,
         ret: u64,
     ) -> std::io::Result<Vec<PageRegion>> {
@@ -291,7 +270,6 @@ impl Precopy {
                 end,
                 vec: vec.as_mut_ptr() as u64,
                 vec_len: vec.len() as u64,
-                category_inverted: inverted,
                 category_mask: mask,
                 category_anyof_mask: anyof,
                 return_mask: ret,
@@ -321,15 +299,16 @@ impl Precopy {
             PM_SCAN_CHECK_WPASYNC
         };
         for &(s, e) in &self.tracked {
+            let present = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
             match self.scan(
                 s,
                 e,
                 flags,
                 PAGE_IS_WRITTEN,
-                0,
-                PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                present,
+                PAGE_IS_WRITTEN | present,
             ) {
-                Ok(r) => out.extend(r),
+                Ok(r) => out.extend(runs(&r)),
                 // Unmapped, or replaced by an untracked area, since: what
                 // is there now is judged at the freeze.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOMEM)) => {}
@@ -485,7 +464,7 @@ impl Precopy {
             } else {
                 (0, present | file)
             };
-            let regions = match self.scan_regions(v.start, v.end, flags, 0, 0, present, ret) {
+            let regions = match self.scan(v.start, v.end, flags, 0, present, ret) {
                 Ok(r) => r,
                 // Replaced by an untracked area of the same shape.
                 Err(e) if tracked && e.raw_os_error() == Some(libc::EPERM) => {
@@ -494,15 +473,12 @@ impl Precopy {
                 }
                 Err(e) => return Err(sys("PAGEMAP_SCAN", e)),
             };
-            for r in regions
+            let written: Vec<PageRegion> = regions
                 .iter()
                 .filter(|r| r.categories & PAGE_IS_WRITTEN != 0)
-            {
-                match dirty.last_mut() {
-                    Some(last) if last.1 == r.start => last.1 = r.end,
-                    _ => dirty.push((r.start, r.end)),
-                }
-            }
+                .copied()
+                .collect();
+            dirty.extend(runs(&written));
             // Pages the target may hold from a round that are gone here
             // (freed with MADV_DONTNEED, say): it zeroes them.
             let mut at = v.start;
@@ -546,6 +522,18 @@ impl Precopy {
             whole_areas,
         })
     }
+}
+
+/// Regions as address ranges, adjacent ones joined.
+fn runs(regions: &[PageRegion]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for r in regions {
+        match out.last_mut() {
+            Some(last) if last.1 == r.start => last.1 = r.end,
+            _ => out.push((r.start, r.end)),
+        }
+    }
+    out
 }
 
 impl Drop for Precopy {
