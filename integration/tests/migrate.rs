@@ -219,6 +219,41 @@ fn a_program_reading_its_parents_pipe_keeps_reading_after_it_moves() {
     assert_gap_free(&c.sh("n1", "cat /tmp/w/out"), 300, "cat's output");
 }
 
+/// What a moved program writes just before it exits reaches its parent's
+/// pipe at home: its end is not reported before its output is relayed,
+/// even when the relay lags (`slow:relay` on the target).
+#[test]
+fn a_moved_programs_last_output_reaches_its_parent_before_its_end() {
+    let c = Cluster::up(3);
+    c.sh("n1", "mkdir -p /tmp/w");
+    std::fs::write(
+        c.state().join("last.py"),
+        "import os, time\n\
+         print('ready', flush=True)\n\
+         while not os.path.exists('/tmp/w/go'):\n    time.sleep(0.01)\n\
+         print('last', flush=True)\n\
+         os._exit(0)\n",
+    )
+    .unwrap();
+    let _r = c.start(
+        "n1",
+        &format!(
+            "cd /tmp/w && /usr/bin/python3 {} | cat > /tmp/w/out; echo ${{PIPESTATUS[0]}} > /tmp/w/status",
+            c.state().join("last.py").display()
+        ),
+    );
+    wait_file(&c, "n1", "/tmp/w/out", "ready", Duration::from_secs(20));
+    let pid = pid_of(&c, "n1", "python3");
+    c.sh("n2", "echo slow:relay > /run/mosix/fault");
+    let out = move_to(&c, "n1", gpid(1, pid), "n2");
+    c.sh("n2", "rm -f /run/mosix/fault");
+    assert!(out.status.success(), "{}", output_text(&out));
+    c.sh("n1", "touch /tmp/w/go");
+    let status = wait_file(&c, "n1", "/tmp/w/status", "0", Duration::from_secs(30));
+    assert_eq!(status.trim(), "0", "exit at home");
+    assert_eq!(c.sh("n1", "cat /tmp/w/out"), "ready\nlast\n");
+}
+
 #[test]
 fn python_holding_512_mib_keeps_its_memory_intact() {
     let c = Cluster::up(3);

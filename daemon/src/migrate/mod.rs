@@ -66,10 +66,16 @@ const RELAY_CHUNK: usize = 64 << 10;
 /// phase `pages` (image read, pages not yet), `round<N>` (pre-copy round N,
 /// from 0, received while the process still runs at home) or `built` (copy
 /// built, waiting for `Run`). Only root can write there; without the file nothing happens.
+/// `slow:relay` makes the copy's output relays lag ([`RELAY_LAG`] before
+/// each read), for tests of what the end of a copy waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     Cut,
+    Slow,
 }
+
+/// How far `slow:relay` makes an output relay lag.
+const RELAY_LAG: Duration = Duration::from_millis(300);
 
 const FAULT_FILE: &str = "/run/mosix/fault";
 
@@ -96,6 +102,7 @@ fn fault_at(spec: &Option<String>, phase: &str) -> Option<Fault> {
             tracing::warn!(phase, "fault injection: the stream to home breaks here");
             Some(Fault::Cut)
         }
+        "slow" => Some(Fault::Slow),
         _ => None,
     }
 }
@@ -142,17 +149,21 @@ impl Report {
     }
 }
 
-/// What sending a process leaves: the frozen source, the descriptors to
-/// relay, the stream, the bytes sent, and when the freeze began.
-type Sent = (
-    Checkpoint,
-    Vec<(i32, bool, OwnedFd)>,
-    quinn::SendStream,
-    quinn::RecvStream,
-    u64,
-    Instant,
-    Option<Precopy>,
-);
+/// What sending a process leaves.
+struct Sent {
+    /// The frozen source.
+    ck: Checkpoint,
+    /// Descriptors to relay: (fd, is it input, the deputy's copy).
+    relayed: Vec<(i32, bool, OwnedFd)>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    bytes: u64,
+    frozen_at: Instant,
+    /// Pre-copy's write tracking, ended only once the deputy has freed
+    /// the memory: ending it walks every page table entry of the tracked
+    /// areas (tens of milliseconds per GiB), and over none once freed.
+    tracking: Option<Precopy>,
+}
 
 /// Buffer over the migration stream: an rmp frame is many small writes
 /// (reads), each a trip into the runtime through the bridge otherwise. Page
@@ -408,7 +419,15 @@ impl Migrations {
                     .map_err(|e| e.errno())
             })
             .and_then(|n| w.flush().map(|_| n).map_err(|_| libc::EIO))?;
-        Ok((ck, relayed, unbridge(w)?, recv, bytes, frozen_at, None))
+        Ok(Sent {
+            ck,
+            relayed,
+            send: unbridge(w)?,
+            recv,
+            bytes,
+            frozen_at,
+            tracking: None,
+        })
     }
 
     /// Pre-copy: rounds while the process runs, until P.Haul's rule says
@@ -464,10 +483,15 @@ impl Migrations {
                 String::new()
             }
         ));
-        // The tracking is kept until the deputy has freed the memory:
-        // ending it walks every page table entry of the tracked areas
-        // (tens of milliseconds per GiB), and over none once freed.
-        Ok((ck, relayed, unbridge(w)?, recv, bytes, frozen_at, Some(pc)))
+        Ok(Sent {
+            ck,
+            relayed,
+            send: unbridge(w)?,
+            recv,
+            bytes,
+            frozen_at,
+            tracking: Some(pc),
+        })
     }
 
     fn home_thread(
@@ -496,7 +520,15 @@ impl Migrations {
             Some(pc) => self.send_precopy(pid, addr, pc, &mut report),
             None => self.send_stopped(pid, addr),
         };
-        let (ck, relayed, send, mut recv, bytes, frozen_at, tracking) = match sent {
+        let Sent {
+            ck,
+            relayed,
+            send,
+            mut recv,
+            bytes,
+            frozen_at,
+            tracking,
+        } = match sent {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(pid, %target, errno = e, "sending the process failed; it resumes here");
@@ -1008,7 +1040,7 @@ impl Migrations {
                         "fault injected at round {n}"
                     )))
                 }
-                None => {
+                Some(Fault::Slow) | None => {
                     let _ = to_home.send(GuestMsg::RoundDone(n));
                     Ok(())
                 }
@@ -1069,7 +1101,10 @@ impl Migrations {
         let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let relays: Vec<_> = outputs
             .into_iter()
-            .map(|(fd, file)| spawn_output_relay(&self.rt, fd, file, to_home.clone(), left.clone()))
+            .map(|(fd, file)| {
+                let lag = (fault_at(&faults, "relay") == Some(Fault::Slow)).then_some(RELAY_LAG);
+                spawn_output_relay(&self.rt, fd, file, to_home.clone(), left.clone(), lag)
+            })
             .collect();
         // Home's messages to the copy, on their own thread: this one waits
         // for the copy to end.

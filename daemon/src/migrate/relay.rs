@@ -61,10 +61,14 @@ pub(super) fn spawn_output_relay(
     mut f: std::fs::File,
     to: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
     left: Arc<std::sync::atomic::AtomicBool>,
+    lag: Option<std::time::Duration>,
 ) -> tokio::task::JoinHandle<()> {
     rt.spawn_blocking(move || {
         let mut buf = vec![0u8; RELAY_CHUNK];
         loop {
+            if let Some(lag) = lag {
+                std::thread::sleep(lag);
+            }
             match std::io::Read::read(&mut f, &mut buf) {
                 Ok(0) | Err(_) => {
                     if !left.load(std::sync::atomic::Ordering::SeqCst) {
