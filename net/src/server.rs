@@ -172,17 +172,21 @@ impl Default for ServerLimits {
 
 /// Hands memory freed by a burst of large frames back to the system: the
 /// allocator keeps freed heap pages for reuse otherwise, so a node that
-/// once held its whole frame budget would keep that much resident.
+/// once held its whole frame budget would keep that much resident. The
+/// frames go first; QUIC's own buffers for those streams are freed over
+/// the next moments, so the heap is trimmed on each of the
+/// [`TRIMS_AFTER_BURST`] ticks after a burst, not only on the first.
 async fn give_back_memory(frames: Arc<Semaphore>) {
+    const TRIMS_AFTER_BURST: u32 = 5;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut busy = false;
+    let mut trims_left = 0;
     loop {
         tick.tick().await;
         let in_use = FRAME_BUDGET_TOTAL - frames.available_permits();
         if in_use >= 8 << 20 {
-            busy = true;
-        } else if busy {
-            busy = false;
+            trims_left = TRIMS_AFTER_BURST;
+        } else if trims_left > 0 {
+            trims_left -= 1;
             trim_heap();
         }
     }
