@@ -34,6 +34,10 @@ fn wait_file(c: &Cluster, node: &str, path: &str, want: &str, limit: Duration) -
     c.sh(node, &cmd)
 }
 
+/// How soon an old target has dropped the frozen copy of a process that
+/// moved on (docs/MIGRATION.md, "Moving again").
+const OLD_COPY_GONE: Duration = Duration::from_secs(2);
+
 #[test]
 fn a_running_counter_moves_n1_n2_n3_home_and_its_parent_pipe_and_exit_code_stay_home() {
     let c = Cluster::up(3);
@@ -96,10 +100,15 @@ fn a_running_counter_moves_n1_n2_n3_home_and_its_parent_pipe_and_exit_code_stay_
     let before = lines(&c);
     let out = move_to(&c, "n3", g, "n3");
     assert!(out.status.success(), "{}", output_text(&out));
-    assert!(
-        c.sh("n2", "pgrep -x counter || true").trim().is_empty(),
-        "still on n2"
-    );
+    // The old target drops its frozen copy when it reads home's `Moved`,
+    // which is not waited for (docs/MIGRATION.md): gone within the bound.
+    let gone = |node: &str| {
+        Cluster::wait_for(OLD_COPY_GONE, || {
+            c.sh(node, "pgrep -x counter || true").trim().is_empty()
+        })
+        .is_some()
+    };
+    assert!(gone("n2"), "still on n2");
     assert!(
         !c.sh("n3", "pgrep -x counter || true").trim().is_empty(),
         "not on n3"
@@ -109,10 +118,7 @@ fn a_running_counter_moves_n1_n2_n3_home_and_its_parent_pipe_and_exit_code_stay_
     Cluster::wait_for(Duration::from_secs(5), || lines(&c) > before + 5);
     let out = move_to(&c, "n2", g, "home");
     assert!(out.status.success(), "{}", output_text(&out));
-    assert!(
-        c.sh("n3", "pgrep -x counter || true").trim().is_empty(),
-        "still on n3"
-    );
+    assert!(gone("n3"), "still on n3");
     assert_eq!(c.sh("n1", &format!("cat /mosix/proc/{g}/where")), "n1\n");
     assert_eq!(c.sh("n1", &format!("cat /mosix/proc/{g}/nmigs")), "3\n");
 
