@@ -6,7 +6,7 @@
 
 use crate::error::{CantMove, CheckpointError};
 use crate::inject::{errno_of, find_syscall_insn, Injector};
-use crate::pages::{PageSink, DEFAULT_BATCH_BYTES};
+use crate::pages::{batch_buffer, BufPool, PageSink, DEFAULT_BATCH_BYTES};
 use crate::proc::{self, RawVma};
 use crate::ptrace::{Group, Tracee};
 use crate::state::*;
@@ -188,7 +188,7 @@ impl Checkpoint {
     /// Push every page into `sink`, then `finish` it. Returns bytes sent.
     pub fn send_pages(&self, sink: &mut dyn PageSink) -> Result<u64, CheckpointError> {
         let mut total = 0;
-        for b in self.pages(DEFAULT_BATCH_BYTES)? {
+        for b in self.pages(DEFAULT_BATCH_BYTES)?.with_pool(sink.pool()) {
             let b = b?;
             total += b.data.len() as u64;
             sink.put(b)?;
@@ -734,6 +734,7 @@ pub struct PageReader<'a> {
     idx: usize,
     cursor: u64,
     max_pages: u64,
+    pool: Option<BufPool>,
 }
 
 const PM_PRESENT: u64 = 1 << 63;
@@ -743,12 +744,13 @@ const PM_FILE: u64 = 1 << 61;
 /// Reading another process's memory: a stopped tracee, or a running
 /// process during pre-copy.
 pub(crate) trait ReadMem {
-    fn read_mem(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    /// Appends `len` bytes at `addr` to `out`; on error `out` is unchanged.
+    fn read_mem_append(&self, addr: u64, len: usize, out: &mut Vec<u8>) -> std::io::Result<()>;
 }
 
 impl ReadMem for Tracee {
-    fn read_mem(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        Tracee::read_mem(self, addr, buf)
+    fn read_mem_append(&self, addr: u64, len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+        Tracee::read_mem_append(self, addr, len, out)
     }
 }
 
@@ -766,7 +768,15 @@ impl<'a> PageReader<'a> {
             idx: 0,
             cursor: 0,
             max_pages: (batch_bytes as u64 / PAGE).max(1),
+            pool: None,
         }
+    }
+
+    /// Takes the batches' buffers from `pool` (a sink's, see
+    /// [`PageSink::pool`]).
+    pub(crate) fn with_pool(mut self, pool: Option<BufPool>) -> Self {
+        self.pool = pool;
+        self
     }
 
     pub(crate) fn wanted(entry: u64, file_backed: bool) -> bool {
@@ -804,9 +814,9 @@ impl<'a> PageReader<'a> {
                 .take_while(|&&e| Self::wanted(e, file_backed))
                 .count() as u64;
             let addr = self.cursor + first as u64 * PAGE;
-            let mut data = vec![0u8; (len * PAGE) as usize];
+            let mut data = batch_buffer(self.pool.as_ref(), (len * PAGE) as usize);
             self.t
-                .read_mem(addr, &mut data)
+                .read_mem_append(addr, (len * PAGE) as usize, &mut data)
                 .map_err(|e| CheckpointError::sys(format!("reading pages at {addr:#x}"), e))?;
             self.cursor = addr + len * PAGE;
             return Ok(Some(PageBatch { addr, data }));

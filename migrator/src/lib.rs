@@ -30,8 +30,9 @@ pub use deputy::{catches, Deputy, DeputyEvent, Ending};
 pub use error::{CantMove, CheckpointError, RestoreError, StreamError};
 pub use movable::check_movable;
 pub use pages::{
-    read_image, read_start, write_image, write_precopy_start, MemPages, PageSink, PageSource,
-    Start, StreamSink, StreamSource, DEFAULT_BATCH_BYTES,
+    read_image, read_start, write_end, write_holes, write_image, write_pages_header,
+    write_precopy_start, write_round_end, BufPool, MemPages, PageRead, PageSink, PageSource,
+    PutPieces, Start, StreamSink, StreamSource, DEFAULT_BATCH_BYTES,
 };
 pub use precopy::{FinalStats, Precopy, RoundStats, FEW_DIRTY_PAGES, MAX_ROUNDS};
 pub use restore::{restore, restore_precopy, FdReplacement, RestoreOptions, RestoreStep, Restored};

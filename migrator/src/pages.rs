@@ -13,13 +13,59 @@ use crate::state::{PageBatch, ProcessImage};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
 
 /// Large enough that per-batch overhead (a frame header, a pwrite into the
 /// target) vanishes; small enough to pipeline over a network link.
 pub const DEFAULT_BATCH_BYTES: usize = 4 << 20;
 
+/// Buffers for page batches that a transport gives back once it has sent
+/// them. A 1 GiB copy then cycles through a few buffers instead of
+/// faulting in (and zeroing) fresh memory for every batch.
+#[derive(Clone, Debug, Default)]
+pub struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl BufPool {
+    /// More than a transport holds in flight at once.
+    const KEEP: usize = 16;
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty buffer with room for `cap` bytes.
+    pub fn take(&self, cap: usize) -> Vec<u8> {
+        let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match free.iter().position(|b| b.capacity() >= cap) {
+            Some(i) => free.swap_remove(i),
+            None => Vec::with_capacity(cap),
+        }
+    }
+
+    pub fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < Self::KEEP {
+            free.push(buf);
+        }
+    }
+}
+
+/// A buffer for a batch of `cap` bytes: from the sink's pool if it has one.
+pub(crate) fn batch_buffer(pool: Option<&BufPool>, cap: usize) -> Vec<u8> {
+    match pool {
+        Some(p) => p.take(cap),
+        None => Vec::with_capacity(cap),
+    }
+}
+
 pub trait PageSink {
     fn put(&mut self, batch: PageBatch) -> Result<(), StreamError>;
+    /// Where the batches' buffers come from, when the sink gives them back
+    /// after sending.
+    fn pool(&self) -> Option<BufPool> {
+        None
+    }
     /// No more batches for this round.
     fn finish(&mut self) -> Result<(), StreamError>;
     /// Pre-copy: round `n` (taken while the process ran) is complete.
@@ -42,6 +88,24 @@ pub trait PageSource {
     /// `None` once the sender finished.
     fn next_batch(&mut self) -> Result<Option<PageBatch>, StreamError>;
 }
+
+/// Where [`PageRead::read_pages`] hands pieces: `(offset in the run, pieces)`.
+pub type PutPieces<'a> = dyn FnMut(u64, &[&[u8]]) -> std::io::Result<()> + 'a;
+
+/// A byte stream that can hand over a run of page bytes in the pieces it
+/// already holds (network chunks), so the restore writes them into the
+/// process without gathering them into one buffer first.
+pub trait PageRead: Read {
+    /// Passes the next `len` bytes to `put` in order, as `(offset, pieces)`.
+    fn read_pages(&mut self, len: usize, put: &mut PutPieces<'_>) -> std::io::Result<()> {
+        let mut data = vec![0u8; len];
+        self.read_exact(&mut data)?;
+        put(0, &[&data])
+    }
+}
+
+impl<R: Read> PageRead for std::io::BufReader<R> {}
+impl<T: AsRef<[u8]>> PageRead for std::io::Cursor<T> {}
 
 /// In-memory queue: a sink on one side, a source on the other.
 #[derive(Debug, Default)]
@@ -128,7 +192,11 @@ pub fn write_holes<W: Write>(w: &mut W, holes: &[(u64, u64)]) -> Result<(), Stre
 
 /// What a pre-copy stream carries between the first image and the end.
 pub(crate) enum PrecopyItem {
-    Pages(PageBatch),
+    /// A batch's header: `len` bytes of pages at `addr` follow.
+    Pages {
+        addr: u64,
+        len: u64,
+    },
     Round(u32),
     Image(Box<ProcessImage>),
     Holes(Vec<(u64, u64)>),
@@ -144,9 +212,7 @@ pub(crate) fn read_precopy_item<R: Read + ?Sized>(
             if len > max_batch {
                 return Err(StreamError::Protocol(format!("batch of {len} bytes")));
             }
-            let mut data = vec![0u8; len as usize];
-            r.read_exact(&mut data)?;
-            PrecopyItem::Pages(PageBatch { addr, data })
+            PrecopyItem::Pages { addr, len }
         }
         Frame::Round(n) => PrecopyItem::Round(n),
         Frame::Image(i) => PrecopyItem::Image(i),
@@ -168,6 +234,22 @@ pub fn read_image<R: Read>(r: &mut R) -> Result<ProcessImage, StreamError> {
     }
 }
 
+/// A batch's header; its `len` bytes of pages follow, raw.
+pub fn write_pages_header<W: Write + ?Sized>(
+    w: &mut W,
+    addr: u64,
+    len: u64,
+) -> Result<(), StreamError> {
+    rmp_serde::encode::write(w, &Frame::Pages { addr, len })?;
+    Ok(())
+}
+
+/// The end of a page stream.
+pub fn write_end<W: Write + ?Sized>(w: &mut W) -> Result<(), StreamError> {
+    rmp_serde::encode::write(w, &Frame::End)?;
+    Ok(())
+}
+
 /// A sink writing frames to any byte stream (pipe, socket, QUIC stream).
 pub struct StreamSink<W: Write> {
     w: W,
@@ -187,18 +269,12 @@ impl<W: Write> StreamSink<W> {
 
 impl<W: Write> PageSink for StreamSink<W> {
     fn put(&mut self, batch: PageBatch) -> Result<(), StreamError> {
-        rmp_serde::encode::write(
-            &mut self.w,
-            &Frame::Pages {
-                addr: batch.addr,
-                len: batch.data.len() as u64,
-            },
-        )?;
+        write_pages_header(&mut self.w, batch.addr, batch.data.len() as u64)?;
         self.w.write_all(&batch.data)?;
         Ok(())
     }
     fn finish(&mut self) -> Result<(), StreamError> {
-        rmp_serde::encode::write(&mut self.w, &Frame::End)?;
+        write_end(&mut self.w)?;
         self.w.flush()?;
         Ok(())
     }
@@ -382,6 +458,25 @@ mod tests {
         let mut rest = Vec::new();
         std::io::Read::read_to_end(&mut r, &mut rest).unwrap();
         assert_eq!(rest, b"trailer");
+    }
+
+    /// A buffer given back is the one taken next (no fresh memory per
+    /// batch), empty; the pool keeps only a bounded number.
+    #[test]
+    fn pool_reuses_buffers_and_stays_bounded() {
+        let pool = BufPool::new();
+        let mut a = pool.take(1 << 20);
+        a.extend_from_slice(&[1, 2, 3]);
+        let ptr = a.as_ptr();
+        pool.give(a);
+        let b = pool.take(4096);
+        assert_eq!(b.as_ptr(), ptr);
+        assert!(b.is_empty() && b.capacity() >= 1 << 20);
+        assert!(pool.take(2 << 20).capacity() >= 2 << 20);
+        for _ in 0..100 {
+            pool.give(Vec::with_capacity(16));
+        }
+        assert_eq!(pool.0.lock().unwrap().len(), BufPool::KEEP);
     }
 
     #[test]

@@ -23,11 +23,11 @@
 
 use crate::checkpoint::{Checkpoint, PageReader, ReadMem};
 use crate::error::CheckpointError;
-use crate::pages::{PageSink, DEFAULT_BATCH_BYTES};
+use crate::pages::{batch_buffer, PageSink, DEFAULT_BATCH_BYTES};
+use crate::ptrace::read_appending;
 use crate::state::{PageBatch, ProcessImage, Vma, VmaKind};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 
 const PAGE: u64 = 4096;
 
@@ -141,22 +141,8 @@ struct Running<'a> {
 }
 
 impl ReadMem for Running<'_> {
-    fn read_mem(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut _,
-            iov_len: buf.len(),
-        };
-        // SAFETY: `local` covers exactly `buf`.
-        let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
-        let done = n.max(0) as usize;
-        if done == buf.len() {
-            return Ok(());
-        }
-        self.mem.read_exact_at(&mut buf[done..], addr + done as u64)
+    fn read_mem_append(&self, addr: u64, len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+        read_appending(self.pid, self.mem, addr, len, out)
     }
 }
 
@@ -331,14 +317,15 @@ impl Precopy {
             mem: &self.mem,
         };
         let max = DEFAULT_BATCH_BYTES as u64;
+        let pool = sink.pool();
         let mut pages = 0;
         let mut lost = Vec::new();
         for &(s, e) in ranges {
             let mut a = s;
             while a < e {
                 let len = (e - a).min(max);
-                let mut data = vec![0u8; len as usize];
-                if mem.read_mem(a, &mut data).is_ok() {
+                let mut data = batch_buffer(pool.as_ref(), len as usize);
+                if mem.read_mem_append(a, len as usize, &mut data).is_ok() {
                     sink.put(PageBatch { addr: a, data })?;
                     pages += len / PAGE;
                 } else {
@@ -368,7 +355,8 @@ impl Precopy {
                     .pagemap
                     .try_clone()
                     .map_err(|e| CheckpointError::sys("pagemap", e))?;
-                for b in PageReader::new(&mem, pagemap, vec![v], DEFAULT_BATCH_BYTES) {
+                let reader = PageReader::new(&mem, pagemap, vec![v], DEFAULT_BATCH_BYTES);
+                for b in reader.with_pool(sink.pool()) {
                     match b {
                         Ok(b) => {
                             pages += b.data.len() as u64 / PAGE;
@@ -494,14 +482,15 @@ impl Precopy {
         }
         let whole_areas = whole.len();
         let frozen = ck.reader();
+        let pool = sink.pool();
         let mut pages = 0;
         for &(s, e) in &dirty {
             let mut a = s;
             while a < e {
                 let len = (e - a).min(DEFAULT_BATCH_BYTES as u64);
-                let mut data = vec![0u8; len as usize];
+                let mut data = batch_buffer(pool.as_ref(), len as usize);
                 frozen
-                    .read_mem(a, &mut data)
+                    .read_mem_append(a, len as usize, &mut data)
                     .map_err(|e| CheckpointError::sys(format!("reading pages at {a:#x}"), e))?;
                 sink.put(PageBatch { addr: a, data })?;
                 pages += len / PAGE;
@@ -509,7 +498,7 @@ impl Precopy {
             }
         }
         let pagemap = self.pagemap.try_clone().map_err(|e| sys("pagemap", e))?;
-        for b in PageReader::new(frozen, pagemap, whole, DEFAULT_BATCH_BYTES) {
+        for b in PageReader::new(frozen, pagemap, whole, DEFAULT_BATCH_BYTES).with_pool(pool) {
             let b = b?;
             pages += b.data.len() as u64 / PAGE;
             sink.put(b)?;

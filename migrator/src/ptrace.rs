@@ -283,6 +283,57 @@ impl Tracee {
         self.mem.read_exact_at(&mut buf[done..], addr + done as u64)
     }
 
+    /// Like [`Tracee::read_mem`], appending `len` bytes to `out`.
+    pub(crate) fn read_mem_append(
+        &self,
+        addr: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        read_appending(self.pid, &self.mem, addr, len, out)
+    }
+
+    /// Writes the concatenation of `pieces` at `addr`: one process_vm_writev
+    /// per [`IOV_MAX`] pieces, so a batch received as many network chunks
+    /// goes in without being gathered into one buffer first.
+    pub fn write_mem_v(&self, addr: u64, pieces: &[&[u8]]) -> io::Result<()> {
+        let mut at = addr;
+        for group in pieces.chunks(IOV_MAX) {
+            let total: usize = group.iter().map(|p| p.len()).sum();
+            let local: Vec<libc::iovec> = group
+                .iter()
+                .map(|p| libc::iovec {
+                    iov_base: p.as_ptr() as *mut _,
+                    iov_len: p.len(),
+                })
+                .collect();
+            let remote = libc::iovec {
+                iov_base: at as *mut _,
+                iov_len: total,
+            };
+            // SAFETY: each local iovec covers one live piece; the kernel
+            // only reads them.
+            let n = unsafe {
+                libc::process_vm_writev(self.pid, local.as_ptr(), local.len() as _, &remote, 1, 0)
+            };
+            let done = n.max(0) as usize;
+            if done < total {
+                // Pages process_vm_writev may not write (read-only, PROT_NONE).
+                let mut off = 0;
+                for p in group {
+                    let end = off + p.len();
+                    if end > done {
+                        let skip = done.saturating_sub(off);
+                        self.write_mem(at + (off + skip) as u64, &p[skip..])?;
+                    }
+                    off = end;
+                }
+            }
+            at += total as u64;
+        }
+        Ok(())
+    }
+
     /// process_vm_writev first; read-only and PROT_NONE private pages get
     /// their contents through /proc/pid/mem, which writes with FOLL_FORCE
     /// (breaking COW) — no mprotect dance in the target.
@@ -431,5 +482,114 @@ impl Group {
             reap(t.pid);
         }
         reap(self.main.pid);
+    }
+}
+
+/// The most iovecs one process_vm_writev takes (UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
+
+/// Appends `len` bytes of `pid`'s memory at `addr` to `out` without zeroing
+/// them first (a memset of every page sent, otherwise): process_vm_readv
+/// fills the spare capacity; what it cannot read (PROT_NONE pages) comes
+/// through /proc/pid/mem. On error `out` is as it was.
+pub(crate) fn read_appending(
+    pid: i32,
+    mem: &File,
+    addr: u64,
+    len: usize,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    out.reserve(len);
+    let at = out.len();
+    let local = libc::iovec {
+        iov_base: out.spare_capacity_mut().as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut _,
+        iov_len: len,
+    };
+    // SAFETY: `local` lies within the reserved spare capacity.
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    let done = n.max(0) as usize;
+    // SAFETY: the kernel initialised the first `done` bytes.
+    unsafe { out.set_len(at + done) };
+    if done < len {
+        out.resize(at + len, 0);
+        if let Err(e) = mem.read_exact_at(&mut out[at + done..], addr + done as u64) {
+            out.truncate(at);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: usize = 4096;
+
+    /// A page written in many small pieces lands whole, including on pages
+    /// process_vm_writev refuses (read-only, PROT_NONE), and reads back the
+    /// same with the appending read, which must not zero what it reads.
+    #[test]
+    fn gathered_writes_and_appending_reads_cover_protected_pages() {
+        // SAFETY: a fresh private mapping of three pages.
+        let area = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                3 * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(area, libc::MAP_FAILED);
+        let base = area as u64;
+        // SAFETY: protections of our own mapping; the child inherits them.
+        unsafe {
+            libc::mprotect(area.cast::<u8>().add(PAGE).cast(), PAGE, libc::PROT_READ);
+            libc::mprotect(
+                area.cast::<u8>().add(2 * PAGE).cast(),
+                PAGE,
+                libc::PROT_NONE,
+            );
+        }
+        // SAFETY: the child only waits to be killed.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            loop {
+                // SAFETY: async-signal-safe.
+                unsafe { libc::pause() };
+            }
+        }
+        let t = Tracee::seize(child, 0).expect("seize the child");
+        let data: Vec<u8> = (0..3 * PAGE).map(|i| (i * 7 % 251) as u8).collect();
+        // Uneven pieces, more of them than one call takes.
+        let mut pieces: Vec<&[u8]> = Vec::new();
+        let mut at = 0;
+        for i in 0.. {
+            let n = (1 + i % 5).min(data.len() - at);
+            pieces.push(&data[at..at + n]);
+            at += n;
+            if at == data.len() {
+                break;
+            }
+        }
+        assert!(pieces.len() > IOV_MAX);
+        t.write_mem_v(base, &pieces).expect("gathered write");
+        let mut back = vec![0xEEu8; 3];
+        t.read_mem_append(base, 3 * PAGE, &mut back)
+            .expect("appending read");
+        // SAFETY: plain syscalls on our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+            libc::munmap(area, 3 * PAGE);
+        }
+        assert_eq!(&back[..3], &[0xEE; 3], "what was there before is kept");
+        assert!(back[3..] == data[..], "the pages read back as written");
     }
 }

@@ -24,7 +24,7 @@ use crate::checkpoint::syscall_site;
 use crate::error::RestoreError;
 use crate::error::StreamError;
 use crate::inject::{errno_of, Injector};
-use crate::pages::{read_precopy_item, PageSource, PrecopyItem};
+use crate::pages::{read_precopy_item, PageRead, PageSource, PrecopyItem};
 use crate::proc::{read_vmas, RawVma};
 use crate::ptrace::{Group, Tracee};
 use crate::state::*;
@@ -304,7 +304,7 @@ fn spawn_restored(image: &ProcessImage, opts: &RestoreOptions) -> Result<Restore
 /// (an error there abandons the restore, as any other does).
 pub fn restore_precopy(
     prelim: &ProcessImage,
-    r: &mut dyn std::io::Read,
+    r: &mut dyn PageRead,
     opts: &RestoreOptions,
     on_round: &mut dyn FnMut(u32) -> Result<(), RestoreError>,
 ) -> Result<(Restored, ProcessImage), RestoreError> {
@@ -317,9 +317,9 @@ pub fn restore_precopy(
     let mut written: Vec<(u64, u64)> = Vec::new();
     let image = loop {
         match read_precopy_item(r, max_batch)? {
-            PrecopyItem::Pages(b) => {
-                write_batch(t, &b)?;
-                written.push((b.addr, b.addr + b.data.len() as u64));
+            PrecopyItem::Pages { addr, len } => {
+                write_pages(t, r, addr, len)?;
+                written.push((addr, addr + len));
             }
             PrecopyItem::Round(n) => on_round(n)?,
             PrecopyItem::Image(i) => break *i,
@@ -371,7 +371,7 @@ pub fn restore_precopy(
     }
     loop {
         match read_precopy_item(r, max_batch)? {
-            PrecopyItem::Pages(b) => write_batch(t, &b)?,
+            PrecopyItem::Pages { addr, len } => write_pages(t, r, addr, len)?,
             PrecopyItem::Holes(holes) => {
                 for (hs, he) in holes {
                     let first = merged.partition_point(|&(_, e)| e <= hs);
@@ -520,6 +520,27 @@ fn write_batch(t: &Tracee, b: &PageBatch) -> Result<(), RestoreError> {
             e,
         )
     })
+}
+
+/// Writes the `len` bytes of pages that follow in `r` at `addr`, piece by
+/// piece as the stream holds them.
+fn write_pages(t: &Tracee, r: &mut dyn PageRead, addr: u64, len: u64) -> Result<(), RestoreError> {
+    let mut failed = None;
+    let read = r.read_pages(len as usize, &mut |off, pieces| {
+        t.write_mem_v(addr + off, pieces).map_err(|e| {
+            let err = std::io::Error::new(e.kind(), e.to_string());
+            failed = Some(e);
+            err
+        })
+    });
+    match (read, failed) {
+        (_, Some(e)) => Err(RestoreError::sys(
+            format!("writing {len} bytes at {addr:#x}"),
+            e,
+        )),
+        (Err(e), None) => Err(StreamError::from(e).into()),
+        (Ok(()), None) => Ok(()),
+    }
 }
 
 /// A stub emptied and given the image's areas, with the trampoline that

@@ -42,13 +42,14 @@ use mosix_procview::node::{Migrator, Placement};
 use mosix_proto::fs::Creds;
 use mosix_proto::guest::{Ending, GuestMsg};
 use mosix_proto::{read_frame, write_frame, MemberState, Request, MAX_FRAME};
-use tokio_util::io::SyncIoBridge;
+use stream::{QuicReader, QuicWriter};
 
 use crate::membership::Membership;
 
 pub mod checkpoint;
 mod home_view;
 mod relay;
+mod stream;
 
 use home_view::{enter_home_view, guest_view_dir, next_guest_tag};
 use relay::{spawn_input_relay, spawn_output_relay, ChunkWriter};
@@ -163,25 +164,6 @@ struct Sent {
     /// the memory: ending it walks every page table entry of the tracked
     /// areas (tens of milliseconds per GiB), and over none once freed.
     tracking: Option<Precopy>,
-}
-
-/// Buffer over the migration stream: an rmp frame is many small writes
-/// (reads), each a trip into the runtime through the bridge otherwise. Page
-/// batches are larger and go straight through. Nothing follows the stream's
-/// end frame before the home hears `Built`, so the target's buffer never
-/// holds what the guest's messages need.
-const BRIDGE_BUF: usize = 64 << 10;
-
-type BridgeWriter = std::io::BufWriter<SyncIoBridge<quinn::SendStream>>;
-
-fn bridge_writer(send: quinn::SendStream, rt: &tokio::runtime::Handle) -> BridgeWriter {
-    std::io::BufWriter::with_capacity(BRIDGE_BUF, SyncIoBridge::new_with_handle(send, rt.clone()))
-}
-
-fn unbridge(w: BridgeWriter) -> Result<quinn::SendStream, i32> {
-    w.into_inner()
-        .map(|b| b.into_inner())
-        .map_err(|_| libc::EIO)
 }
 
 /// Descriptors whose other end stays here: the deputy's copies, to relay
@@ -411,18 +393,15 @@ impl Migrations {
         let ck = Checkpoint::take(pid as i32).map_err(|e| e.errno())?;
         let relayed = relayed_fds(&ck);
         let (send, recv) = self.open_arrive(pid, addr, 1)?;
-        let mut w = bridge_writer(send, &self.rt);
+        let mut w = QuicWriter::new(send, &self.rt);
         let bytes = write_image(&mut w, ck.image())
             .map_err(|e| e.errno())
-            .and_then(|_| {
-                ck.send_pages(&mut StreamSink::new(&mut w))
-                    .map_err(|e| e.errno())
-            })
+            .and_then(|_| ck.send_pages(&mut w).map_err(|e| e.errno()))
             .and_then(|n| w.flush().map(|_| n).map_err(|_| libc::EIO))?;
         Ok(Sent {
             ck,
             relayed,
-            send: unbridge(w)?,
+            send: w.into_send()?,
             recv,
             bytes,
             frozen_at,
@@ -441,14 +420,13 @@ impl Migrations {
         report: &mut Report,
     ) -> Result<Sent, i32> {
         let (send, mut recv) = self.open_arrive(pid, addr, 1)?;
-        let mut w = bridge_writer(send, &self.rt);
+        let mut w = QuicWriter::new(send, &self.rt);
         write_precopy_start(&mut w, pc.image()).map_err(|e| e.errno())?;
-        let mut sink = StreamSink::new(&mut w);
         let mut bytes = 0;
         loop {
             let t = Instant::now();
-            let r = pc.round(&mut sink).map_err(|e| e.errno())?;
-            sink.get_mut().flush().map_err(|_| libc::EIO)?;
+            let r = pc.round(&mut w).map_err(|e| e.errno())?;
+            w.flush().map_err(|_| libc::EIO)?;
             self.await_round(&mut recv, r.round)?;
             bytes += r.bytes;
             report.line(format!(
@@ -467,8 +445,8 @@ impl Migrations {
         let ck = pc.freeze().map_err(|e| e.errno())?;
         let took = frozen_at.elapsed();
         let relayed = relayed_fds(&ck);
-        write_image(sink.get_mut(), ck.image()).map_err(|e| e.errno())?;
-        let last = pc.send_final(&ck, &mut sink).map_err(|e| e.errno())?;
+        write_image(&mut w, ck.image()).map_err(|e| e.errno())?;
+        let last = pc.send_final(&ck, &mut w).map_err(|e| e.errno())?;
         w.flush().map_err(|_| libc::EIO)?;
         bytes += last.bytes;
         report.line(format!(
@@ -486,7 +464,7 @@ impl Migrations {
         Ok(Sent {
             ck,
             relayed,
-            send: unbridge(w)?,
+            send: w.into_send()?,
             recv,
             bytes,
             frozen_at,
@@ -966,10 +944,7 @@ impl Migrations {
         to_home: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
     ) {
         let faults = read_faults();
-        let mut r = std::io::BufReader::with_capacity(
-            BRIDGE_BUF,
-            SyncIoBridge::new_with_handle(recv, self.rt.clone()),
-        );
+        let mut r = QuicReader::new(recv, &self.rt);
         // With pre-copy, this is the image of the process as it still runs
         // at home: its descriptors and paths are what the view and the
         // relays need; the final image comes after the rounds.
@@ -1055,7 +1030,7 @@ impl Migrations {
             drop(r);
             return;
         }
-        let _ = recv_back.send(r.into_inner().into_inner());
+        let _ = recv_back.send(r.into_recv());
         let restored = match built {
             Ok(r) => r,
             Err(e) => {
