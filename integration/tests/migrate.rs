@@ -225,6 +225,111 @@ fn a_program_reading_its_parents_pipe_keeps_reading_after_it_moves() {
     assert_gap_free(&c.sh("n1", "cat /tmp/w/out"), 300, "cat's output");
 }
 
+/// Input a moved program had not read yet when it moves on, and input its
+/// parent writes during the move, reach it on the next node and at home:
+/// a slow reader of a fast parent keeps a full pipe on the node it runs on.
+#[test]
+fn input_not_yet_read_when_a_program_moves_on_is_not_lost() {
+    let c = Cluster::up(3);
+    c.sh("n1", "mkdir -p /tmp/w");
+    std::fs::write(
+        c.state().join("slow.py"),
+        "import os, sys, time\n\
+         while True:\n    l = os.read(0, 7)\n    if not l:\n        break\n    \
+         os.write(1, l)\n    time.sleep(0.002)\n",
+    )
+    .unwrap();
+    // 7-byte lines read one at a time, 2 ms apart: 6,000 lines take about
+    // 15 s to read, and the parent has written them all long before.
+    let _r = c.start(
+        "n1",
+        &format!(
+            "cd /tmp/w && seq -f l%05g 1 6000 | /usr/bin/python3 {} > /tmp/w/out; \
+             echo ${{PIPESTATUS[1]}} > /tmp/w/status",
+            c.state().join("slow.py").display()
+        ),
+    );
+    let lines = || {
+        c.sh("n1", "wc -l < /tmp/w/out 2>/dev/null || echo 0")
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0)
+    };
+    Cluster::wait_for(Duration::from_secs(10), || lines() > 100);
+    let pid = pid_of(&c, "n1", "python3");
+    for to in ["n2", "n3", "n1"] {
+        let out = move_to(&c, "n1", gpid(1, pid), to);
+        assert!(
+            out.status.success(),
+            "to {to}, after {} lines (status {:?}): {}",
+            lines(),
+            c.sh("n1", "cat /tmp/w/status 2>/dev/null || true"),
+            output_text(&out)
+        );
+        let at = lines();
+        Cluster::wait_for(Duration::from_secs(10), || lines() > at + 100);
+    }
+    let status = wait_file(&c, "n1", "/tmp/w/status", "0", Duration::from_secs(60));
+    assert_eq!(status.trim(), "0");
+    let got = c.sh("n1", "cat /tmp/w/out");
+    let want: String = (1..=6000).map(|i| format!("l{i:05}\n")).collect();
+    if got != want {
+        let first_bad = got
+            .lines()
+            .zip(want.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.lines().count().min(6000));
+        panic!(
+            "input lost or reordered: {} of 6000 lines; first difference at line {}: {:?}",
+            got.lines().count(),
+            first_bad + 1,
+            got.lines().nth(first_bad)
+        );
+    }
+}
+
+/// A moved program stopped with a full input pipe still gets its SIGCONT:
+/// feeding its input never holds up its signals, and no input is lost.
+#[test]
+fn a_stopped_program_with_a_full_input_pipe_still_continues() {
+    let c = Cluster::up(3);
+    c.sh("n1", "mkdir -p /tmp/w");
+    std::fs::write(
+        c.state().join("sip.py"),
+        "import os, sys, time\n\
+         n = 0\n\
+         while True:\n    b = os.read(0, 4096)\n    if not b:\n        break\n    \
+         n += len(b)\n    time.sleep(0.002)\n\
+         print(n, flush=True)\n",
+    )
+    .unwrap();
+    // 3 MB at 4 KiB per 2 ms: about 1.5 s of reading, far more than a pipe.
+    let _r = c.start(
+        "n1",
+        &format!(
+            "cd /tmp/w && head -c 3000000 /dev/zero | /usr/bin/python3 {} > /tmp/w/out; \
+             echo ${{PIPESTATUS[1]}} > /tmp/w/status",
+            c.state().join("sip.py").display()
+        ),
+    );
+    Cluster::wait_for(Duration::from_secs(10), || {
+        !c.sh("n1", "pgrep -x python3 || true").trim().is_empty()
+    });
+    let pid = pid_of(&c, "n1", "python3");
+    let out = move_to(&c, "n1", gpid(1, pid), "n2");
+    assert!(out.status.success(), "{}", output_text(&out));
+    c.sh("n1", &format!("kill -STOP {pid}"));
+    Cluster::wait_for(Duration::from_secs(5), || {
+        c.sh("n2", "ps -o stat= -C python3 || true").trim().starts_with('T')
+    });
+    // Home's relay keeps reading the parent: the pipe on n2 fills.
+    std::thread::sleep(Duration::from_secs(1));
+    c.sh("n1", &format!("kill -CONT {pid}"));
+    let status = wait_file(&c, "n1", "/tmp/w/status", "0", Duration::from_secs(30));
+    assert_eq!(status.trim(), "0", "the program did not finish after SIGCONT");
+    assert_eq!(c.sh("n1", "cat /tmp/w/out").trim(), "3000000");
+}
+
 /// What a moved program writes just before it exits reaches its parent's
 /// pipe at home: its end is not reported before its output is relayed,
 /// even when the relay lags (`slow:relay` on the target).

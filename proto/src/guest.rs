@@ -38,6 +38,14 @@ pub enum GuestMsg {
     /// Target to home: a piece of the frozen copy's image and pages, in the
     /// migrator's stream format.
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Target to home, after the copy's pages when it moves on: input for
+    /// descriptor `fd` that the frozen copy had not read yet (in its pipe,
+    /// or not yet written to it). Home hands it to the next node first.
+    Unread {
+        fd: i32,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// Target to home: the whole copy was sent.
     Left,
     /// Home to target: the copy runs elsewhere now; drop the frozen one.

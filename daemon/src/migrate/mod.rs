@@ -25,13 +25,14 @@
 //! between them dies, the target kills the copy and the deputy dies with
 //! SIGKILL (its parent sees that), as in MOSIX when a home and a remote node
 //! lose each other.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use feed::Feed;
 use mosix_migrator::{
     check_movable, read_image, read_start, restore, restore_precopy, write_image,
     write_precopy_start, Checkpoint, CheckpointError, DeputyEvent, FdKind, FdReplacement, Precopy,
@@ -47,6 +48,7 @@ use stream::{QuicReader, QuicWriter};
 use crate::membership::Membership;
 
 pub mod checkpoint;
+mod feed;
 mod home_view;
 mod relay;
 mod stream;
@@ -58,6 +60,9 @@ use relay::{spawn_input_relay, spawn_output_relay, ChunkWriter};
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the deputy's thread looks at the deputy.
 const DEPUTY_POLL: Duration = Duration::from_millis(10);
+
+/// How often input a pipe did not take is offered again.
+const FEED_POLL: Duration = Duration::from_millis(10);
 /// Output relayed per message.
 const RELAY_CHUNK: usize = 64 << 10;
 
@@ -211,7 +216,9 @@ enum Stay {
         to: tokio::sync::mpsc::UnboundedSender<GuestMsg>,
     },
     /// Back home, as a new process of this daemon, beside its deputy.
-    Home { pid: i32 },
+    /// Inputs it had not read all of when it left its last node read a
+    /// pipe fed from here, that input first.
+    Home { pid: i32, feeds: HashMap<i32, Feed> },
 }
 
 /// Another node's process running here.
@@ -539,6 +546,22 @@ impl Migrations {
             .filter(|e| matches!(e.kind, FdKind::File { .. } | FdKind::Directory { .. }))
             .map(|e| e.fd)
             .collect();
+        // Inputs that can come home through a pipe fed from here (a
+        // terminal comes home as itself).
+        let fed: HashSet<i32> = ck
+            .image()
+            .fds
+            .entries
+            .iter()
+            .filter(|e| e.flags & libc::O_ACCMODE == libc::O_RDONLY)
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    FdKind::Pipe { .. } | FdKind::Fifo { .. } | FdKind::Socket { .. }
+                )
+            })
+            .map(|e| e.fd)
+            .collect();
         let (events_tx, events) = mpsc::channel::<HomeEvent>();
         let mut gen = 1;
         // Frozen until `Run` is on its way; the deputy frees the memory
@@ -562,7 +585,7 @@ impl Migrations {
         };
         let (to, freeze) = running.expect("committed before the deputy is parked");
         drop(tracking);
-        let stop_inputs = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut stop_inputs: HashMap<i32, Arc<std::sync::atomic::AtomicBool>> = HashMap::new();
         let mut writers: HashMap<i32, std::fs::File> = HashMap::new();
         let mut originals: Vec<(i32, OwnedFd)> = Vec::new();
         for (fd, input, file) in relayed {
@@ -570,7 +593,9 @@ impl Migrations {
                 originals.push((fd, dup));
             }
             if input {
-                spawn_input_relay(&self.rt, fd, file, events_tx.clone(), stop_inputs.clone());
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                stop_inputs.insert(fd, stop.clone());
+                spawn_input_relay(&self.rt, fd, file, events_tx.clone(), stop);
             } else {
                 writers.insert(fd, std::fs::File::from(file));
             }
@@ -599,6 +624,8 @@ impl Migrations {
             bytes,
         }));
         let mut stay = Stay::Away { target, to };
+        // Inputs whose end home has seen.
+        let mut ended: HashSet<i32> = HashSet::new();
         let mut nmigs = 1;
         // The deputy's life: forward what is sent to it, relay, move the
         // copy on when asked, and repeat how the copy ends.
@@ -620,8 +647,14 @@ impl Migrations {
                 Ok(HomeEvent::Guest(g, GuestMsg::Ended(e))) if g == gen => break Some(e),
                 Ok(HomeEvent::Guest(..)) => {}
                 Ok(HomeEvent::Input(m)) => {
-                    if let Stay::Away { to, .. } = &stay {
-                        let _ = to.send(m);
+                    if let GuestMsg::Eof { fd } = &m {
+                        ended.insert(*fd);
+                    }
+                    match &mut stay {
+                        Stay::Away { to, .. } => {
+                            let _ = to.send(m);
+                        }
+                        Stay::Home { feeds, .. } => feed_into(feeds, m),
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -647,15 +680,21 @@ impl Migrations {
                     &events_tx,
                     &mut writers,
                     &originals,
+                    &fed,
+                    &mut ended,
                 );
                 match outcome {
                     Ok((next, timing)) => {
                         gen += 1;
                         nmigs += 1;
-                        if let Stay::Home { .. } = next {
+                        if let Stay::Home { feeds, .. } = &next {
                             // The process is here again, on the real
-                            // descriptors: nothing to relay any more.
-                            stop_inputs.store(true, std::sync::atomic::Ordering::Relaxed);
+                            // descriptors but for the inputs fed from here.
+                            for (fd, stop) in &stop_inputs {
+                                if !feeds.contains_key(fd) {
+                                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
                             writers.clear();
                         }
                         let running_on = match &next {
@@ -674,7 +713,8 @@ impl Migrations {
                     }
                 }
             }
-            if let Stay::Home { pid: local } = &stay {
+            if let Stay::Home { pid: local, feeds } = &mut stay {
+                feeds.values_mut().for_each(Feed::pump);
                 if let Some(e) = try_wait_ending(*local) {
                     break Some(e);
                 }
@@ -685,7 +725,7 @@ impl Migrations {
                         let _ = to.send(GuestMsg::Signal(sig));
                     }
                     // SAFETY: plain syscall on our own child.
-                    Stay::Home { pid } => unsafe {
+                    Stay::Home { pid, .. } => unsafe {
                         libc::kill(*pid, sig);
                     },
                 },
@@ -696,7 +736,7 @@ impl Migrations {
                             let _ = to.send(GuestMsg::Signal(libc::SIGKILL));
                         }
                         // SAFETY: plain syscall on our own child.
-                        Stay::Home { pid } => unsafe {
+                        Stay::Home { pid, .. } => unsafe {
                             libc::kill(*pid, libc::SIGKILL);
                         },
                     }
@@ -706,7 +746,9 @@ impl Migrations {
             }
         };
         self.away.lock().expect("away").remove(&pid);
-        stop_inputs.store(true, std::sync::atomic::Ordering::Relaxed);
+        for stop in stop_inputs.values() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(ending) = ending {
             let e = match ending {
                 Ending::Exited(c) => mosix_migrator::Ending::Exited(c),
@@ -735,6 +777,8 @@ impl Migrations {
         events_tx: &mpsc::Sender<HomeEvent>,
         writers: &mut HashMap<i32, std::fs::File>,
         originals: &[(i32, OwnedFd)],
+        fed: &HashSet<i32>,
+        ended: &mut HashSet<i32>,
     ) -> Result<(Stay, Timing), i32> {
         let start = Instant::now();
         let home = target == "home" || target == self.name;
@@ -757,6 +801,21 @@ impl Migrations {
         };
         let mut image: Vec<u8> = Vec::new();
         let mut bytes = 0u64;
+        // Input that reaches home during the move goes to wherever the
+        // process runs once it is decided, after what the old copy had not
+        // read (`unread`).
+        let mut held: Vec<GuestMsg> = Vec::new();
+        let mut unread: Vec<(i32, Vec<u8>)> = Vec::new();
+        let ended_before = ended.clone();
+        let stay_put = |held: Vec<GuestMsg>, ended: &mut HashSet<i32>| {
+            let _ = old.send(GuestMsg::Stay);
+            for m in held {
+                if let GuestMsg::Eof { fd } = &m {
+                    ended.insert(*fd);
+                }
+                let _ = old.send(m);
+            }
+        };
         let received: Result<(), i32> = loop {
             match events.recv_timeout(RUN_TIMEOUT) {
                 Ok(HomeEvent::Guest(_, GuestMsg::Chunk(c))) => {
@@ -771,6 +830,8 @@ impl Migrations {
                     }
                 }
                 Ok(HomeEvent::Guest(_, GuestMsg::Left)) => break Ok(()),
+                Ok(HomeEvent::Guest(_, GuestMsg::Unread { fd, bytes })) => unread.push((fd, bytes)),
+                Ok(HomeEvent::Input(m)) => held.push(m),
                 Ok(HomeEvent::Guest(_, GuestMsg::Data { fd, bytes })) => {
                     if let Some(f) = writers.get_mut(&fd) {
                         let _ = f.write_all(&bytes);
@@ -790,30 +851,71 @@ impl Migrations {
                 errno = e,
                 "moving on failed; the copy stays"
             );
-            let _ = old.send(GuestMsg::Stay);
+            stay_put(held, ended);
             return Err(e);
         }
         let stay = match next {
             Some((send, mut recv)) => {
                 if let Err(e) = self.await_built(&mut recv) {
-                    let _ = old.send(GuestMsg::Stay);
+                    stay_put(held, ended);
                     return Err(e);
                 }
                 let _ = old.send(GuestMsg::Moved);
                 let to = self.start_stay(gen, send, recv, events_tx.clone());
+                for (fd, bytes) in unread {
+                    let _ = to.send(GuestMsg::Data { fd, bytes });
+                }
+                // The new node's pipes wait for an end home saw already.
+                for &fd in &ended_before {
+                    let _ = to.send(GuestMsg::Eof { fd });
+                }
+                for m in held {
+                    if let GuestMsg::Eof { fd } = &m {
+                        ended.insert(*fd);
+                    }
+                    let _ = to.send(m);
+                }
                 Stay::Away {
                     target: target.to_string(),
                     to,
                 }
             }
             None => {
+                // An input the copy had not read all of comes home through
+                // a pipe fed from here: what it had not read first, then
+                // what home's relay reads on. One already at its end with
+                // nothing left, and a terminal, come home as themselves.
+                let mut feeds: HashMap<i32, Feed> = HashMap::new();
+                let mut readers: HashMap<i32, OwnedFd> = HashMap::new();
+                for &(fd, _) in originals.iter().filter(|(fd, _)| fed.contains(fd)) {
+                    let pending = unread.iter().any(|(f, _)| *f == fd)
+                        || held
+                            .iter()
+                            .any(|m| matches!(m, GuestMsg::Data { fd: f, .. } if *f == fd));
+                    if ended_before.contains(&fd) && !pending {
+                        continue;
+                    }
+                    let Ok((r, w)) = nix::unistd::pipe() else {
+                        stay_put(held, ended);
+                        return Err(libc::EMFILE);
+                    };
+                    let mut f = Feed::new(std::fs::File::from(w));
+                    for (_, b) in unread.iter().filter(|(f, _)| *f == fd) {
+                        f.push(b);
+                    }
+                    if ended_before.contains(&fd) {
+                        f.end();
+                    }
+                    feeds.insert(fd, f);
+                    readers.insert(fd, r);
+                }
                 let mut r = std::io::Cursor::new(image);
                 let built = read_image(&mut r).map_err(|e| e.errno()).and_then(|img| {
                     let replacements = originals
                         .iter()
                         .map(|(fd, f)| FdReplacement {
                             fd: *fd,
-                            from: f.as_raw_fd(),
+                            from: readers.get(fd).map_or(f.as_raw_fd(), |r| r.as_raw_fd()),
                         })
                         .collect();
                     let opts = RestoreOptions {
@@ -825,13 +927,21 @@ impl Migrations {
                 let restored = match built {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = old.send(GuestMsg::Stay);
+                        stay_put(held, ended);
                         return Err(e);
                     }
                 };
+                drop(readers);
                 let _ = old.send(GuestMsg::Moved);
+                for m in held {
+                    if let GuestMsg::Eof { fd } = &m {
+                        ended.insert(*fd);
+                    }
+                    feed_into(&mut feeds, m);
+                }
+                feeds.values_mut().for_each(Feed::pump);
                 match restored.run() {
-                    Ok(local) => Stay::Home { pid: local },
+                    Ok(local) => Stay::Home { pid: local, feeds },
                     Err(e) => {
                         tracing::error!(pid, error = %e, "the copy came home but cannot run");
                         return Err(libc::EIO);
@@ -966,7 +1076,7 @@ impl Migrations {
         let mut replacements = Vec::new();
         let mut kept: Vec<OwnedFd> = Vec::new();
         let mut outputs: Vec<(i32, std::fs::File)> = Vec::new();
-        let mut inputs: HashMap<i32, std::fs::File> = HashMap::new();
+        let mut inputs: HashMap<i32, Feed> = HashMap::new();
         for e in image.fds.entries.iter().filter(|e| e.kind.needs_relay()) {
             let Ok((rd, wr)) = nix::unistd::pipe() else {
                 let _ = to_home.send(GuestMsg::Built(Err(libc::EMFILE)));
@@ -980,7 +1090,7 @@ impl Migrations {
             });
             kept.push(theirs);
             if input {
-                inputs.insert(e.fd, std::fs::File::from(ours));
+                inputs.insert(e.fd, Feed::new(std::fs::File::from(ours)));
             } else {
                 outputs.push((e.fd, std::fs::File::from(ours)));
             }
@@ -1086,7 +1196,32 @@ impl Migrations {
         let (to, left2) = (to_home.clone(), left.clone());
         std::thread::spawn(move || {
             let mut frozen: Option<Checkpoint> = None;
-            for m in inbox {
+            loop {
+                // Input the copy's pipes did not take yet is written as
+                // they drain; not while it is frozen (what it has not
+                // taken then may go with it).
+                let waiting = frozen.is_none() && inputs.values().any(Feed::waiting);
+                let m = if waiting {
+                    match inbox.recv_timeout(FEED_POLL) {
+                        Ok(m) => Some(m),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                } else {
+                    match inbox.recv() {
+                        Ok(m) => Some(m),
+                        Err(_) => break,
+                    }
+                };
+                let pump = |inputs: &mut HashMap<i32, Feed>, frozen: &Option<Checkpoint>| {
+                    if frozen.is_none() {
+                        inputs.values_mut().for_each(Feed::pump);
+                    }
+                };
+                let Some(m) = m else {
+                    pump(&mut inputs, &frozen);
+                    continue;
+                };
                 match m {
                     // Not once it left: its pid may be another's by now.
                     GuestMsg::Signal(sig)
@@ -1097,16 +1232,17 @@ impl Migrations {
                     }
                     GuestMsg::Data { fd, bytes } => {
                         if let Some(f) = inputs.get_mut(&fd) {
-                            if f.write_all(&bytes).is_err() {
-                                inputs.remove(&fd);
-                            }
+                            f.push(&bytes);
                         }
                     }
                     GuestMsg::Eof { fd } => {
-                        inputs.remove(&fd);
+                        if let Some(f) = inputs.get_mut(&fd) {
+                            f.end();
+                        }
                     }
-                    // Home moves it on: freeze it and send it back whole;
-                    // it stays here, frozen and intact, until home decides.
+                    // Home moves it on: freeze it and send it back whole,
+                    // with the input it has not read; it stays here, frozen
+                    // and intact, until home decides.
                     GuestMsg::Leave if frozen.is_none() => match Checkpoint::take(pid) {
                         Ok(ck) => {
                             let mut w = ChunkWriter::new(to.clone());
@@ -1119,6 +1255,16 @@ impl Migrations {
                                 .and_then(|_| w.flush().map_err(|_| libc::EIO));
                             match sent {
                                 Ok(()) => {
+                                    for (&fd, f) in &inputs {
+                                        let bytes = f.unread(
+                                            reader_of(&ck, f)
+                                                .as_ref()
+                                                .map(std::os::fd::AsFd::as_fd),
+                                        );
+                                        if !bytes.is_empty() {
+                                            let _ = to.send(GuestMsg::Unread { fd, bytes });
+                                        }
+                                    }
                                     let _ = to.send(GuestMsg::Left);
                                     frozen = Some(ck);
                                 }
@@ -1146,6 +1292,7 @@ impl Migrations {
                     }
                     _ => {}
                 }
+                pump(&mut inputs, &frozen);
             }
         });
         let ending = wait_ending(pid);
@@ -1171,6 +1318,37 @@ impl Migrations {
             let _ = to_home.send(GuestMsg::Ended(ending));
         }
     }
+}
+
+/// Input for a process back home, into the pipe it reads it from.
+fn feed_into(feeds: &mut HashMap<i32, Feed>, m: GuestMsg) {
+    match m {
+        GuestMsg::Data { fd, bytes } => {
+            if let Some(f) = feeds.get_mut(&fd) {
+                f.push(&bytes);
+                f.pump();
+            }
+        }
+        GuestMsg::Eof { fd } => {
+            if let Some(f) = feeds.get_mut(&fd) {
+                f.end();
+                f.pump();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The frozen copy's read end of the pipe `f` feeds, if it still holds one.
+fn reader_of(ck: &Checkpoint, f: &Feed) -> Option<OwnedFd> {
+    let ino = f.pipe_ino()?;
+    let e = ck
+        .image()
+        .fds
+        .entries
+        .iter()
+        .find(|e| matches!(e.kind, mosix_migrator::FdKind::Pipe { ino: i } if i == ino))?;
+    ck.dup_source_fd(e.fd).ok()
 }
 
 /// The signal that does here what `sig` did at home. A terminal stop
