@@ -52,6 +52,8 @@ pub enum GuestMsg {
     Moved,
     /// Home to target: the move failed; let the frozen copy go on here.
     Stay,
+    /// Target to home, after `Moved`: the frozen copy is dead and reaped.
+    Gone,
     /// Target to home, during pre-copy: round `n`'s pages are in the
     /// copy-to-be. The home scans for the next dirty set (or freezes) only
     /// then, so no backlog of earlier rounds is left to the freeze.

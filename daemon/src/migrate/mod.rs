@@ -61,6 +61,10 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the deputy's thread looks at the deputy.
 const DEPUTY_POLL: Duration = Duration::from_millis(10);
 
+/// How long a move waits for the old node to confirm that its frozen copy
+/// is dead and reaped (`Gone`) before it returns anyway.
+const GONE_WAIT: Duration = Duration::from_secs(2);
+
 /// How often input a pipe did not take is offered again.
 const FEED_POLL: Duration = Duration::from_millis(10);
 /// Output relayed per message.
@@ -626,11 +630,17 @@ impl Migrations {
         let mut stay = Stay::Away { target, to };
         // Inputs whose end home has seen.
         let mut ended: HashSet<i32> = HashSet::new();
+        // Events that came while a move waited for the old copy's end.
+        let mut backlog: std::collections::VecDeque<HomeEvent> = Default::default();
         let mut nmigs = 1;
         // The deputy's life: forward what is sent to it, relay, move the
         // copy on when asked, and repeat how the copy ends.
         let ending = loop {
-            match events.recv_timeout(DEPUTY_POLL) {
+            let next_event = match backlog.pop_front() {
+                Some(e) => Ok(e),
+                None => events.recv_timeout(DEPUTY_POLL),
+            };
+            match next_event {
                 Ok(HomeEvent::Guest(g, GuestMsg::Data { fd, bytes })) => {
                     // Output of the copy (also late output of an earlier
                     // stay), to where it went at home.
@@ -682,6 +692,7 @@ impl Migrations {
                     &originals,
                     &fed,
                     &mut ended,
+                    &mut backlog,
                 );
                 match outcome {
                     Ok((next, timing)) => {
@@ -779,6 +790,7 @@ impl Migrations {
         originals: &[(i32, OwnedFd)],
         fed: &HashSet<i32>,
         ended: &mut HashSet<i32>,
+        backlog: &mut std::collections::VecDeque<HomeEvent>,
     ) -> Result<(Stay, Timing), i32> {
         let start = Instant::now();
         let home = target == "home" || target == self.name;
@@ -949,6 +961,26 @@ impl Migrations {
                 }
             }
         };
+        // The old node's word that its frozen copy is dead and reaped, so
+        // a move that returned leaves no second copy anywhere. What comes
+        // meanwhile waits in `backlog`, in order.
+        let old_gen = gen - 1;
+        let deadline = Instant::now() + GONE_WAIT;
+        let gone = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(left) {
+                Ok(HomeEvent::Guest(g, GuestMsg::Gone)) if g == old_gen => break true,
+                Ok(e) => backlog.push_back(e),
+                Err(_) => break false,
+            }
+        };
+        if !gone {
+            tracing::warn!(
+                pid,
+                from,
+                "the old node did not confirm its copy's end in time"
+            );
+        }
         tracing::info!(pid, from, to = target, bytes, took = ?start.elapsed(), "process moved on");
         Ok((
             stay,
@@ -1296,6 +1328,11 @@ impl Migrations {
             }
         });
         let ending = wait_ending(pid);
+        if left.load(std::sync::atomic::Ordering::SeqCst) {
+            // Reaped: home may now tell whoever moved it that this node
+            // holds no copy any more.
+            let _ = to_home.send(GuestMsg::Gone);
+        }
         // What it wrote last is still in the pipes: home hears it before
         // the end, which closes its output there. A descendant that keeps
         // a pipe open is not waited for past OUTPUT_DRAIN.
