@@ -172,25 +172,32 @@ impl Default for ServerLimits {
 
 /// Hands memory freed by a burst of large frames back to the system: the
 /// allocator keeps freed heap pages for reuse otherwise, so a node that
-/// once held its whole frame budget would keep that much resident. The
-/// frames go first; QUIC's own buffers for those streams are freed over
-/// the next moments, so the heap is trimmed on each of the
-/// [`TRIMS_AFTER_BURST`] ticks after a burst, not only on the first.
+/// once held its whole frame budget would keep that much resident. QUIC's
+/// own buffers for those streams are freed over the moments after the
+/// frames, at no time a tick can predict, so the heap is trimmed on any
+/// tick, outside a burst, where the allocator holds more than
+/// [`FREE_HEAP_TRIM`] unused and more than a MiB was freed since the last
+/// trim (trimming a small free heap would only make the next allocations
+/// fault pages in again, and an idle node has nothing to trim).
 async fn give_back_memory(frames: Arc<Semaphore>) {
-    const TRIMS_AFTER_BURST: u32 = 5;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut trims_left = 0;
+    // The least the allocator held free since the last trim: what it
+    // holds above that was freed since.
+    let mut floor = usize::MAX;
     loop {
         tick.tick().await;
         let in_use = FRAME_BUDGET_TOTAL - frames.available_permits();
-        if in_use >= 8 << 20 {
-            trims_left = TRIMS_AFTER_BURST;
-        } else if trims_left > 0 {
-            trims_left -= 1;
+        let free = free_heap();
+        floor = floor.min(free);
+        if in_use < 8 << 20 && free > FREE_HEAP_TRIM && free > floor + (1 << 20) {
             trim_heap();
+            floor = free_heap();
         }
     }
 }
+
+/// Unused heap above which an idle node gives memory back.
+const FREE_HEAP_TRIM: usize = 8 << 20;
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn trim_heap() {
@@ -198,8 +205,20 @@ fn trim_heap() {
     unsafe { nix::libc::malloc_trim(0) };
 }
 
+/// Bytes the allocator holds free (all arenas).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn free_heap() -> usize {
+    // SAFETY: mallinfo2 only reads the allocator's own statistics.
+    unsafe { nix::libc::mallinfo2() }.fordblks
+}
+
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim_heap() {}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn free_heap() -> usize {
+    0
+}
 
 async fn serve_connection<H: Handler>(
     conn: quinn::Connection,

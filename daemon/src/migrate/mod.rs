@@ -1314,7 +1314,10 @@ impl Migrations {
                     GuestMsg::Moved => {
                         if let Some(ck) = frozen.take() {
                             left2.store(true, std::sync::atomic::Ordering::SeqCst);
+                            // Killed and reaped (this thread traces it):
+                            // no copy is left here.
                             let _ = ck.finish_source();
+                            let _ = to.send(GuestMsg::Gone);
                         }
                     }
                     GuestMsg::Stay => {
@@ -1328,11 +1331,6 @@ impl Migrations {
             }
         });
         let ending = wait_ending(pid);
-        if left.load(std::sync::atomic::Ordering::SeqCst) {
-            // Reaped: home may now tell whoever moved it that this node
-            // holds no copy any more.
-            let _ = to_home.send(GuestMsg::Gone);
-        }
         // What it wrote last is still in the pipes: home hears it before
         // the end, which closes its output there. A descendant that keeps
         // a pipe open is not waited for past OUTPUT_DRAIN.
