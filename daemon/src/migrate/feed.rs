@@ -89,35 +89,42 @@ impl Feed {
     /// What the reader has not taken: what `reader` (the process's read end
     /// of the pipe) still holds, then what is queued. Nothing is consumed:
     /// a move that fails leaves the process its input as it was.
-    pub(super) fn unread(&self, reader: Option<BorrowedFd<'_>>) -> Vec<u8> {
-        let mut out = reader.map(peek_pipe).unwrap_or_default();
+    pub(super) fn unread(&self, reader: Option<BorrowedFd<'_>>) -> std::io::Result<Vec<u8>> {
+        let mut out = match reader {
+            Some(r) => peek_pipe(r)?,
+            None => Vec::new(),
+        };
         out.extend(self.queued.iter());
-        out
+        Ok(out)
     }
 }
 
 /// Everything in the pipe `r` reads, without taking it: `tee` duplicates
 /// the pipe's contents into a scratch pipe as large, which is then read.
-fn peek_pipe(r: BorrowedFd<'_>) -> Vec<u8> {
+/// All of it or an error, never a part.
+fn peek_pipe(r: BorrowedFd<'_>) -> std::io::Result<Vec<u8>> {
+    let err = std::io::Error::last_os_error;
     let mut fds = [0; 2];
     // SAFETY: plain syscalls on descriptors that live through them; the
     // two new ones are owned right away.
     let (tmp_r, tmp_w) = unsafe {
         if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) != 0 {
-            return Vec::new();
+            return Err(err());
         }
         (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
     };
-    let mut out = Vec::new();
-    // SAFETY: as above.
+    let mut avail: libc::c_int = 0;
+    // SAFETY: as above; `avail` outlives the call.
     unsafe {
-        let size = libc::fcntl(r.as_raw_fd(), libc::F_GETPIPE_SZ);
-        if size > 0 {
-            libc::fcntl(tmp_w.as_raw_fd(), libc::F_SETPIPE_SZ, size);
+        if libc::ioctl(r.as_raw_fd(), libc::FIONREAD, &mut avail) != 0 {
+            return Err(err());
         }
-        let mut avail: libc::c_int = 0;
-        if libc::ioctl(r.as_raw_fd(), libc::FIONREAD, &mut avail) != 0 || avail <= 0 {
-            return out;
+        if avail <= 0 {
+            return Ok(Vec::new());
+        }
+        let size = libc::fcntl(r.as_raw_fd(), libc::F_GETPIPE_SZ);
+        if size < avail || libc::fcntl(tmp_w.as_raw_fd(), libc::F_SETPIPE_SZ, size) < size {
+            return Err(err());
         }
         let n = libc::tee(
             r.as_raw_fd(),
@@ -125,13 +132,16 @@ fn peek_pipe(r: BorrowedFd<'_>) -> Vec<u8> {
             avail as usize,
             libc::SPLICE_F_NONBLOCK,
         );
-        if n <= 0 {
-            return out;
+        if n != avail as isize {
+            return Err(std::io::Error::other(format!(
+                "tee copied {n} of the {avail} bytes in the pipe"
+            )));
         }
     }
     drop(tmp_w);
-    let _ = File::from(tmp_r).read_to_end(&mut out);
-    out
+    let mut out = Vec::with_capacity(avail as usize);
+    File::from(tmp_r).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -155,9 +165,13 @@ mod tests {
         f.push(&big);
         f.pump();
         assert!(f.waiting(), "a 64 KiB pipe cannot take 300 KB");
-        let unread = f.unread(Some(r.as_fd()));
+        let unread = f.unread(Some(r.as_fd())).unwrap();
         assert_eq!(unread, big);
-        assert_eq!(f.unread(Some(r.as_fd())), big, "peeking takes nothing");
+        assert_eq!(
+            f.unread(Some(r.as_fd())).unwrap(),
+            big,
+            "peeking takes nothing"
+        );
         f.end();
         let mut got = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
@@ -192,6 +206,6 @@ mod tests {
         f.end();
         f.pump();
         assert_eq!(f.pipe_ino(), Some(ino));
-        assert_eq!(f.unread(Some(r.as_fd())), b"not read yet");
+        assert_eq!(f.unread(Some(r.as_fd())).unwrap(), b"not read yet");
     }
 }

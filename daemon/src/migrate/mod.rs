@@ -670,7 +670,14 @@ impl Migrations {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break None,
             }
-            if let Ok(cmd) = cmds.try_recv() {
+            // A queued move waits for the backlog: input in it is older
+            // than what the move will hold.
+            let cmd = if backlog.is_empty() {
+                cmds.try_recv().ok()
+            } else {
+                None
+            };
+            if let Some(cmd) = cmd {
                 let Stay::Away {
                     to: old,
                     target: from,
@@ -693,6 +700,7 @@ impl Migrations {
                     &fed,
                     &mut ended,
                     &mut backlog,
+                    &stop_inputs,
                 );
                 match outcome {
                     Ok((next, timing)) => {
@@ -791,6 +799,7 @@ impl Migrations {
         fed: &HashSet<i32>,
         ended: &mut HashSet<i32>,
         backlog: &mut std::collections::VecDeque<HomeEvent>,
+        stop_inputs: &HashMap<i32, Arc<std::sync::atomic::AtomicBool>>,
     ) -> Result<(Stay, Timing), i32> {
         let start = Instant::now();
         let home = target == "home" || target == self.name;
@@ -849,8 +858,12 @@ impl Migrations {
                         let _ = f.write_all(&bytes);
                     }
                 }
-                Ok(HomeEvent::Guest(_, GuestMsg::Ended(_)))
-                | Ok(HomeEvent::Guest(_, GuestMsg::Built(Err(_)))) => break Err(libc::EIO),
+                Ok(HomeEvent::Guest(g, GuestMsg::Ended(_)))
+                | Ok(HomeEvent::Guest(g, GuestMsg::Built(Err(_))))
+                    if g == gen - 1 =>
+                {
+                    break Err(libc::EIO)
+                }
                 Ok(_) => {}
                 Err(_) => break Err(libc::ETIMEDOUT),
             }
@@ -952,6 +965,13 @@ impl Migrations {
                     feed_into(&mut feeds, m);
                 }
                 feeds.values_mut().for_each(Feed::pump);
+                // Inputs that come home as themselves are read by the
+                // process from now on, not by home's relays.
+                for (fd, stop) in stop_inputs {
+                    if !feeds.contains_key(fd) {
+                        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
                 match restored.run() {
                     Ok(local) => Stay::Home { pid: local, feeds },
                     Err(e) => {
@@ -1284,18 +1304,26 @@ impl Migrations {
                                     ck.send_pages(&mut StreamSink::new(&mut w))
                                         .map_err(|e| e.errno())
                                 })
-                                .and_then(|_| w.flush().map_err(|_| libc::EIO));
+                                .and_then(|_| w.flush().map_err(|_| libc::EIO))
+                                .and_then(|_| {
+                                    // All of each input or the move fails: a
+                                    // part would be lost with this copy.
+                                    inputs
+                                        .iter()
+                                        .map(|(&fd, f)| {
+                                            let r = reader_of(&ck, f);
+                                            f.unread(r.as_ref().map(std::os::fd::AsFd::as_fd))
+                                                .map(|bytes| (fd, bytes))
+                                                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+                                        })
+                                        .collect::<Result<Vec<_>, i32>>()
+                                });
                             match sent {
-                                Ok(()) => {
-                                    for (&fd, f) in &inputs {
-                                        let bytes = f.unread(
-                                            reader_of(&ck, f)
-                                                .as_ref()
-                                                .map(std::os::fd::AsFd::as_fd),
-                                        );
-                                        if !bytes.is_empty() {
-                                            let _ = to.send(GuestMsg::Unread { fd, bytes });
-                                        }
+                                Ok(unread) => {
+                                    for (fd, bytes) in
+                                        unread.into_iter().filter(|(_, b)| !b.is_empty())
+                                    {
+                                        let _ = to.send(GuestMsg::Unread { fd, bytes });
                                     }
                                     let _ = to.send(GuestMsg::Left);
                                     frozen = Some(ck);
